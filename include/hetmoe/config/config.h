@@ -1,0 +1,123 @@
+// Typed run configuration (model, moe, train, data, parallel, backend, run) and its strict YAML loader.
+// Every value a run uses comes from here; every bad value is rejected with the key path that holds it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace hetmoe {
+
+struct ModelConfig {
+  int64_t vocab_size = 257;      // byte tokenizer: 256 bytes + end-of-document
+  int64_t d_model = 128;
+  int64_t n_layers = 2;
+  int64_t n_heads = 4;
+  int64_t n_kv_heads = 4;        // grouped-query attention: n_heads % n_kv_heads == 0
+  double rope_theta = 10000.0;
+  int64_t max_seq_len = 256;
+  bool norm_head = true;         // L2-normalised LM head rows (Ling's NormHead)
+  int64_t first_k_dense = 0;     // the first k layers use a dense SwiGLU FFN instead of MoE
+  int64_t dense_ffn_hidden = 512;
+  double norm_eps = 1e-6;
+  double init_std = 0.02;
+  bool tie_embeddings = false;
+};
+
+struct MoEConfig {
+  int64_t num_experts = 8;
+  int64_t top_k = 2;
+  int64_t expert_hidden = 256;
+  int64_t num_shared_experts = 1;
+  std::string score_func = "softmax";  // softmax | sigmoid
+  bool renormalize = true;             // top-k weights renormalised to sum to 1
+  double aux_loss_coef = 0.01;
+  double z_loss_coef = 1e-4;
+  bool dropless = true;                // when false, capacity_factor bounds tokens per expert
+  double capacity_factor = 1.25;
+};
+
+struct TrainConfig {
+  int64_t steps = 300;
+  int64_t micro_batch = 16;
+  int64_t seq_len = 128;
+  int64_t grad_accum = 1;
+  double lr = 3e-3;
+  double min_lr = 3e-4;
+  int64_t warmup = 30;
+  std::string schedule = "cosine";  // cosine | wsd | constant
+  double wsd_decay_fraction = 0.2;  // wsd: fraction of steps spent in the final decay
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  double clip = 1.0;  // global gradient-norm clip; 0 disables
+  int64_t seed = 1234;
+  int64_t eval_every = 100;
+  int64_t eval_batches = 8;
+  int64_t save_every = 0;  // 0: only at the end
+  int64_t log_every = 10;
+  int64_t threads = 0;     // intra-op threads; 0: all cores
+};
+
+struct DataConfig {
+  std::string path = "data/fortunes";  // directory written by `hetmoe data prepare`
+  std::string tokenizer = "byte";      // byte
+  double val_fraction = 0.05;          // used by prepare when it is run from a config
+};
+
+struct ParallelConfig {
+  int64_t expert_parallel = 1;
+};
+
+struct BackendConfig {
+  std::string device = "auto";  // auto | cpu | cuda | rocm (optionally ":index")
+  std::string dtype = "fp32";   // fp32 | bf16 (compute dtype; master weights stay fp32)
+};
+
+struct RunConfig {
+  std::string out_dir = "runs/tiny";
+  std::string log_level = "info";
+};
+
+struct Config {
+  ModelConfig model;
+  MoEConfig moe;
+  TrainConfig train;
+  DataConfig data;
+  ParallelConfig parallel;
+  BackendConfig backend;
+  RunConfig run;
+};
+
+// One `--set key.path=value` override, as given on the command line.
+struct Override {
+  std::string key;    // e.g. "moe.num_experts"
+  std::string value;  // YAML scalar text, e.g. "4", "true", "cosine"
+};
+
+// Parses "a.b=v" into an Override. Throws hetmoe::Error("[config] ...") when there is no '='.
+Override parse_override(const std::string& text);
+
+// Loads a YAML file, applies the overrides in order, converts and validates.
+// Throws hetmoe::Error with a one-line message naming the file, key path, line and rule on failure.
+Config load_config(const std::string& path, const std::vector<Override>& overrides = {});
+
+// Same as load_config but from YAML text (source_name appears in messages in place of a path).
+Config parse_config(const std::string& yaml_text, const std::string& source_name,
+                    const std::vector<Override>& overrides = {});
+
+// Checks every cross-field and range rule; throws on the first violation. load/parse call it.
+void validate(const Config& config);
+
+// Serialises every field (defaults included) as YAML that parse_config reads back to an equal Config.
+std::string to_yaml(const Config& config);
+
+// Every valid key path ("model.d_model", ...) with a one-line description; for --help and docs.
+std::vector<std::pair<std::string, std::string>> config_keys();
+
+// Levenshtein-closest candidate to `key`, or "" when none is reasonably close.
+std::string closest_match(const std::string& key, const std::vector<std::string>& candidates);
+
+}  // namespace hetmoe

@@ -1,0 +1,79 @@
+// Dataset preparation (text files -> flat binary token file + JSON index) and the memory-mapped
+// loader that serves reproducible random windows from its train and val splits.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace hetmoe {
+
+// On-disk layout of a prepared dataset directory:
+//   tokens.bin  - uint16 little-endian token ids: all train documents, then all val documents
+//   index.json  - {"magic":"hetmoe-dataset","version":1,"dtype":"uint16","tokenizer":"byte",
+//                  "vocab_size":257,"num_tokens":N,"documents":[[start,length],...],
+//                  "splits":{"train":[begin,end],"val":[begin,end]},"sources":[...],
+//                  "checksum":"fnv1a64:<16 hex>"}
+// Each document ends with the end-of-document token.
+struct PrepareOptions {
+  std::vector<std::string> inputs;  // files or directories (recursed; binary files skipped)
+  std::string out_dir;
+  double val_fraction = 0.05;
+  // When non-empty, a line consisting of exactly this text separates documents inside a file
+  // (fortune files use "%"). Otherwise each file is one document.
+  std::string separator;
+  uint64_t seed = 0;  // decides which documents go to val
+};
+
+struct PrepareSummary {
+  int64_t num_files = 0;
+  int64_t num_documents = 0;
+  int64_t train_tokens = 0;
+  int64_t val_tokens = 0;
+};
+
+// Throws hetmoe::Error("[data] ...") naming the input on any problem (missing input, no text
+// found, unwritable output, val_fraction outside [0,1)).
+PrepareSummary prepare_dataset(const PrepareOptions& options);
+
+// FNV-1a 64-bit hash of a byte range (the dataset checksum).
+uint64_t fnv1a64(const void* data, size_t size, uint64_t seed = 0xcbf29ce484222325ULL);
+
+enum class Split { Train, Val };
+
+// A prepared dataset opened read-only through mmap. Validates the index (magic, version, dtype,
+// sizes, checksum) on open and throws hetmoe::Error("[data] <path>: ...") on any mismatch.
+class TokenDataset {
+ public:
+  explicit TokenDataset(const std::string& dir, bool verify_checksum = true);
+  ~TokenDataset();
+  TokenDataset(const TokenDataset&) = delete;
+  TokenDataset& operator=(const TokenDataset&) = delete;
+
+  int64_t num_tokens() const { return num_tokens_; }
+  int64_t split_size(Split split) const;
+  int64_t vocab_size() const { return vocab_size_; }
+  const std::string& dir() const { return dir_; }
+
+  // Fills out[b*(len)+i] for b in [0,batch) with `batch` windows of `len` consecutive tokens of
+  // the split. Window starts are a pure function of (seed, stream, step, b): the same arguments
+  // always give the same batch, which is what makes resume exact without loader state.
+  // Throws when the split is shorter than len.
+  void sample_windows(Split split, int64_t batch, int64_t len, uint64_t seed, uint64_t step,
+                      int32_t* out) const;
+
+  // Token at absolute position (for tests and tools).
+  int32_t token(int64_t pos) const;
+
+ private:
+  std::string dir_;
+  int64_t num_tokens_ = 0;
+  int64_t vocab_size_ = 0;
+  int64_t train_begin_ = 0, train_end_ = 0, val_begin_ = 0, val_end_ = 0;
+  const uint16_t* tokens_ = nullptr;
+  size_t mapped_bytes_ = 0;
+  void* mapping_ = nullptr;
+};
+
+}  // namespace hetmoe

@@ -1,0 +1,70 @@
+// The decoder-only MoE transformer: embedding, pre-norm blocks (attention + dense or MoE FFN),
+// final RMSNorm and the LM head (optionally NormHead).
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+
+#include <vector>
+
+#include "hetmoe/config/config.h"
+#include "hetmoe/model/layers.h"
+
+namespace hetmoe {
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const ModelConfig& model, const MoEConfig& moe, bool dense);
+  at::Tensor forward(const at::Tensor& x, MoEStats* stats);
+  bool is_moe() const { return !moe.is_empty(); }
+
+  RMSNorm attn_norm{nullptr}, ffn_norm{nullptr};
+  Attention attn{nullptr};
+  SwiGLU ffn{nullptr};
+  MoELayer moe{nullptr};
+};
+TORCH_MODULE(Block);
+
+struct ForwardOutput {
+  at::Tensor logits;    // [B, T, V] fp32
+  at::Tensor aux_loss;  // mean over MoE layers (0 when there are none)
+  at::Tensor z_loss;    // mean over MoE layers
+  std::vector<at::Tensor> tokens_per_expert;  // one [E] tensor per MoE layer
+  at::Tensor dropped;   // total dropped slots
+};
+
+struct ParameterCount {
+  int64_t total = 0;
+  int64_t active_per_token = 0;  // parameters a token's forward pass touches
+};
+
+class TransformerImpl : public torch::nn::Module {
+ public:
+  TransformerImpl(const ModelConfig& model, const MoEConfig& moe);
+  // tokens [B, T] int64 -> logits and router statistics.
+  ForwardOutput forward(const at::Tensor& tokens);
+  // Weights for compute in `dtype` (fp32 or bf16); master weights stay fp32.
+  void set_compute_dtype(at::ScalarType dtype) { compute_dtype_ = dtype; }
+  at::ScalarType compute_dtype() const { return compute_dtype_; }
+  ParameterCount parameter_count() const;
+  // Normal(0, init_std) weights, residual-output projections scaled by 1/sqrt(2 n_layers), norms 1.
+  void reset_parameters(uint64_t seed);
+
+  torch::nn::Embedding embed{nullptr};
+  torch::nn::ModuleList blocks{nullptr};
+  RMSNorm final_norm{nullptr};
+  at::Tensor head;  // [V, D]
+
+ private:
+  ModelConfig model_;
+  MoEConfig moe_;
+  at::ScalarType compute_dtype_ = at::kFloat;
+};
+TORCH_MODULE(Transformer);
+
+// The parameter count the config implies, without building the model (plan/logging use this;
+// a test checks it against parameter_count()).
+ParameterCount count_parameters(const ModelConfig& model, const MoEConfig& moe);
+
+}  // namespace hetmoe

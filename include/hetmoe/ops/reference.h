@@ -1,0 +1,22 @@
+// Naive references for the MoE operators: loops over tokens and experts with plain ATen calls
+// and autograd, written for clarity rather than speed. Tests hold every kernel to these.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "hetmoe/device/kernels.h"
+
+namespace hetmoe::ops::reference {
+
+// Same contract as ops::route; gradients through autograd.
+RouteResult route(const at::Tensor& logits, const RouteParams& params);
+
+// One SwiGLU expert on rows x [n, H]: silu(x @ w13[:, :F]) * (x @ w13[:, F:]) @ w2.
+at::Tensor swiglu_expert(const at::Tensor& x, const at::Tensor& w13_e, const at::Tensor& w2_e);
+
+// The whole routed-expert computation token by token: out[t] = sum_j w[t,j] * E_{idx[t,j]}(x[t]).
+at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& expert_index,
+                       const at::Tensor& expert_weight, const at::Tensor& w13,
+                       const at::Tensor& w2);
+
+}  // namespace hetmoe::ops::reference

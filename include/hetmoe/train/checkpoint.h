@@ -1,0 +1,48 @@
+// Checkpoints: <out_dir>/checkpoints/step_NNNNNNNN/ holding model.safetensors, optimizer.safetensors,
+// state.json and resolved.yaml, written into a temporary directory and renamed into place, with
+// <out_dir>/checkpoints/latest naming the newest one.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "hetmoe/config/config.h"
+
+namespace hetmoe {
+
+// Trainer progress that a resume restores. The data sampler and the per-step random streams are
+// pure functions of (seed, step), so the step is their whole state.
+struct TrainState {
+  int64_t step = 0;         // optimizer steps completed
+  int64_t tokens_seen = 0;  // training tokens consumed
+  double last_val_loss = -1;
+};
+
+// Tensors <-> safetensors files (moved to CPU; fp32, bf16, fp16, int64, int32, uint8, bool).
+void save_tensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors);
+std::map<std::string, at::Tensor> load_tensors(const std::string& path);
+
+// Writes a checkpoint for state.step; returns its directory.
+std::string save_checkpoint(const std::string& out_dir, const Config& config,
+                            const TrainState& state,
+                            const std::map<std::string, at::Tensor>& model_state,
+                            const std::map<std::string, at::Tensor>& optimizer_state);
+
+// Resolves a user-given path to a checkpoint directory: a checkpoint directory itself, or a run
+// directory (its checkpoints/latest). Throws hetmoe::Error("[checkpoint] ...") when none exists.
+std::string find_checkpoint(const std::string& path);
+
+struct LoadedCheckpoint {
+  std::string dir;
+  Config config;
+  TrainState state;
+  std::map<std::string, at::Tensor> model;
+  std::map<std::string, at::Tensor> optimizer;  // empty when load_optimizer is false
+};
+
+LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer = true);
+
+}  // namespace hetmoe

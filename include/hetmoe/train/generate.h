@@ -1,0 +1,24 @@
+// Autoregressive sampling from a trained model.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "hetmoe/model/transformer.h"
+
+namespace hetmoe {
+
+struct SampleOptions {
+  int64_t max_new_tokens = 200;
+  double temperature = 0.8;  // 0: greedy
+  int64_t top_k = 0;         // 0: the whole vocabulary
+  uint64_t seed = 0;
+  int64_t stop_token = -1;   // stop after emitting this id (-1: never)
+};
+
+// Continues `prompt` (token ids) and returns only the new ids. The context is truncated to the
+// model's max_seq_len from the left.
+std::vector<int32_t> sample(Transformer& model, const std::vector<int32_t>& prompt,
+                            int64_t max_seq_len, const SampleOptions& options);
+
+}  // namespace hetmoe

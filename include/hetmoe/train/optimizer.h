@@ -1,0 +1,50 @@
+// AdamW with decoupled weight decay (none on 1-D parameters: norms and biases), fp32 state.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace hetmoe {
+
+struct AdamWOptions {
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+};
+
+class AdamW {
+ public:
+  AdamW(std::vector<std::pair<std::string, at::Tensor>> named_parameters, AdamWOptions options);
+
+  // One update with learning rate `lr` from the parameters' .grad(); parameters without a
+  // gradient are left alone.
+  void step(double lr);
+  void zero_grad();
+  int64_t steps_taken() const { return steps_; }
+
+  // State for checkpoints: "exp_avg/<name>", "exp_avg_sq/<name>" and "step" (int64 scalar).
+  std::map<std::string, at::Tensor> state_dict() const;
+  // Throws hetmoe::Error("[optimizer] ...") naming a missing or mis-shaped entry.
+  void load_state_dict(const std::map<std::string, at::Tensor>& state);
+
+ private:
+  struct Slot {
+    std::string name;
+    at::Tensor param, exp_avg, exp_avg_sq;
+    bool decay;
+  };
+  std::vector<Slot> slots_;
+  AdamWOptions options_;
+  int64_t steps_ = 0;
+};
+
+// Scales all gradients so that their global L2 norm is at most max_norm (when max_norm > 0);
+// returns the norm before clipping.
+double clip_grad_norm(const std::vector<at::Tensor>& parameters, double max_norm);
+
+}  // namespace hetmoe

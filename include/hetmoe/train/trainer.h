@@ -1,0 +1,76 @@
+// The training loop: data -> model -> loss (cross-entropy + router losses) -> AdamW, with
+// schedules, clipping, accumulation, evaluation, metrics.jsonl and checkpoints.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "hetmoe/config/config.h"
+#include "hetmoe/model/transformer.h"
+#include "hetmoe/train/checkpoint.h"
+
+namespace hetmoe {
+
+class TokenDataset;
+class AdamW;
+
+struct TrainerOptions {
+  std::string resume;      // run or checkpoint directory to continue from ("" = fresh run)
+  bool overwrite = false;  // allow a fresh run into an out_dir that already holds a run
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  double final_train_loss = 0;
+  double final_val_loss = 0;
+  double tokens_per_s = 0;  // mean over the steps this run took
+  double seconds = 0;
+  int64_t skipped_steps = 0;  // updates skipped for non-finite gradients
+  std::string checkpoint;     // the last checkpoint written
+};
+
+class Trainer {
+ public:
+  // Validates the run directory, opens the data, builds the model (and restores a checkpoint when
+  // options.resume is set). Throws hetmoe::Error on any problem, before any training.
+  Trainer(Config config, TrainerOptions options = {});
+  ~Trainer();
+
+  // Trains until config.train.steps, evaluating and checkpointing as configured.
+  TrainResult run();
+  // One optimizer step (all micro-batches); returns the mean training loss of the step
+  // (cross-entropy only, without the router losses).
+  double train_step();
+  // Mean cross-entropy (nats/token) over train.eval_batches fixed validation windows.
+  double evaluate();
+  std::string save();
+
+  const Config& config() const { return config_; }
+  const TrainState& state() const { return state_; }
+  Transformer& model() { return model_; }
+
+ private:
+  // What train_step measured, for the log line and metrics.jsonl.
+  struct StepRecord {
+    double loss = 0, aux = 0, z = 0, grad_norm = 0, lr = 0;
+    std::vector<at::Tensor> load;  // tokens per expert, per MoE layer
+  };
+  void record(const StepRecord& r, double step_seconds, double elapsed, int64_t first_step,
+              double val_loss);
+
+  Config config_;
+  TrainerOptions options_;
+  c10::Device device_{c10::kCPU};
+  std::unique_ptr<TokenDataset> data_;
+  Transformer model_{nullptr};
+  std::unique_ptr<AdamW> optimizer_;
+  TrainState state_;
+  int64_t skipped_ = 0;
+  std::string last_checkpoint_;
+  StepRecord last_;
+};
+
+}  // namespace hetmoe

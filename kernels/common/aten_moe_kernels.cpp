@@ -1,0 +1,171 @@
+// Portable MoE kernels written with plain ATen calls. They run on any device ATen supports and
+// are the baseline every specialised kernel (kernels/cpu, kernels/gpu) is checked against.
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "hetmoe/device/kernels.h"
+
+namespace hetmoe {
+namespace {
+
+RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
+  RouteResult r;
+  r.scores = p.sigmoid ? logits.sigmoid() : logits.softmax(-1);
+  auto [values, index] = r.scores.topk(p.top_k, /*dim=*/-1, /*largest=*/true, /*sorted=*/true);
+  r.expert_index = index;
+  r.expert_weight = p.renormalize ? values / values.sum(-1, /*keepdim=*/true) : values;
+  r.tokens_per_expert = at::bincount(index.reshape(-1), {}, logits.size(1));
+  return r;
+}
+
+at::Tensor route_backward(const at::Tensor& grad_scores, const at::Tensor& grad_weight,
+                          const at::Tensor& scores, const at::Tensor& expert_index,
+                          const RouteParams& p) {
+  at::Tensor g = grad_scores.defined() ? grad_scores.clone() : at::zeros_like(scores);
+  if (grad_weight.defined()) {
+    at::Tensor grad_selected = grad_weight;
+    if (p.renormalize) {
+      // w = s / S with S = sum(s): dL/ds_j = (g_j - sum_i g_i w_i) / S.
+      at::Tensor selected = scores.gather(1, expert_index);
+      at::Tensor sum = selected.sum(-1, true);
+      at::Tensor w = selected / sum;
+      grad_selected = (grad_weight - (grad_weight * w).sum(-1, true)) / sum;
+    }
+    g.scatter_add_(1, expert_index, grad_selected);
+  }
+  if (p.sigmoid) return g * scores * (1 - scores);
+  return scores * (g - (g * scores).sum(-1, true));
+}
+
+PermuteResult permute_forward(const at::Tensor& x, const at::Tensor& expert_index,
+                              int64_t num_experts) {
+  const int64_t k = expert_index.size(1);
+  at::Tensor flat = expert_index.reshape(-1);
+  PermuteResult r;
+  r.slot = std::get<1>(at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+  r.source_row = at::div(r.slot, k, "floor");
+  r.permuted = x.index_select(0, r.source_row);
+  r.tokens_per_expert = at::bincount(flat, {}, num_experts);
+  return r;
+}
+
+at::Tensor permute_backward(const at::Tensor& grad_permuted, const at::Tensor& source_row,
+                            int64_t num_tokens) {
+  return at::zeros({num_tokens, grad_permuted.size(1)}, grad_permuted.options())
+      .index_add_(0, source_row, grad_permuted);
+}
+
+// out = a @ b into an existing view (mm_out wants an lvalue).
+void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { at::mm_out(out, a, b); }
+
+std::vector<int64_t> host_counts(const at::Tensor& tokens_per_expert) {
+  at::Tensor c = tokens_per_expert.to(at::kCPU, at::kLong).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+at::Tensor swiglu(const at::Tensor& h) {
+  const int64_t f = h.size(1) / 2;
+  return at::silu(h.narrow(1, 0, f)) * h.narrow(1, f, f);
+}
+
+at::Tensor expert_ffn_forward(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
+                              const at::Tensor& tokens_per_expert, at::Tensor* h_out) {
+  const int64_t m = x.size(0), hidden = x.size(1), f2 = w13.size(2);
+  const auto counts = host_counts(tokens_per_expert);
+  at::Tensor h = at::empty({m, f2}, x.options());
+  at::Tensor y = at::empty({m, hidden}, x.options());
+  int64_t offset = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    if (counts[e] == 0) continue;
+    mm_into(h.narrow(0, offset, counts[e]), x.narrow(0, offset, counts[e]), w13[e]);
+    offset += counts[e];
+  }
+  at::Tensor a = swiglu(h);
+  offset = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    if (counts[e] == 0) continue;
+    mm_into(y.narrow(0, offset, counts[e]), a.narrow(0, offset, counts[e]), w2[e]);
+    offset += counts[e];
+  }
+  if (h_out) *h_out = h;
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w13,
+    const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
+  const int64_t f = h.size(1) / 2;
+  const auto counts = host_counts(tokens_per_expert);
+  at::Tensor gate = h.narrow(1, 0, f), up = h.narrow(1, f, f);
+  at::Tensor sig = gate.sigmoid();
+  at::Tensor silu = gate * sig;
+  at::Tensor a = silu * up;
+
+  at::Tensor grad_w2 = at::zeros_like(w2);
+  at::Tensor grad_w13 = at::zeros_like(w13);
+  at::Tensor grad_a = at::empty_like(a);
+  int64_t offset = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    if (counts[e] == 0) continue;
+    at::Tensor gy = grad_y.narrow(0, offset, counts[e]);
+    mm_into(grad_w2[e], a.narrow(0, offset, counts[e]).t(), gy);
+    mm_into(grad_a.narrow(0, offset, counts[e]), gy, w2[e].t());
+    offset += counts[e];
+  }
+  // d silu(g)/dg = sig * (1 + g * (1 - sig)).
+  at::Tensor grad_h = at::cat({grad_a * up * sig * (1 + gate * (1 - sig)), grad_a * silu}, 1);
+  at::Tensor grad_x = at::empty_like(x);
+  offset = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    if (counts[e] == 0) continue;
+    at::Tensor gh = grad_h.narrow(0, offset, counts[e]);
+    mm_into(grad_w13[e], x.narrow(0, offset, counts[e]).t(), gh);
+    mm_into(grad_x.narrow(0, offset, counts[e]), gh, w13[e].t());
+    offset += counts[e];
+  }
+  return {grad_x, grad_w13, grad_w2};
+}
+
+at::Tensor unpermute_forward(const at::Tensor& y, const at::Tensor& weight,
+                             const at::Tensor& source_row, const at::Tensor& slot,
+                             int64_t num_tokens) {
+  at::Tensor w = weight.reshape(-1).index_select(0, slot).to(y.scalar_type()).unsqueeze(1);
+  return at::zeros({num_tokens, y.size(1)}, y.options()).index_add_(0, source_row, y * w);
+}
+
+std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
+                                                     const at::Tensor& y, const at::Tensor& weight,
+                                                     const at::Tensor& source_row,
+                                                     const at::Tensor& slot) {
+  at::Tensor g = grad_out.index_select(0, source_row);
+  at::Tensor w = weight.reshape(-1).index_select(0, slot);
+  at::Tensor grad_y = g * w.to(g.scalar_type()).unsqueeze(1);
+  at::Tensor grad_w_perm = (g.to(at::kFloat) * y.to(at::kFloat)).sum(1);
+  at::Tensor grad_w = at::zeros({weight.numel()}, weight.options().dtype(at::kFloat))
+                          .index_copy_(0, slot, grad_w_perm)
+                          .view(weight.sizes())
+                          .to(weight.scalar_type());
+  return {grad_y, grad_w};
+}
+
+}  // namespace
+
+const MoEKernels& aten_moe_kernels() {
+  static const MoEKernels table = [] {
+    MoEKernels k;
+    k.route_forward = route_forward;
+    k.route_backward = route_backward;
+    k.permute_forward = permute_forward;
+    k.permute_backward = permute_backward;
+    k.expert_ffn_forward = expert_ffn_forward;
+    k.expert_ffn_backward = expert_ffn_backward;
+    k.unpermute_forward = unpermute_forward;
+    k.unpermute_backward = unpermute_backward;
+    k.implementation = "aten";
+    return k;
+  }();
+  return table;
+}
+
+}  // namespace hetmoe

@@ -1,0 +1,67 @@
+// `hetmoe generate`: sample a continuation of a prompt from a checkpoint.
+#include <ATen/ATen.h>
+
+#include <iostream>
+#include <memory>
+
+#include "cli/commands.h"
+#include "hetmoe/core/error.h"
+#include "hetmoe/data/tokenizer.h"
+#include "hetmoe/device/registry.h"
+#include "hetmoe/train/checkpoint.h"
+#include "hetmoe/train/generate.h"
+
+namespace hetmoe::cli {
+namespace {
+struct GenerateArgs {
+  std::string checkpoint, prompt, device;
+  SampleOptions sample;
+};
+
+int run_generate(const GenerateArgs& a) {
+  LoadedCheckpoint ck = load_checkpoint(a.checkpoint, /*load_optimizer=*/false);
+  HETMOE_CHECK(ck.config.data.tokenizer == "byte", "generate", "tokenizer '",
+               ck.config.data.tokenizer, "' is not supported");
+  Transformer model(ck.config.model, ck.config.moe);
+  {
+    at::NoGradGuard no_grad;
+    for (auto& p : model->named_parameters()) {
+      auto it = ck.model.find(p.key());
+      HETMOE_CHECK(it != ck.model.end() && it->second.sizes() == p.value().sizes(), "generate",
+                   "checkpoint '", ck.dir, "' does not match its config at tensor '", p.key(),
+                   "'");
+      p.value().copy_(it->second);
+    }
+  }
+  model->to(resolve_device(a.device.empty() ? ck.config.backend.device : a.device));
+  ByteTokenizer tok;
+  SampleOptions opts = a.sample;
+  opts.stop_token = ByteTokenizer::kEndOfDocument;
+  auto ids = sample(model, tok.encode(a.prompt), ck.config.model.max_seq_len, opts);
+  std::cout << a.prompt << tok.decode(ids) << std::endl;
+  return 0;
+}
+}  // namespace
+
+void add_generate_command(CLI::App& root, int& status) {
+  auto a = std::make_shared<GenerateArgs>();
+  CLI::App* cmd = root.add_subcommand("generate", "Sample text from a trained checkpoint");
+  cmd->add_option("--checkpoint", a->checkpoint, "Run directory or checkpoint directory")
+      ->required()
+      ->type_name("DIR");
+  cmd->add_option("-p,--prompt", a->prompt, "Text to continue")->required();
+  cmd->add_option("-n,--tokens", a->sample.max_new_tokens, "Tokens (bytes) to generate")
+      ->default_val(200)
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  cmd->add_option("-t,--temperature", a->sample.temperature, "Sampling temperature; 0 is greedy")
+      ->default_val(0.8)
+      ->check(CLI::Range(0.0, 100.0));
+  cmd->add_option("-k,--top-k", a->sample.top_k, "Sample among the k likeliest tokens; 0: all")
+      ->default_val(0)
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", a->sample.seed, "Sampling seed")->default_val(0);
+  cmd->add_option("--device", a->device, "Device (default: the checkpoint's backend.device)");
+  cmd->callback([a, &status] { status = run_generate(*a); });
+}
+
+}  // namespace hetmoe::cli

@@ -1,0 +1,75 @@
+// `hetmoe train`: a training run from a YAML config (or a run to resume), with --set overrides.
+#include <filesystem>
+#include <memory>
+
+#include "cli/commands.h"
+#include "hetmoe/core/error.h"
+#include "hetmoe/core/logging.h"
+#include "hetmoe/train/checkpoint.h"
+#include "hetmoe/train/trainer.h"
+
+namespace hetmoe::cli {
+namespace {
+struct TrainArgs {
+  std::string config;
+  std::vector<std::string> sets;
+  std::string resume;
+  std::string out_dir;
+  bool overwrite = false;
+};
+
+int run_train(const TrainArgs& a) {
+  std::vector<Override> overrides;
+  for (const auto& s : a.sets) overrides.push_back(parse_override(s));
+  if (!a.out_dir.empty()) overrides.push_back({"run.out_dir", a.out_dir});
+
+  std::string config_path = a.config;
+  std::string resume_dir;
+  if (!a.resume.empty()) {
+    resume_dir = find_checkpoint(a.resume);
+    // Without --config the run continues with the configuration it was saved with.
+    if (config_path.empty()) config_path = (std::filesystem::path(resume_dir) / "resolved.yaml").string();
+    if (a.out_dir.empty()) {
+      // The run directory is the checkpoint's grandparent (<run>/checkpoints/step_N).
+      overrides.insert(overrides.begin(),
+                       {"run.out_dir",
+                        std::filesystem::path(resume_dir).parent_path().parent_path().string()});
+    }
+  }
+  HETMOE_CHECK(!config_path.empty(), "cli", "train needs --config FILE or --resume DIR");
+  Config config = load_config(config_path, overrides);
+  init_logging(0, config.run.log_level);
+  HETMOE_LOG_INFO("config %s -> run directory %s", config_path.c_str(),
+                  config.run.out_dir.c_str());
+
+  Trainer trainer(config, TrainerOptions{resume_dir, a.overwrite});
+  TrainResult r = trainer.run();
+  HETMOE_LOG_INFO("done: %lld steps in %.1f s, %.0f tokens/s, final train loss %.4f, final val "
+                  "loss %.4f nats/token, checkpoint %s",
+                  static_cast<long long>(r.steps), r.seconds, r.tokens_per_s, r.final_train_loss,
+                  r.final_val_loss, r.checkpoint.c_str());
+  return 0;
+}
+}  // namespace
+
+void add_train_command(CLI::App& root, int& status) {
+  auto args = std::make_shared<TrainArgs>();
+  CLI::App* cmd = root.add_subcommand("train", "Train a model from a YAML config");
+  cmd->add_option("-c,--config", args->config, "YAML config file (see docs/config.md)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("-s,--set", args->sets,
+                  "Override a config value, e.g. --set train.steps=200 (repeatable; validated "
+                  "like the file)")
+      ->type_name("KEY=VALUE");
+  cmd->add_option("--resume", args->resume,
+                  "Continue the run in this run directory (or from this checkpoint directory)")
+      ->type_name("DIR");
+  cmd->add_option("-o,--out-dir", args->out_dir, "Run directory (same as --set run.out_dir=DIR)")
+      ->type_name("DIR");
+  cmd->add_flag("--overwrite", args->overwrite,
+                "Start afresh in an out_dir that already holds a run, replacing its checkpoints "
+                "and metrics");
+  cmd->callback([args, &status] { status = run_train(*args); });
+}
+
+}  // namespace hetmoe::cli

@@ -1,0 +1,144 @@
+#include "hetmoe/model/layers.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "hetmoe/core/error.h"
+#include "hetmoe/ops/moe_ops.h"
+
+namespace hetmoe {
+namespace {
+// Weights follow the activations' dtype: fp32 master weights, bf16 compute when x is bf16.
+at::Tensor as_compute(const at::Tensor& w, const at::Tensor& x) {
+  return w.scalar_type() == x.scalar_type() ? w : w.to(x.scalar_type());
+}
+}  // namespace
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
+  weight = register_parameter("weight", at::ones({dim}));
+}
+
+at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor y = xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps_) * weight;
+  return y.to(x.scalar_type());
+}
+
+AttentionImpl::AttentionImpl(const ModelConfig& c)
+    : n_heads_(c.n_heads),
+      n_kv_heads_(c.n_kv_heads),
+      head_dim_(c.d_model / c.n_heads),
+      rope_theta_(c.rope_theta) {
+  auto lin = [&](int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(c.d_model, out).bias(false));
+  };
+  wq = register_module("wq", lin(n_heads_ * head_dim_));
+  wk = register_module("wk", lin(n_kv_heads_ * head_dim_));
+  wv = register_module("wv", lin(n_kv_heads_ * head_dim_));
+  wo = register_module("wo", lin(c.d_model));
+}
+
+std::pair<at::Tensor, at::Tensor> AttentionImpl::rope_tables(int64_t seq_len,
+                                                             const at::Tensor& like) {
+  if (!cos_.defined() || cos_.size(0) < seq_len || cos_.device() != like.device()) {
+    const int64_t half = head_dim_ / 2;
+    auto opts = at::TensorOptions().dtype(at::kDouble);
+    at::Tensor inv = at::pow(rope_theta_, -at::arange(0, half, opts) * 2.0 / head_dim_);
+    at::Tensor angles = at::outer(at::arange(0, seq_len, opts), inv);
+    cos_ = angles.cos().to(at::kFloat).to(like.device());
+    sin_ = angles.sin().to(at::kFloat).to(like.device());
+  }
+  return {cos_.narrow(0, 0, seq_len).to(like.scalar_type()),
+          sin_.narrow(0, 0, seq_len).to(like.scalar_type())};
+}
+
+namespace {
+// Rotates pairs (i, i + d/2) of the last dimension; x [B, H, T, d], cos/sin [T, d/2].
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+}
+}  // namespace
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x) {
+  const int64_t b = x.size(0), t = x.size(1);
+  auto proj = [&](torch::nn::Linear& l, int64_t heads) {
+    return at::linear(x, as_compute(l->weight, x)).view({b, t, heads, head_dim_}).transpose(1, 2);
+  };
+  at::Tensor q = proj(wq, n_heads_), k = proj(wk, n_kv_heads_), v = proj(wv, n_kv_heads_);
+  auto [cos, sin] = rope_tables(t, q);
+  q = apply_rope(q, cos, sin);
+  k = apply_rope(k, cos, sin);
+  if (n_kv_heads_ != n_heads_) {
+    const int64_t rep = n_heads_ / n_kv_heads_;
+    k = k.repeat_interleave(rep, 1);
+    v = v.repeat_interleave(rep, 1);
+  }
+  at::Tensor o = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                                  /*is_causal=*/true);
+  o = o.transpose(1, 2).reshape({b, t, n_heads_ * head_dim_});
+  return at::linear(o, as_compute(wo->weight, o));
+}
+
+SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden) : hidden_(hidden) {
+  w13 = register_module("w13",
+                        torch::nn::Linear(torch::nn::LinearOptions(dim, 2 * hidden).bias(false)));
+  w2 = register_module("w2", torch::nn::Linear(torch::nn::LinearOptions(hidden, dim).bias(false)));
+}
+
+at::Tensor SwiGLUImpl::forward(const at::Tensor& x) {
+  at::Tensor h = at::linear(x, as_compute(w13->weight, x));
+  at::Tensor a = at::silu(h.narrow(-1, 0, hidden_)) * h.narrow(-1, hidden_, hidden_);
+  return at::linear(a, as_compute(w2->weight, a));
+}
+
+MoELayerImpl::MoELayerImpl(const ModelConfig& model, const MoEConfig& moe) : moe_(moe) {
+  const int64_t e = moe.num_experts, d = model.d_model, f = moe.expert_hidden;
+  router = register_parameter("router", at::empty({e, d}));
+  w13 = register_parameter("w13", at::empty({e, d, 2 * f}));
+  w2 = register_parameter("w2", at::empty({e, f, d}));
+  if (moe.num_shared_experts > 0)
+    shared = register_module("shared", SwiGLU(d, moe.num_shared_experts * f));
+}
+
+at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats) {
+  const int64_t n = x.size(0), e = moe_.num_experts, k = moe_.top_k;
+  // Router in fp32 whatever the compute dtype (Ling: routing decisions are precision-sensitive).
+  at::Tensor logits = at::linear(x.to(at::kFloat), router);
+  RouteResult r =
+      ops::route(logits, RouteParams{k, moe_.score_func == "sigmoid", moe_.renormalize});
+  at::Tensor weight = r.expert_weight;
+  at::Tensor dropped = at::zeros({}, at::TensorOptions().dtype(at::kLong).device(x.device()));
+  if (!moe_.dropless) {
+    // Capacity C = ceil(cf * N * k / E) slots per expert; an expert over capacity keeps its
+    // highest-weight slots and the rest contribute nothing (weight 0).
+    const int64_t capacity =
+        static_cast<int64_t>(std::ceil(moe_.capacity_factor * static_cast<double>(n * k) / e));
+    at::Tensor flat_w = weight.detach().reshape(-1);
+    at::Tensor order = std::get<1>(flat_w.sort(/*stable=*/true, 0, /*descending=*/true));
+    at::Tensor experts_in_order = r.expert_index.reshape(-1).index_select(0, order);
+    at::Tensor onehot = at::one_hot(experts_in_order, e);
+    at::Tensor rank_in_order = (onehot.cumsum(0) * onehot).sum(1) - 1;
+    at::Tensor rank = at::empty_like(rank_in_order).index_copy_(0, order, rank_in_order);
+    at::Tensor keep = (rank < capacity).view(weight.sizes());
+    dropped = (~keep).sum();
+    weight = weight * keep.to(weight.scalar_type());
+  }
+  PermuteResult perm = ops::permute(x, r.expert_index, e);
+  at::Tensor y =
+      ops::expert_ffn(perm.permuted, as_compute(w13, x), as_compute(w2, x), perm.tokens_per_expert);
+  at::Tensor out = ops::unpermute(y, weight, perm, n);
+  if (!shared.is_empty()) out = out + shared->forward(x);
+  if (stats) {
+    at::Tensor fraction = r.tokens_per_expert.to(at::kFloat) / static_cast<double>(n * k);
+    stats->aux_loss = e * (fraction * r.scores.mean(0)).sum();
+    stats->z_loss = at::logsumexp(logits, -1).pow(2).mean();
+    stats->tokens_per_expert = r.tokens_per_expert;
+    stats->dropped = dropped;
+  }
+  return out;
+}
+
+}  // namespace hetmoe

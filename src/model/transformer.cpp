@@ -1,0 +1,121 @@
+#include "hetmoe/model/transformer.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/init.h>
+
+#include <cmath>
+
+namespace hetmoe {
+
+BlockImpl::BlockImpl(const ModelConfig& model, const MoEConfig& moe_config, bool dense) {
+  attn_norm = register_module("attn_norm", RMSNorm(model.d_model, model.norm_eps));
+  attn = register_module("attn", Attention(model));
+  ffn_norm = register_module("ffn_norm", RMSNorm(model.d_model, model.norm_eps));
+  if (dense)
+    ffn = register_module("ffn", SwiGLU(model.d_model, model.dense_ffn_hidden));
+  else
+    moe = register_module("moe", MoELayer(model, moe_config));
+}
+
+at::Tensor BlockImpl::forward(const at::Tensor& x, MoEStats* stats) {
+  at::Tensor h = x + attn->forward(attn_norm->forward(x));
+  at::Tensor n = ffn_norm->forward(h);
+  if (!is_moe()) return h + ffn->forward(n);
+  const auto b = n.size(0), t = n.size(1), d = n.size(2);
+  return h + moe->forward(n.reshape({b * t, d}), stats).view({b, t, d});
+}
+
+TransformerImpl::TransformerImpl(const ModelConfig& model, const MoEConfig& moe)
+    : model_(model), moe_(moe) {
+  embed = register_module("embed", torch::nn::Embedding(model.vocab_size, model.d_model));
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < model.n_layers; ++i)
+    blocks->push_back(Block(model, moe, /*dense=*/i < model.first_k_dense));
+  final_norm = register_module("final_norm", RMSNorm(model.d_model, model.norm_eps));
+  head = register_parameter("head", at::empty({model.vocab_size, model.d_model}));
+  reset_parameters(0);
+}
+
+void TransformerImpl::reset_parameters(uint64_t seed) {
+  at::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const double std = model_.init_std;
+  const double out_std = std / std::sqrt(2.0 * model_.n_layers);
+  for (auto& item : named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    at::Tensor& p = item.value();
+    at::Tensor init;
+    if (name.find("norm") != std::string::npos) {
+      init = at::ones(p.sizes());
+    } else {
+      const bool residual_out = name.find(".wo.") != std::string::npos ||
+                                name.find(".w2") != std::string::npos;
+      init = at::normal(0.0, residual_out ? out_std : std, p.sizes(), gen);
+    }
+    p.copy_(init);
+  }
+}
+
+ForwardOutput TransformerImpl::forward(const at::Tensor& tokens) {
+  ForwardOutput out;
+  at::Tensor x = embed->forward(tokens).to(compute_dtype_);
+  std::vector<at::Tensor> aux, z, dropped;
+  for (const auto& m : *blocks) {
+    auto* block = m->as<BlockImpl>();
+    MoEStats stats;
+    x = block->forward(x, block->is_moe() ? &stats : nullptr);
+    if (block->is_moe()) {
+      aux.push_back(stats.aux_loss);
+      z.push_back(stats.z_loss);
+      dropped.push_back(stats.dropped);
+      out.tokens_per_expert.push_back(stats.tokens_per_expert);
+    }
+  }
+  x = final_norm->forward(x);
+  at::Tensor w = head;
+  if (model_.norm_head) {
+    // NormHead: unit-norm rows, no gradient through the norm itself.
+    w = head / head.detach().norm(2, 1, /*keepdim=*/true).clamp_min(1e-6);
+  }
+  out.logits = at::linear(x, w.to(x.scalar_type())).to(at::kFloat);
+  auto zero = at::zeros({}, out.logits.options());
+  out.aux_loss = aux.empty() ? zero : at::stack(aux).mean();
+  out.z_loss = z.empty() ? zero : at::stack(z).mean();
+  out.dropped = dropped.empty() ? zero.to(at::kLong) : at::stack(dropped).sum();
+  return out;
+}
+
+ParameterCount count_parameters(const ModelConfig& m, const MoEConfig& e) {
+  const int64_t d = m.d_model, hd = m.d_model / m.n_heads;
+  const int64_t attn = d * (m.n_heads * hd) * 2 + d * (m.n_kv_heads * hd) * 2;
+  const int64_t norms = 2 * d;
+  const int64_t dense_ffn = 3 * d * m.dense_ffn_hidden;
+  const int64_t expert = 3 * d * e.expert_hidden;
+  const int64_t shared = e.num_shared_experts * expert;
+  const int64_t router = e.num_experts * d;
+  const int64_t n_dense = m.first_k_dense, n_moe = m.n_layers - m.first_k_dense;
+  const int64_t ends = m.vocab_size * d * 2 + d;  // embedding, head, final norm
+  ParameterCount c;
+  c.total = ends + n_dense * (attn + norms + dense_ffn) +
+            n_moe * (attn + norms + router + shared + e.num_experts * expert);
+  c.active_per_token = ends + n_dense * (attn + norms + dense_ffn) +
+                       n_moe * (attn + norms + router + shared + e.top_k * expert);
+  return c;
+}
+
+ParameterCount TransformerImpl::parameter_count() const {
+  ParameterCount c;
+  int64_t inactive = 0;
+  for (const auto& p : parameters()) c.total += p.numel();
+  for (const auto& m : *blocks) {
+    auto* block = m->as<BlockImpl>();
+    if (!block->is_moe()) continue;
+    const auto& moe = block->moe;
+    const int64_t per_expert = (moe->w13.numel() + moe->w2.numel()) / moe->config().num_experts;
+    inactive += (moe->config().num_experts - moe->config().top_k) * per_expert;
+  }
+  c.active_per_token = c.total - inactive;
+  return c;
+}
+
+}  // namespace hetmoe

@@ -1,0 +1,134 @@
+// Autograd wrappers around the backend kernel table. Forward and backward both dispatch through
+// backend_for(tensor).kernels(), so the model never names a backend.
+#include "hetmoe/ops/moe_ops.h"
+
+#include <torch/autograd.h>
+
+#include "hetmoe/core/error.h"
+#include "hetmoe/device/registry.h"
+
+namespace hetmoe::ops {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+namespace {
+
+const MoEKernels& kernels_for(const at::Tensor& t) { return backend_for(t).kernels(); }
+
+RouteParams params_from(AutogradContext* ctx) {
+  RouteParams p;
+  p.top_k = ctx->saved_data["top_k"].toInt();
+  p.sigmoid = ctx->saved_data["sigmoid"].toBool();
+  p.renormalize = ctx->saved_data["renormalize"].toBool();
+  return p;
+}
+
+struct RouteFn : torch::autograd::Function<RouteFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, int64_t top_k,
+                               bool sigmoid, bool renormalize) {
+    RouteParams p{top_k, sigmoid, renormalize};
+    RouteResult r = kernels_for(logits).route_forward(logits, p);
+    ctx->saved_data["top_k"] = top_k;
+    ctx->saved_data["sigmoid"] = sigmoid;
+    ctx->saved_data["renormalize"] = renormalize;
+    ctx->save_for_backward({r.scores, r.expert_index});
+    ctx->mark_non_differentiable({r.expert_index, r.tokens_per_expert});
+    return {r.scores, r.expert_index, r.expert_weight, r.tokens_per_expert};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    at::Tensor g = kernels_for(saved[0]).route_backward(grads[0], grads[2], saved[0], saved[1],
+                                                        params_from(ctx));
+    return {g, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct PermuteFn : torch::autograd::Function<PermuteFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               const at::Tensor& expert_index, int64_t num_experts) {
+    PermuteResult r = kernels_for(x).permute_forward(x, expert_index, num_experts);
+    ctx->saved_data["num_tokens"] = x.size(0);
+    ctx->save_for_backward({r.source_row});
+    ctx->mark_non_differentiable({r.source_row, r.slot, r.tokens_per_expert});
+    return {r.permuted, r.source_row, r.slot, r.tokens_per_expert};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::Tensor source_row = ctx->get_saved_variables()[0];
+    at::Tensor g = kernels_for(grads[0]).permute_backward(grads[0], source_row,
+                                                          ctx->saved_data["num_tokens"].toInt());
+    return {g, at::Tensor(), at::Tensor()};
+  }
+};
+
+struct ExpertFfnFn : torch::autograd::Function<ExpertFfnFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w13,
+                            const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
+    at::Tensor h;
+    at::Tensor y = kernels_for(x).expert_ffn_forward(x, w13, w2, tokens_per_expert, &h);
+    ctx->save_for_backward({x, h, w13, w2, tokens_per_expert});
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    auto [gx, gw13, gw2] =
+        kernels_for(s[0]).expert_ffn_backward(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4]);
+    return {gx, gw13, gw2, at::Tensor()};
+  }
+};
+
+struct UnpermuteFn : torch::autograd::Function<UnpermuteFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, const at::Tensor& weight,
+                            const at::Tensor& source_row, const at::Tensor& slot,
+                            int64_t num_tokens) {
+    ctx->save_for_backward({y, weight, source_row, slot});
+    return kernels_for(y).unpermute_forward(y, weight, source_row, slot, num_tokens);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    auto [gy, gw] = kernels_for(s[0]).unpermute_backward(grads[0].contiguous(), s[0], s[1], s[2],
+                                                         s[3]);
+    return {gy, gw, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+RouteResult route(const at::Tensor& logits, const RouteParams& params) {
+  HETMOE_CHECK(logits.dim() == 2, "route", "logits must be [tokens, experts], got ",
+               logits.sizes());
+  HETMOE_CHECK(params.top_k >= 1 && params.top_k <= logits.size(1), "route", "top_k ",
+               params.top_k, " outside [1, ", logits.size(1), "]");
+  auto out = RouteFn::apply(logits.to(at::kFloat).contiguous(), params.top_k, params.sigmoid,
+                            params.renormalize);
+  return RouteResult{out[0], out[1], out[2], out[3]};
+}
+
+PermuteResult permute(const at::Tensor& x, const at::Tensor& expert_index, int64_t num_experts) {
+  HETMOE_CHECK(x.dim() == 2 && expert_index.dim() == 2 && expert_index.size(0) == x.size(0),
+               "permute", "expected x [N, H] and expert_index [N, k], got ", x.sizes(), " and ",
+               expert_index.sizes());
+  auto out = PermuteFn::apply(x.contiguous(), expert_index.to(at::kLong), num_experts);
+  return PermuteResult{out[0], out[1], out[2], out[3]};
+}
+
+at::Tensor expert_ffn(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
+                      const at::Tensor& tokens_per_expert) {
+  HETMOE_CHECK(w13.dim() == 3 && w2.dim() == 3 && w13.size(0) == w2.size(0) &&
+                   w13.size(1) == x.size(1) && w13.size(2) == 2 * w2.size(1) &&
+                   w2.size(2) == x.size(1) && tokens_per_expert.numel() == w13.size(0),
+               "expert_ffn", "shape mismatch: x ", x.sizes(), ", w13 ", w13.sizes(), ", w2 ",
+               w2.sizes(), ", tokens_per_expert ", tokens_per_expert.sizes());
+  return ExpertFfnFn::apply(x.contiguous(), w13.contiguous(), w2.contiguous(), tokens_per_expert);
+}
+
+at::Tensor unpermute(const at::Tensor& y, const at::Tensor& weight, const PermuteResult& perm,
+                     int64_t num_tokens) {
+  HETMOE_CHECK(y.size(0) == perm.source_row.size(0) && weight.numel() == y.size(0), "unpermute",
+               "expected y [N*k, H] and weight [N, k] for ", perm.source_row.size(0),
+               " rows, got ", y.sizes(), " and ", weight.sizes());
+  return UnpermuteFn::apply(y.contiguous(), weight.contiguous(), perm.source_row, perm.slot,
+                            num_tokens);
+}
+
+}  // namespace hetmoe::ops

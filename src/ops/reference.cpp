@@ -1,0 +1,52 @@
+// Naive, obviously-correct versions of the MoE operators (see hetmoe/ops/reference.h).
+#include "hetmoe/ops/reference.h"
+
+#include <ATen/ATen.h>
+
+namespace hetmoe::ops::reference {
+
+RouteResult route(const at::Tensor& logits, const RouteParams& p) {
+  RouteResult r;
+  at::Tensor l = logits.to(at::kFloat);
+  r.scores = p.sigmoid ? at::sigmoid(l) : at::softmax(l, -1);
+  const int64_t n = l.size(0), e = l.size(1);
+  std::vector<at::Tensor> weights, indices;
+  at::Tensor counts = at::zeros({e}, at::kLong);
+  for (int64_t t = 0; t < n; ++t) {
+    // Selection by a full descending sort of this token's scores.
+    at::Tensor order = std::get<1>(r.scores[t].detach().sort(0, /*descending=*/true));
+    at::Tensor sel = order.narrow(0, 0, p.top_k);
+    at::Tensor w = r.scores[t].index_select(0, sel);
+    if (p.renormalize) w = w / w.sum();
+    weights.push_back(w);
+    indices.push_back(sel);
+    for (int64_t j = 0; j < p.top_k; ++j) counts[sel[j].item<int64_t>()] += 1;
+  }
+  r.expert_weight = at::stack(weights);
+  r.expert_index = at::stack(indices);
+  r.tokens_per_expert = counts.to(logits.device());
+  return r;
+}
+
+at::Tensor swiglu_expert(const at::Tensor& x, const at::Tensor& w13_e, const at::Tensor& w2_e) {
+  const int64_t f = w2_e.size(0);
+  at::Tensor h = at::matmul(x, w13_e);
+  return at::matmul(at::silu(h.narrow(-1, 0, f)) * h.narrow(-1, f, f), w2_e);
+}
+
+at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& expert_index,
+                       const at::Tensor& expert_weight, const at::Tensor& w13,
+                       const at::Tensor& w2) {
+  std::vector<at::Tensor> rows;
+  for (int64_t t = 0; t < x.size(0); ++t) {
+    at::Tensor acc = at::zeros({x.size(1)}, x.options());
+    for (int64_t j = 0; j < expert_index.size(1); ++j) {
+      const int64_t e = expert_index[t][j].item<int64_t>();
+      acc = acc + expert_weight[t][j].to(x.scalar_type()) * swiglu_expert(x[t], w13[e], w2[e]);
+    }
+    rows.push_back(acc);
+  }
+  return at::stack(rows);
+}
+
+}  // namespace hetmoe::ops::reference

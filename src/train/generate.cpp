@@ -1,0 +1,41 @@
+#include "hetmoe/train/generate.h"
+
+#include <ATen/ATen.h>
+
+#include "hetmoe/core/error.h"
+
+namespace hetmoe {
+
+std::vector<int32_t> sample(Transformer& model, const std::vector<int32_t>& prompt,
+                            int64_t max_seq_len, const SampleOptions& o) {
+  HETMOE_CHECK(!prompt.empty(), "generate", "the prompt is empty");
+  at::NoGradGuard no_grad;
+  model->eval();
+  const c10::Device device = model->head.device();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+  std::vector<int32_t> context(prompt), out;
+  for (int64_t i = 0; i < o.max_new_tokens; ++i) {
+    const int64_t start = std::max<int64_t>(0, static_cast<int64_t>(context.size()) - max_seq_len);
+    std::vector<int64_t> window(context.begin() + start, context.end());
+    at::Tensor tokens =
+        at::tensor(window, at::kLong).view({1, static_cast<int64_t>(window.size())}).to(device);
+    at::Tensor logits = model->forward(tokens).logits[0][-1].to(at::kCPU).to(at::kDouble);
+    int64_t next;
+    if (o.temperature <= 0) {
+      next = logits.argmax().item<int64_t>();
+    } else {
+      logits = logits / o.temperature;
+      if (o.top_k > 0 && o.top_k < logits.size(0)) {
+        const double kth = std::get<0>(logits.topk(o.top_k))[-1].item<double>();
+        logits = logits.masked_fill(logits < kth, -INFINITY);
+      }
+      next = at::multinomial(logits.softmax(0), 1, false, gen).item<int64_t>();
+    }
+    out.push_back(static_cast<int32_t>(next));
+    context.push_back(static_cast<int32_t>(next));
+    if (next == o.stop_token) break;
+  }
+  return out;
+}
+
+}  // namespace hetmoe

@@ -1,0 +1,87 @@
+#include "hetmoe/train/optimizer.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "hetmoe/core/error.h"
+
+namespace hetmoe {
+
+AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> named_parameters,
+             AdamWOptions options)
+    : options_(options) {
+  for (auto& [name, p] : named_parameters) {
+    HETMOE_CHECK(p.scalar_type() == at::kFloat, "optimizer", "parameter '", name,
+                 "' is not fp32 (master weights must be fp32)");
+    slots_.push_back(Slot{name, p, at::zeros_like(p), at::zeros_like(p), p.dim() >= 2});
+  }
+}
+
+void AdamW::step(double lr) {
+  at::NoGradGuard no_grad;
+  ++steps_;
+  const double b1 = options_.beta1, b2 = options_.beta2;
+  const double bc1 = 1.0 - std::pow(b1, static_cast<double>(steps_));
+  const double bc2 = 1.0 - std::pow(b2, static_cast<double>(steps_));
+  for (Slot& s : slots_) {
+    const at::Tensor& g = s.param.grad();
+    if (!g.defined()) continue;
+    if (s.decay && options_.weight_decay > 0) s.param.mul_(1.0 - lr * options_.weight_decay);
+    s.exp_avg.mul_(b1).add_(g, 1.0 - b1);
+    s.exp_avg_sq.mul_(b2).addcmul_(g, g, 1.0 - b2);
+    at::Tensor denom = (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(options_.eps);
+    s.param.addcdiv_(s.exp_avg, denom, -lr / bc1);
+  }
+}
+
+void AdamW::zero_grad() {
+  for (Slot& s : slots_) {
+    if (s.param.grad().defined()) s.param.mutable_grad().zero_();
+  }
+}
+
+std::map<std::string, at::Tensor> AdamW::state_dict() const {
+  std::map<std::string, at::Tensor> out;
+  for (const Slot& s : slots_) {
+    out["exp_avg/" + s.name] = s.exp_avg;
+    out["exp_avg_sq/" + s.name] = s.exp_avg_sq;
+  }
+  out["step"] = at::scalar_tensor(steps_, at::kLong);
+  return out;
+}
+
+void AdamW::load_state_dict(const std::map<std::string, at::Tensor>& state) {
+  auto get = [&](const std::string& key, const at::Tensor& like) {
+    auto it = state.find(key);
+    HETMOE_CHECK(it != state.end(), "optimizer", "checkpoint has no optimizer entry '", key, "'");
+    HETMOE_CHECK(it->second.sizes() == like.sizes(), "optimizer", "optimizer entry '", key,
+                 "' has shape ", it->second.sizes(), ", the model needs ", like.sizes());
+    return it->second;
+  };
+  at::NoGradGuard no_grad;
+  for (Slot& s : slots_) {
+    s.exp_avg.copy_(get("exp_avg/" + s.name, s.exp_avg));
+    s.exp_avg_sq.copy_(get("exp_avg_sq/" + s.name, s.exp_avg_sq));
+  }
+  auto it = state.find("step");
+  HETMOE_CHECK(it != state.end(), "optimizer", "checkpoint has no optimizer entry 'step'");
+  steps_ = it->second.item<int64_t>();
+}
+
+double clip_grad_norm(const std::vector<at::Tensor>& parameters, double max_norm) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> norms;
+  for (const auto& p : parameters)
+    if (p.grad().defined()) norms.push_back(p.grad().norm(2).to(at::kFloat));
+  if (norms.empty()) return 0.0;
+  const double total = at::stack(norms).norm(2).item<double>();
+  if (max_norm > 0 && total > max_norm && std::isfinite(total)) {
+    const double scale = max_norm / (total + 1e-6);
+    for (const auto& p : parameters)
+      if (p.grad().defined()) p.grad().mul_(scale);
+  }
+  return total;
+}
+
+}  // namespace hetmoe

@@ -1,0 +1,298 @@
+#include "hetmoe/train/trainer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "hetmoe/core/error.h"
+#include "hetmoe/core/logging.h"
+#include "hetmoe/data/dataset.h"
+#include "hetmoe/device/registry.h"
+#include "hetmoe/train/optimizer.h"
+#include "hetmoe/train/schedule.h"
+
+namespace fs = std::filesystem;
+
+namespace hetmoe {
+namespace {
+
+// Artifacts a run writes into its out_dir; --overwrite removes exactly these and nothing else.
+const char* const kRunArtifacts[] = {"checkpoints", "metrics.jsonl", "resolved.yaml"};
+
+bool holds_run(const fs::path& dir) {
+  for (const char* a : kRunArtifacts)
+    if (fs::exists(dir / a)) return true;
+  return false;
+}
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<int64_t>(std::max(0.0, seconds));
+  char buf[32];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(s / 3600),
+                  static_cast<long long>(s % 3600 / 60));
+  else
+    std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60),
+                  static_cast<long long>(s % 60));
+  return buf;
+}
+
+// Keeps metrics.jsonl consistent with a resumed step: lines past it belong to a lost future.
+void truncate_metrics(const fs::path& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      if (nlohmann::json::parse(line).value("step", int64_t{0}) <= step) kept += line + "\n";
+    } catch (const nlohmann::json::exception&) {
+      // A torn last line from a crash: drop it.
+    }
+  }
+  in.close();
+  std::ofstream(path, std::ios::trunc) << kept;
+}
+
+at::Tensor window_batch(const TokenDataset& data, Split split, int64_t batch, int64_t len,
+                        uint64_t seed, uint64_t step, c10::Device device) {
+  at::Tensor buf = at::empty({batch, len}, at::kInt);
+  data.sample_windows(split, batch, len, seed, step, buf.data_ptr<int32_t>());
+  return buf.to(at::kLong).to(device);
+}
+
+}  // namespace
+
+Trainer::Trainer(Config config, TrainerOptions options)
+    : config_(std::move(config)), options_(std::move(options)) {
+  validate(config_);
+  const auto& t = config_.train;
+  const int threads =
+      t.threads > 0 ? static_cast<int>(t.threads) : static_cast<int>(std::thread::hardware_concurrency());
+  at::set_num_threads(std::max(1, threads));
+
+  LoadedCheckpoint resumed;
+  const fs::path out(config_.run.out_dir);
+  if (!options_.resume.empty()) {
+    resumed = load_checkpoint(options_.resume);
+  } else if (fs::exists(out) && holds_run(out)) {
+    HETMOE_CHECK(options_.overwrite, "train", "run directory '", out.string(),
+                 "' already holds a run; pass --resume ", out.string(),
+                 " to continue it or --overwrite to replace it");
+    for (const char* a : kRunArtifacts) fs::remove_all(out / a);
+  }
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  HETMOE_CHECK(!ec, "train", "cannot create run directory '", out.string(), "': ", ec.message());
+
+  device_ = resolve_device(config_.backend.device);
+  data_ = std::make_unique<TokenDataset>(config_.data.path);
+  HETMOE_CHECK(data_->vocab_size() <= config_.model.vocab_size, "train", "dataset '",
+               config_.data.path, "' has vocab_size ", data_->vocab_size(),
+               " but model.vocab_size is ", config_.model.vocab_size);
+  for (Split s : {Split::Train, Split::Val}) {
+    HETMOE_CHECK(data_->split_size(s) >= t.seq_len + 1, "train", "dataset '", config_.data.path,
+                 "': the ", s == Split::Train ? "train" : "val", " split has ",
+                 data_->split_size(s), " tokens, fewer than train.seq_len + 1 = ", t.seq_len + 1);
+  }
+
+  model_ = Transformer(config_.model, config_.moe);
+  model_->reset_parameters(static_cast<uint64_t>(t.seed));
+  model_->to(device_);
+  model_->set_compute_dtype(config_.backend.dtype == "bf16" ? at::kBFloat16 : at::kFloat);
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (auto& p : model_->named_parameters()) named.emplace_back(p.key(), p.value());
+  optimizer_ = std::make_unique<AdamW>(
+      named, AdamWOptions{t.beta1, t.beta2, t.eps, t.weight_decay});
+
+  if (!options_.resume.empty()) {
+    at::NoGradGuard no_grad;
+    auto params = model_->named_parameters();
+    for (auto& p : params) {
+      auto it = resumed.model.find(p.key());
+      HETMOE_CHECK(it != resumed.model.end(), "train", "checkpoint '", resumed.dir,
+                   "' has no tensor '", p.key(), "' (was it made with another model config?)");
+      HETMOE_CHECK(it->second.sizes() == p.value().sizes(), "train", "checkpoint tensor '",
+                   p.key(), "' has shape ", it->second.sizes(), ", the model needs ",
+                   p.value().sizes());
+      p.value().copy_(it->second);
+    }
+    optimizer_->load_state_dict(resumed.optimizer);
+    state_ = resumed.state;
+    truncate_metrics(out / "metrics.jsonl", state_.step);
+    HETMOE_LOG_INFO("resumed from %s at step %lld", resumed.dir.c_str(),
+                    static_cast<long long>(state_.step));
+  }
+  std::ofstream(out / "resolved.yaml") << to_yaml(config_);
+
+  const auto count = model_->parameter_count();
+  HETMOE_LOG_INFO("model: %lld layers, d_model %lld, %lld experts top-%lld (+%lld shared): "
+                  "%.2fM parameters, %.2fM active per token",
+                  static_cast<long long>(config_.model.n_layers),
+                  static_cast<long long>(config_.model.d_model),
+                  static_cast<long long>(config_.moe.num_experts),
+                  static_cast<long long>(config_.moe.top_k),
+                  static_cast<long long>(config_.moe.num_shared_experts), count.total / 1e6,
+                  count.active_per_token / 1e6);
+  HETMOE_LOG_INFO("device %s, dtype %s, %d threads, data %s (%lld train / %lld val tokens)",
+                  device_.str().c_str(), config_.backend.dtype.c_str(), at::get_num_threads(),
+                  config_.data.path.c_str(),
+                  static_cast<long long>(data_->split_size(Split::Train)),
+                  static_cast<long long>(data_->split_size(Split::Val)));
+}
+
+Trainer::~Trainer() = default;
+
+double Trainer::train_step() {
+  const auto& t = config_.train;
+  model_->train();
+  optimizer_->zero_grad();
+  StepRecord stats;
+  for (int64_t micro = 0; micro < t.grad_accum; ++micro) {
+    const uint64_t stream_step = static_cast<uint64_t>(state_.step * t.grad_accum + micro);
+    at::Tensor batch = window_batch(*data_, Split::Train, t.micro_batch, t.seq_len + 1,
+                                    static_cast<uint64_t>(t.seed), stream_step, device_);
+    at::Tensor inputs = batch.narrow(1, 0, t.seq_len), targets = batch.narrow(1, 1, t.seq_len);
+    ForwardOutput out = model_->forward(inputs);
+    at::Tensor ce = at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}),
+                                           targets.reshape(-1));
+    at::Tensor loss =
+        ce + config_.moe.aux_loss_coef * out.aux_loss + config_.moe.z_loss_coef * out.z_loss;
+    (loss / static_cast<double>(t.grad_accum)).backward();
+    stats.loss += ce.item<double>() / t.grad_accum;
+    stats.aux += out.aux_loss.item<double>() / t.grad_accum;
+    stats.z += out.z_loss.item<double>() / t.grad_accum;
+    for (size_t i = 0; i < out.tokens_per_expert.size(); ++i) {
+      at::Tensor l = out.tokens_per_expert[i].to(at::kCPU);
+      if (stats.load.size() <= i) stats.load.push_back(l);
+      else stats.load[i] += l;
+    }
+  }
+  const double lr = learning_rate(t, state_.step);
+  const double grad_norm = clip_grad_norm(model_->parameters(), t.clip);
+  if (std::isfinite(grad_norm)) {
+    optimizer_->step(lr);
+  } else {
+    ++skipped_;
+    HETMOE_LOG_WARN("step %lld: non-finite gradient norm, update skipped",
+                    static_cast<long long>(state_.step + 1));
+  }
+  state_.step += 1;
+  state_.tokens_seen += t.grad_accum * t.micro_batch * t.seq_len;
+  stats.grad_norm = grad_norm;
+  stats.lr = lr;
+  last_ = std::move(stats);
+  return last_.loss;
+}
+
+double Trainer::evaluate() {
+  const auto& t = config_.train;
+  at::NoGradGuard no_grad;
+  model_->eval();
+  double total = 0;
+  for (int64_t i = 0; i < t.eval_batches; ++i) {
+    // The same fixed windows every evaluation, so val losses are comparable across steps.
+    at::Tensor batch = window_batch(*data_, Split::Val, t.micro_batch, t.seq_len + 1,
+                                    static_cast<uint64_t>(t.seed), static_cast<uint64_t>(i), device_);
+    ForwardOutput out = model_->forward(batch.narrow(1, 0, t.seq_len));
+    total += at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}),
+                                    batch.narrow(1, 1, t.seq_len).reshape(-1))
+                 .item<double>();
+  }
+  model_->train();
+  return total / static_cast<double>(t.eval_batches);
+}
+
+std::string Trainer::save() {
+  std::map<std::string, at::Tensor> weights;
+  for (const auto& p : model_->named_parameters()) weights.emplace(p.key(), p.value());
+  last_checkpoint_ =
+      save_checkpoint(config_.run.out_dir, config_, state_, weights, optimizer_->state_dict());
+  return last_checkpoint_;
+}
+
+void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, int64_t first_step,
+                     double val_loss) {
+  const auto& t = config_.train;
+  const double tokens_per_s =
+      static_cast<double>(t.grad_accum * t.micro_batch * t.seq_len) / std::max(step_seconds, 1e-9);
+  // Imbalance: max over mean tokens per expert, averaged over the MoE layers.
+  double imbalance = 0;
+  nlohmann::json load = nlohmann::json::array();
+  for (const auto& l : r.load) {
+    at::Tensor lf = l.to(at::kDouble);
+    imbalance += (lf.max() / lf.mean().clamp_min(1e-9)).item<double>();
+    std::vector<int64_t> counts(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + l.numel());
+    load.push_back(counts);
+  }
+  if (!r.load.empty()) imbalance /= static_cast<double>(r.load.size());
+  const int64_t done = state_.step - first_step;
+  const double eta = done > 0 ? elapsed / done * static_cast<double>(t.steps - state_.step) : 0;
+
+  HETMOE_LOG_INFO("step %lld/%lld | loss %.4f | aux %.4f | z %.4f | lr %.2e | gnorm %.3f | "
+                  "%.0f tok/s | imbalance %.2f | eta %s",
+                  static_cast<long long>(state_.step), static_cast<long long>(t.steps), r.loss,
+                  r.aux, r.z, r.lr, r.grad_norm, tokens_per_s, imbalance,
+                  format_duration(eta).c_str());
+  nlohmann::json j = {{"step", state_.step},       {"loss", r.loss},
+                      {"aux_loss", r.aux},         {"z_loss", r.z},
+                      {"lr", r.lr},                {"grad_norm", r.grad_norm},
+                      {"tokens_per_s", tokens_per_s}, {"tokens_seen", state_.tokens_seen},
+                      {"expert_imbalance", imbalance}, {"expert_load", load},
+                      {"skipped_steps", skipped_},  {"elapsed_s", elapsed}};
+  if (!std::isfinite(r.grad_norm)) j["grad_norm"] = nullptr;
+  if (val_loss >= 0) j["val_loss"] = val_loss;
+  std::ofstream(fs::path(config_.run.out_dir) / "metrics.jsonl", std::ios::app) << j.dump() << "\n";
+}
+
+TrainResult Trainer::run() {
+  const auto& t = config_.train;
+  using clock = std::chrono::steady_clock;
+  const int64_t first_step = state_.step;
+  const auto start = clock::now();
+  TrainResult result;
+  double train_loss_window = 0;
+  int64_t window = 0;
+  while (state_.step < t.steps) {
+    const auto step_start = clock::now();
+    const double loss = train_step();
+    const double step_seconds = std::chrono::duration<double>(clock::now() - step_start).count();
+    train_loss_window += loss;
+    ++window;
+    const bool last = state_.step == t.steps;
+    double val_loss = -1;
+    if (state_.step % t.eval_every == 0 || last) {
+      val_loss = evaluate();
+      state_.last_val_loss = val_loss;
+      HETMOE_LOG_INFO("step %lld/%lld | val loss %.4f", static_cast<long long>(state_.step),
+                      static_cast<long long>(t.steps), val_loss);
+    }
+    if (state_.step % t.log_every == 0 || last || val_loss >= 0) {
+      const double elapsed = std::chrono::duration<double>(clock::now() - start).count();
+      last_.loss = train_loss_window / static_cast<double>(window);
+      record(last_, step_seconds, elapsed, first_step, val_loss);
+      result.final_train_loss = last_.loss;
+      train_loss_window = 0;
+      window = 0;
+    }
+    if ((t.save_every > 0 && state_.step % t.save_every == 0) || last) save();
+  }
+  result.seconds = std::chrono::duration<double>(clock::now() - start).count();
+  result.steps = state_.step;
+  result.final_val_loss = state_.last_val_loss;
+  result.tokens_per_s = result.seconds > 0 ? static_cast<double>((state_.step - first_step) *
+                                                                 t.grad_accum * t.micro_batch *
+                                                                 t.seq_len) /
+                                                 result.seconds
+                                           : 0;
+  result.skipped_steps = skipped_;
+  result.checkpoint = last_checkpoint_;
+  return result;
+}
+
+}  // namespace hetmoe

@@ -1,0 +1,460 @@
+// prepare_dataset(): file discovery, document splitting, the train/val split and the on-disk
+// format (checked both directly and through TokenDataset).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "hetmoe/core/error.h"
+#include "hetmoe/data/dataset.h"
+#include "hetmoe/data/tokenizer.h"
+
+namespace fs = std::filesystem;
+
+namespace hetmoe {
+namespace {
+
+// A fresh directory per test, removed at the end.
+class TempDir {
+ public:
+  TempDir() {
+    static std::atomic<int> counter{0};
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::random_device rd;
+    path_ =
+        fs::temp_directory_path() /
+        ("hetmoe-prepare-" + std::string(info ? info->name() : "test") + "-" +
+         std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" + std::to_string(rd()));
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+void write_file(const fs::path& path, const std::string& content) {
+  fs::create_directories(path.parent_path());
+  std::ofstream out(path, std::ios::binary);
+  out << content;
+  ASSERT_TRUE(out.good()) << path;
+}
+
+std::string read_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
+std::vector<int32_t> read_tokens(const fs::path& path) {
+  const std::string raw = read_bytes(path);
+  std::vector<int32_t> ids(raw.size() / 2);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    ids[i] =
+        static_cast<unsigned char>(raw[2 * i]) | (static_cast<unsigned char>(raw[2 * i + 1]) << 8);
+  }
+  return ids;
+}
+
+nlohmann::json read_index(const fs::path& dir) {
+  return nlohmann::json::parse(read_bytes(dir / "index.json"));
+}
+
+// Token ids of a document: its bytes followed by the end-of-document id.
+std::vector<int32_t> doc_tokens(const std::string& text) {
+  std::vector<int32_t> ids = ByteTokenizer().encode(text);
+  ids.push_back(ByteTokenizer::kEndOfDocument);
+  return ids;
+}
+
+std::vector<int32_t> concat_docs(const std::vector<std::string>& docs) {
+  std::vector<int32_t> all;
+  for (const std::string& d : docs) {
+    const auto ids = doc_tokens(d);
+    all.insert(all.end(), ids.begin(), ids.end());
+  }
+  return all;
+}
+
+// The text of each document listed in index.json, in file order (end-of-document dropped).
+std::vector<std::string> documents_of(const fs::path& dir) {
+  const auto index = read_index(dir);
+  const auto tokens = read_tokens(dir / "tokens.bin");
+  std::vector<std::string> docs;
+  for (const auto& d : index["documents"]) {
+    const int64_t start = d[0].get<int64_t>(), length = d[1].get<int64_t>();
+    EXPECT_EQ(tokens[start + length - 1], ByteTokenizer::kEndOfDocument);
+    std::string text;
+    for (int64_t i = start; i < start + length - 1; ++i) {
+      EXPECT_LT(tokens[i], 256) << "end-of-document inside a document at " << i;
+      text.push_back(static_cast<char>(tokens[i]));
+    }
+    docs.push_back(text);
+  }
+  return docs;
+}
+
+// Messages are "[data] ..." and one line.
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.component(), "data");
+    const std::string what = e.what();
+    EXPECT_EQ(what.rfind("[data] ", 0), 0u) << what;
+    EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+    return what;
+  }
+  ADD_FAILURE() << "expected hetmoe::Error";
+  return "";
+}
+
+PrepareOptions options_for(std::vector<std::string> inputs, const std::string& out_dir,
+                           double val_fraction = 0.0, const std::string& separator = "",
+                           uint64_t seed = 0) {
+  PrepareOptions o;
+  o.inputs = std::move(inputs);
+  o.out_dir = out_dir;
+  o.val_fraction = val_fraction;
+  o.separator = separator;
+  o.seed = seed;
+  return o;
+}
+
+// A corpus of `n` distinct one-line documents separated by "%".
+std::string numbered_corpus(int n) {
+  std::string text;
+  for (int i = 0; i < n; ++i) text += "document number " + std::to_string(i) + "\n%\n";
+  return text;
+}
+
+TEST(Fnv1a64, MatchesReferenceValuesAndChains) {
+  EXPECT_EQ(fnv1a64("", 0), 0xcbf29ce484222325ULL);
+  EXPECT_EQ(fnv1a64("a", 1), 0xaf63dc4c8601ec8cULL);
+  EXPECT_EQ(fnv1a64("foobar", 6), 0x85944171f73967e8ULL);
+  EXPECT_EQ(fnv1a64("bar", 3, fnv1a64("foo", 3)), fnv1a64("foobar", 6));
+}
+
+TEST(PrepareDataset, WholeFilesRoundTripInSortedWalkOrder) {
+  TempDir tmp;
+  const fs::path corpus = tmp.path() / "corpus";
+  write_file(corpus / "c.txt", "third file\n");
+  write_file(corpus / "a.txt", "first file\nwith two lines\n");
+  write_file(corpus / "sub" / "b.txt", "nested, no trailing newline");
+  write_file(corpus / "B.txt", "capital sorts first\n");
+  const std::string out = tmp / "out/nested/dir";  // parents are created
+
+  const PrepareSummary s = prepare_dataset(options_for({corpus.string()}, out));
+  const std::vector<std::string> docs = {"capital sorts first\n", "first file\nwith two lines\n",
+                                         "third file\n", "nested, no trailing newline"};
+  const std::vector<int32_t> expected = concat_docs(docs);
+  EXPECT_EQ(s.num_files, 4);
+  EXPECT_EQ(s.num_documents, 4);
+  EXPECT_EQ(s.train_tokens, static_cast<int64_t>(expected.size()));
+  EXPECT_EQ(s.val_tokens, 0);
+
+  EXPECT_EQ(read_tokens(fs::path(out) / "tokens.bin"), expected);
+  EXPECT_EQ(documents_of(out), docs);
+
+  const auto index = read_index(out);
+  EXPECT_EQ(index["magic"], "hetmoe-dataset");
+  EXPECT_EQ(index["version"], 1);
+  EXPECT_EQ(index["dtype"], "uint16");
+  EXPECT_EQ(index["tokenizer"], "byte");
+  EXPECT_EQ(index["vocab_size"], 257);
+  EXPECT_EQ(index["num_tokens"], static_cast<int64_t>(expected.size()));
+  EXPECT_EQ(index["splits"]["train"], nlohmann::json::array({0, expected.size()}));
+  EXPECT_EQ(index["splits"]["val"], nlohmann::json::array({expected.size(), expected.size()}));
+  ASSERT_EQ(index["sources"].size(), 4u);
+  EXPECT_EQ(index["sources"][0], fs::canonical(corpus / "B.txt").string());
+  EXPECT_EQ(index["sources"][3], fs::canonical(corpus / "sub" / "b.txt").string());
+
+  // No temporaries are left behind.
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(out)) names.insert(e.path().filename().string());
+  EXPECT_EQ(names, (std::set<std::string>{"index.json", "tokens.bin"}));
+
+  TokenDataset ds(out);
+  EXPECT_EQ(ds.num_tokens(), static_cast<int64_t>(expected.size()));
+  EXPECT_EQ(ds.split_size(Split::Train), static_cast<int64_t>(expected.size()));
+  EXPECT_EQ(ds.split_size(Split::Val), 0);
+  for (int64_t i = 0; i < ds.num_tokens(); ++i) ASSERT_EQ(ds.token(i), expected[i]) << i;
+}
+
+TEST(PrepareDataset, ChecksumIsFnv1aOfTokensBin) {
+  TempDir tmp;
+  write_file(tmp.path() / "in.txt", "checksum me\n");
+  prepare_dataset(options_for({tmp / "in.txt"}, tmp / "out"));
+  const std::string raw = read_bytes(tmp.path() / "out" / "tokens.bin");
+  char want[32];
+  std::snprintf(want, sizeof want, "fnv1a64:%016llx",
+                static_cast<unsigned long long>(fnv1a64(raw.data(), raw.size())));
+  EXPECT_EQ(read_index(tmp.path() / "out")["checksum"], want);
+}
+
+TEST(PrepareDataset, SeparatorLinesEndDocuments) {
+  TempDir tmp;
+  // Separator lines: "%" and "%\r" (CRLF). Not separators: "%%", " %", "% ", "x%".
+  // Whitespace-only documents are dropped; text after the last separator is a document.
+  const std::string text =
+      "one\n"
+      "%\n"
+      "two\n%%\n %\n% \nx%\n"
+      "%\r\n"
+      "  \n\t\n"
+      "%\n"
+      "%\n"
+      "crlf line\r\n"
+      "%\r\n"
+      "last, unterminated";
+  write_file(tmp.path() / "f", text);
+  const PrepareSummary s = prepare_dataset(options_for({tmp / "f"}, tmp / "out", 0.0, "%"));
+  const std::vector<std::string> docs = {"one\n", "two\n%%\n %\n% \nx%\n", "crlf line\r\n",
+                                         "last, unterminated"};
+  EXPECT_EQ(s.num_files, 1);
+  EXPECT_EQ(s.num_documents, 4);
+  EXPECT_EQ(documents_of(tmp.path() / "out"), docs);
+  EXPECT_EQ(read_tokens(tmp.path() / "out" / "tokens.bin"), concat_docs(docs));
+}
+
+TEST(PrepareDataset, FortuneStyleFilesAndMultiCharacterSeparator) {
+  TempDir tmp;
+  write_file(tmp.path() / "fortunes", "%\nA penny saved.\n\t-- Ben\n%\nLook up.\n%\n");
+  prepare_dataset(options_for({tmp / "fortunes"}, tmp / "out", 0.0, "%"));
+  EXPECT_EQ(documents_of(tmp.path() / "out"),
+            (std::vector<std::string>{"A penny saved.\n\t-- Ben\n", "Look up.\n"}));
+
+  write_file(tmp.path() / "multi", "alpha\n<END>\nbeta\n<END>\n<END>\n");
+  prepare_dataset(options_for({tmp / "multi"}, tmp / "out2", 0.0, "<END>"));
+  EXPECT_EQ(documents_of(tmp.path() / "out2"), (std::vector<std::string>{"alpha\n", "beta\n"}));
+}
+
+TEST(PrepareDataset, WithoutSeparatorAFileIsOneDocument) {
+  TempDir tmp;
+  write_file(tmp.path() / "f", "a\n%\nb\n");
+  const PrepareSummary s = prepare_dataset(options_for({tmp / "f"}, tmp / "out"));
+  EXPECT_EQ(s.num_documents, 1);
+  EXPECT_EQ(documents_of(tmp.path() / "out"), (std::vector<std::string>{"a\n%\nb\n"}));
+}
+
+TEST(PrepareDataset, SkipsBinaryEmptyAndWhitespaceOnlyFiles) {
+  TempDir tmp;
+  const fs::path corpus = tmp.path() / "corpus";
+  write_file(corpus / "text", "hello\n%\nworld\n");
+  write_file(corpus / "text.dat", std::string("\x00\x00\x00\x02\x00\x00\x00\x0b", 8) + "%");
+  write_file(corpus / "empty", "");
+  write_file(corpus / "blank", " \n\n\t\n");
+  // A NUL past the first 8 KiB does not make a file binary.
+  write_file(corpus / "late-nul", std::string(9000, 'x') + std::string(1, '\0') + "\n");
+  write_file(corpus / "exact-8k", std::string(8191, 'y') + "\n");  // exactly the probe size
+
+  const PrepareSummary s = prepare_dataset(options_for({corpus.string()}, tmp / "out", 0.0, "%"));
+  EXPECT_EQ(s.num_files, 3);
+  EXPECT_EQ(s.num_documents, 4);
+  EXPECT_EQ(s.train_tokens, (8192 + 1) + (9002 + 1) + (6 + 1) + (6 + 1));
+  const auto sources = read_index(tmp.path() / "out")["sources"];
+  EXPECT_EQ(sources, nlohmann::json::array({fs::canonical(corpus / "exact-8k").string(),
+                                            fs::canonical(corpus / "late-nul").string(),
+                                            fs::canonical(corpus / "text").string()}));
+}
+
+TEST(PrepareDataset, DeduplicatesSymlinksAndRepeatedInputs) {
+  TempDir tmp;
+  const fs::path corpus = tmp.path() / "corpus";
+  write_file(corpus / "art", "a picture\n%\nanother\n");
+  fs::create_symlink("art", corpus / "art.u8");
+  fs::create_directories(corpus / "sub");
+  fs::create_symlink("../art", corpus / "sub" / "link");
+  fs::create_directory_symlink("..", corpus / "sub" / "loop");  // a cycle is harmless
+  fs::create_symlink("missing", corpus / "dangling");           // ignored inside directories
+
+  const PrepareSummary s = prepare_dataset(
+      options_for({corpus.string(), (corpus / "art.u8").string(), (corpus / "art").string()},
+                  tmp / "out", 0.0, "%"));
+  EXPECT_EQ(s.num_files, 1);
+  EXPECT_EQ(s.num_documents, 2);
+  EXPECT_EQ(read_index(tmp.path() / "out")["sources"],
+            nlohmann::json::array({fs::canonical(corpus / "art").string()}));
+}
+
+TEST(PrepareDataset, MissingInputIsAnError) {
+  TempDir tmp;
+  write_file(tmp.path() / "present", "text\n");
+  const std::string missing = tmp / "nope/missing.txt";
+  const std::string what = error_of([&] {
+    prepare_dataset(options_for({tmp / "present", missing}, tmp / "out"));
+  });
+  EXPECT_NE(what.find("[data] input '" + missing + "' does not exist"), std::string::npos) << what;
+  EXPECT_FALSE(fs::exists(tmp.path() / "out" / "index.json"));
+}
+
+TEST(PrepareDataset, NoTextIsAnError) {
+  TempDir tmp;
+  write_file(tmp.path() / "corpus" / "empty", "");
+  write_file(tmp.path() / "corpus" / "bin", std::string("\0\1\2", 3));
+  write_file(tmp.path() / "corpus" / "seps", "%\n%\n  \n%\n");
+  const std::string what =
+      error_of([&] { prepare_dataset(options_for({tmp / "corpus"}, tmp / "out", 0.1, "%")); });
+  EXPECT_NE(what.find("no text found"), std::string::npos) << what;
+  EXPECT_NE(what.find(tmp / "corpus"), std::string::npos) << what;
+  EXPECT_FALSE(fs::exists(tmp.path() / "out" / "index.json"));
+  EXPECT_FALSE(fs::exists(tmp.path() / "out" / "tokens.bin.tmp"));
+}
+
+TEST(PrepareDataset, ValidatesOptions) {
+  TempDir tmp;
+  write_file(tmp.path() / "f", "text\n");
+  for (double bad : {-0.1, 1.0, 1.5, std::nan(""), std::numeric_limits<double>::infinity()}) {
+    const std::string what =
+        error_of([&] { prepare_dataset(options_for({tmp / "f"}, tmp / "out", bad)); });
+    EXPECT_NE(what.find("val_fraction must be in [0, 1)"), std::string::npos) << what;
+  }
+  EXPECT_NE(error_of([&] { prepare_dataset(options_for({}, tmp / "out")); }).find("no inputs"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { prepare_dataset(options_for({tmp / "f"}, "")); }).find("output"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              prepare_dataset(options_for({tmp / "f"}, tmp / "out", 0, "a\nb"));
+            }).find("separator"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(tmp.path() / "out"));
+  EXPECT_NO_THROW(prepare_dataset(options_for({tmp / "f"}, tmp / "out", 0.0)));
+  EXPECT_NO_THROW(prepare_dataset(options_for({tmp / "f"}, tmp / "out", 0.999)));
+}
+
+TEST(PrepareDataset, UnwritableOutputIsAnError) {
+  TempDir tmp;
+  write_file(tmp.path() / "f", "text\n");
+  write_file(tmp.path() / "file-not-dir", "x");
+  const std::string what =
+      error_of([&] { prepare_dataset(options_for({tmp / "f"}, tmp / "file-not-dir/out")); });
+  EXPECT_NE(what.find("cannot create output directory"), std::string::npos) << what;
+}
+
+TEST(PrepareDataset, SplitPutsTrainDocumentsFirstThenVal) {
+  TempDir tmp;
+  const int n = 400;
+  write_file(tmp.path() / "corpus", numbered_corpus(n));
+  const PrepareSummary s =
+      prepare_dataset(options_for({tmp / "corpus"}, tmp / "out", 0.25, "%", 1234));
+  EXPECT_EQ(s.num_documents, n);
+
+  const auto index = read_index(tmp.path() / "out");
+  const int64_t train_end = index["splits"]["train"][1].get<int64_t>();
+  EXPECT_EQ(s.train_tokens, train_end);
+  EXPECT_EQ(s.train_tokens + s.val_tokens, index["num_tokens"].get<int64_t>());
+
+  // Each split holds its documents in corpus order; together they are every document once.
+  const std::vector<std::string> docs = documents_of(tmp.path() / "out");
+  ASSERT_EQ(docs.size(), static_cast<size_t>(n));
+  std::vector<int> train_ids, val_ids;
+  int64_t pos = 0;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    const int id = std::stoi(docs[i].substr(std::string("document number ").size()));
+    EXPECT_EQ(docs[i], "document number " + std::to_string(id) + "\n");
+    (pos < train_end ? train_ids : val_ids).push_back(id);
+    pos += static_cast<int64_t>(docs[i].size()) + 1;
+  }
+  EXPECT_TRUE(std::is_sorted(train_ids.begin(), train_ids.end()));
+  EXPECT_TRUE(std::is_sorted(val_ids.begin(), val_ids.end()));
+  std::set<int> all(train_ids.begin(), train_ids.end());
+  all.insert(val_ids.begin(), val_ids.end());
+  EXPECT_EQ(all.size(), static_cast<size_t>(n));
+  // About a quarter went to val (binomial, sd ~ 8.7).
+  EXPECT_GT(val_ids.size(), 60u);
+  EXPECT_LT(val_ids.size(), 140u);
+
+  TokenDataset ds(tmp / "out");
+  EXPECT_EQ(ds.split_size(Split::Train), s.train_tokens);
+  EXPECT_EQ(ds.split_size(Split::Val), s.val_tokens);
+}
+
+TEST(PrepareDataset, SplitIsDeterministicGivenSeed) {
+  TempDir tmp;
+  write_file(tmp.path() / "corpus", numbered_corpus(300));
+  prepare_dataset(options_for({tmp / "corpus"}, tmp / "a", 0.2, "%", 7));
+  prepare_dataset(options_for({tmp / "corpus"}, tmp / "b", 0.2, "%", 7));
+  prepare_dataset(options_for({tmp / "corpus"}, tmp / "c", 0.2, "%", 8));
+  EXPECT_EQ(read_bytes(tmp.path() / "a" / "tokens.bin"),
+            read_bytes(tmp.path() / "b" / "tokens.bin"));
+  EXPECT_EQ(read_bytes(tmp.path() / "a" / "index.json"),
+            read_bytes(tmp.path() / "b" / "index.json"));
+  EXPECT_NE(read_bytes(tmp.path() / "a" / "tokens.bin"),
+            read_bytes(tmp.path() / "c" / "tokens.bin"));
+  // Re-preparing into an existing directory replaces the dataset.
+  prepare_dataset(options_for({tmp / "corpus"}, tmp / "a", 0.2, "%", 8));
+  EXPECT_EQ(read_bytes(tmp.path() / "a" / "index.json"),
+            read_bytes(tmp.path() / "c" / "index.json"));
+}
+
+TEST(PrepareDataset, EverySplitGetsADocumentWhenPossible) {
+  TempDir tmp;
+  write_file(tmp.path() / "two", "first\n%\nsecond\n");
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    for (double vf : {0.001, 0.5, 0.999}) {
+      const std::string out = tmp / ("out-" + std::to_string(seed));
+      const PrepareSummary s = prepare_dataset(options_for({tmp / "two"}, out, vf, "%", seed));
+      EXPECT_EQ(s.num_documents, 2);
+      EXPECT_GT(s.train_tokens, 0) << "seed " << seed << " val_fraction " << vf;
+      EXPECT_GT(s.val_tokens, 0) << "seed " << seed << " val_fraction " << vf;
+      TokenDataset ds(out);  // the moved document keeps the file consistent
+      EXPECT_EQ(ds.split_size(Split::Train) + ds.split_size(Split::Val), ds.num_tokens());
+      std::vector<std::string> docs = documents_of(out);
+      std::sort(docs.begin(), docs.end());
+      EXPECT_EQ(docs, (std::vector<std::string>{"first\n", "second\n"}));
+    }
+  }
+}
+
+TEST(PrepareDataset, ASingleDocumentAlwaysTrains) {
+  TempDir tmp;
+  write_file(tmp.path() / "one", "only document\n");
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    const PrepareSummary s =
+        prepare_dataset(options_for({tmp / "one"}, tmp / "out", 0.9, "", seed));
+    EXPECT_EQ(s.val_tokens, 0);
+    EXPECT_EQ(s.train_tokens, 15);
+  }
+}
+
+TEST(PrepareDataset, ZeroValFractionPutsEverythingInTrain) {
+  TempDir tmp;
+  write_file(tmp.path() / "corpus", numbered_corpus(50));
+  const PrepareSummary s = prepare_dataset(options_for({tmp / "corpus"}, tmp / "out", 0.0, "%"));
+  EXPECT_EQ(s.val_tokens, 0);
+  EXPECT_EQ(s.num_documents, 50);
+}
+
+TEST(PrepareDataset, DoesNotReadItsOwnOutputBack) {
+  TempDir tmp;
+  write_file(tmp.path() / "corpus" / "text", "some text\n");
+  const std::string out = tmp / "corpus/prepared";
+  const PrepareSummary first = prepare_dataset(options_for({tmp / "corpus"}, out));
+  const PrepareSummary second = prepare_dataset(options_for({tmp / "corpus"}, out));
+  EXPECT_EQ(first.num_files, 1);
+  EXPECT_EQ(second.num_files, 1);
+  EXPECT_EQ(second.train_tokens, first.train_tokens);
+}
+
+}  // namespace
+}  // namespace hetmoe
