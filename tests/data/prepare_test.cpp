@@ -18,6 +18,7 @@
 
 #include "hetmoe/core/error.h"
 #include "hetmoe/data/dataset.h"
+#include "support/temp_dir.h"
 #include "hetmoe/data/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -25,31 +26,7 @@ namespace fs = std::filesystem;
 namespace hetmoe {
 namespace {
 
-// A fresh directory per test, removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::random_device rd;
-    path_ =
-        fs::temp_directory_path() /
-        ("hetmoe-prepare-" + std::string(info ? info->name() : "test") + "-" +
-         std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" + std::to_string(rd()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
+using test_support::TempDir;
 
 void write_file(const fs::path& path, const std::string& content) {
   fs::create_directories(path.parent_path());

@@ -1,0 +1,154 @@
+// The hetmoe executable: exit codes and one-line messages for bad flags, files and configs,
+// and a short end-to-end run (prepare -> train -> resume -> generate).
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+
+#include "support/temp_dir.h"
+
+namespace hetmoe {
+namespace {
+
+using test_support::TempDir;
+
+struct Result {
+  int code;
+  std::string output;  // stdout and stderr together
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(HETMOE_CLI_PATH) + " " + args + " 2>&1";
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  Result r{-1, ""};
+  if (!pipe) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int status = ::pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+void expect_contains(const Result& r, const std::string& text) {
+  EXPECT_NE(r.output.find(text), std::string::npos) << "expected '" << text << "' in:\n"
+                                                    << r.output;
+}
+
+// A prepared corpus and a tiny config pointing at it.
+struct Fixture {
+  TempDir dir;
+  std::string config;
+  Fixture() {
+    std::string text;
+    for (int i = 0; i < 300; ++i) text += "line " + std::to_string(i) + " of a small corpus\n%\n";
+    dir.write("corpus.txt", text);
+    config = dir.write("c.yaml",
+                       "model: {d_model: 32, n_layers: 2, n_heads: 2, n_kv_heads: 1, "
+                       "max_seq_len: 64, first_k_dense: 1, dense_ffn_hidden: 32}\n"
+                       "moe: {num_experts: 4, top_k: 2, expert_hidden: 16}\n"
+                       "train: {steps: 4, micro_batch: 2, seq_len: 16, warmup: 1, eval_every: 2,"
+                       " eval_batches: 1, log_every: 1, threads: 1}\n"
+                       "data: {path: " + dir.str("data") + "}\n"
+                       "run: {out_dir: " + dir.str("run") + "}\n");
+  }
+  Result prepare() {
+    return run("data prepare --input " + dir.str("corpus.txt") + " --out " + dir.str("data") +
+               " --separator %");
+  }
+};
+
+TEST(CliTest, UnknownFlagIsAUsageError) {
+  Result r = run("train --no-such-flag");
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "--no-such-flag");
+}
+
+TEST(CliTest, MissingSubcommandIsAUsageError) { EXPECT_EQ(run("").code, 2); }
+
+TEST(CliTest, MissingConfigFileIsNamed) {
+  Result r = run("train --config /nonexistent/cfg.yaml");
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "/nonexistent/cfg.yaml");
+}
+
+TEST(CliTest, TrainHelpDocumentsEveryFlag) {
+  Result r = run("train --help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* flag : {"--config", "--set", "--resume", "--out-dir", "--overwrite"})
+    expect_contains(r, flag);
+}
+
+TEST(CliTest, TrainWithoutConfigOrResumeFails) {
+  Result r = run("train");
+  EXPECT_EQ(r.code, 1);
+  expect_contains(r, "needs --config FILE or --resume DIR");
+}
+
+TEST(CliTest, BadConfigValueAndUnknownOverrideAreOneLineErrors) {
+  Fixture f;
+  Result r = run("train --config " + f.config + " --set moe.top_k=9");
+  EXPECT_EQ(r.code, 1);
+  expect_contains(r, "moe.top_k (9) must be <= moe.num_experts (4)");
+  r = run("train --config " + f.config + " --set moe.num_expert=2");
+  EXPECT_EQ(r.code, 1);
+  expect_contains(r, "did you mean 'moe.num_experts'");
+  r = run("train --config " + f.config + " --set moe.num_experts");
+  EXPECT_EQ(r.code, 1);
+  expect_contains(r, "expected key=value");
+}
+
+TEST(CliTest, MissingDataIsNamed) {
+  Fixture f;
+  Result r = run("train --config " + f.config);
+  EXPECT_EQ(r.code, 1);
+  expect_contains(r, f.dir.str("data"));
+}
+
+TEST(CliTest, DataPrepareMissingInputFails) {
+  TempDir dir;
+  Result r = run("data prepare --input " + dir.str("nope") + " --out " + dir.str("out"));
+  EXPECT_EQ(r.code, 1);
+  expect_contains(r, "does not exist");
+}
+
+TEST(CliTest, GenerateFromMissingCheckpointFails) {
+  TempDir dir;
+  Result r = run("generate --checkpoint " + dir.str("nope") + " --prompt hi");
+  EXPECT_EQ(r.code, 1);
+  expect_contains(r, "does not exist");
+}
+
+TEST(CliTest, PrepareTrainResumeGenerate) {
+  Fixture f;
+  ASSERT_EQ(f.prepare().code, 0);
+  Result r = run("train --config " + f.config + " --set train.steps=2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_contains(r, "step 2/2");
+  // A second fresh run into the same directory is refused, and nothing is lost.
+  r = run("train --config " + f.config);
+  EXPECT_EQ(r.code, 1);
+  expect_contains(r, "already holds a run");
+  r = run("train --resume " + f.dir.str("run") + " --set train.steps=4");
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_contains(r, "resumed from");
+  expect_contains(r, "step 4/4");
+  r = run("generate --checkpoint " + f.dir.str("run") + " --prompt line --tokens 20 --seed 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_contains(r, "line");
+}
+
+TEST(CliTest, DevicesAndVersion) {
+  Result r = run("devices");
+  EXPECT_EQ(r.code, 0);
+  expect_contains(r, "cpu backend: available");
+  r = run("version");
+  EXPECT_EQ(r.code, 0);
+  expect_contains(r, "hetmoe 0.");
+  expect_contains(r, "libtorch 2.");
+}
+
+}  // namespace
+}  // namespace hetmoe

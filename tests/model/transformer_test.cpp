@@ -1,0 +1,164 @@
+// Model: router losses by hand, shapes, parameter counts, causal masking, NormHead, capacity.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "hetmoe/model/transformer.h"
+#include "support/tensor_test_util.h"
+
+namespace hetmoe {
+namespace {
+
+ModelConfig small_model() {
+  ModelConfig m;
+  m.vocab_size = 257;
+  m.d_model = 32;
+  m.n_layers = 3;
+  m.n_heads = 4;
+  m.n_kv_heads = 2;
+  m.max_seq_len = 32;
+  m.first_k_dense = 1;
+  m.dense_ffn_hidden = 48;
+  return m;
+}
+
+MoEConfig small_moe() {
+  MoEConfig e;
+  e.num_experts = 4;
+  e.top_k = 2;
+  e.expert_hidden = 16;
+  e.num_shared_experts = 1;
+  return e;
+}
+
+TEST(MoELayerTest, RouterLossesMatchHandComputedValues) {
+  ModelConfig m;
+  m.d_model = 2;
+  MoEConfig e;
+  e.num_experts = 2;
+  e.top_k = 1;
+  e.expert_hidden = 2;
+  e.num_shared_experts = 0;
+  MoELayer layer(m, e);
+  const double ln3 = std::log(3.0);
+  {
+    at::NoGradGuard g;
+    layer->router.copy_(at::tensor({0.0, 0.0, ln3, 0.0}, at::kFloat).view({2, 2}));
+  }
+  // logits: [0, ln3] -> p (.25, .75), expert 1; [0, -ln3] -> (.75, .25), expert 0;
+  //         [0, 2 ln3] -> (.1, .9), expert 1.
+  at::Tensor x = at::tensor({1.0f, 0.0f, -1.0f, 0.0f, 2.0f, 0.0f}).view({3, 2});
+  MoEStats s;
+  layer->forward(x, &s);
+  EXPECT_TRUE(at::equal(s.tokens_per_expert, at::tensor({1, 2}, at::kLong)));
+  // aux = E * sum_i f_i P_i with f = (1/3, 2/3) and P = (1.1/3, 1.9/3).
+  EXPECT_NEAR(s.aux_loss.item<double>(), 2.0 * (1.0 / 3 * 1.1 / 3 + 2.0 / 3 * 1.9 / 3), 1e-6);
+  const double z = (std::pow(std::log(4.0), 2) + std::pow(std::log(4.0 / 3.0), 2) +
+                    std::pow(std::log(10.0), 2)) / 3.0;
+  EXPECT_NEAR(s.z_loss.item<double>(), z, 1e-5);
+  EXPECT_EQ(s.dropped.item<int64_t>(), 0);
+}
+
+TEST(MoELayerTest, CapacityDropsLowestWeightSlotsAndCountsThem) {
+  ModelConfig m;
+  m.d_model = 8;
+  MoEConfig e;
+  e.num_experts = 2;
+  e.top_k = 1;
+  e.expert_hidden = 4;
+  e.num_shared_experts = 0;
+  e.dropless = false;
+  e.renormalize = false;    // weights are the probabilities, so they rank the slots
+  e.capacity_factor = 0.5;  // capacity ceil(0.5 * 8 / 2) = 2 slots per expert
+  MoELayer layer(m, e);
+  {
+    at::NoGradGuard g;
+    for (auto& p : layer->parameters()) p.normal_(0, 0.5);
+    layer->router.zero_();
+    layer->router[0][0] = 1.0f;  // logit difference grows with x[:, 0]
+  }
+  at::Tensor x = at::randn({8, 8});
+  x.select(1, 0).copy_(at::tensor({3.f, 2.f, 1.f, 0.5f, -0.5f, -1.f, -2.f, -3.f}));
+  MoEStats s;
+  at::Tensor out = layer->forward(x, &s);
+  // 4 tokens per expert, capacity 2: 2 dropped on each.
+  EXPECT_EQ(s.dropped.item<int64_t>(), 4);
+  // Dropped tokens (the weakest, nearest zero logits) get no routed output and no shared expert.
+  EXPECT_EQ(out[2].abs().sum().item<float>(), 0.0f);
+  EXPECT_EQ(out[5].abs().sum().item<float>(), 0.0f);
+  EXPECT_GT(out[0].abs().sum().item<float>(), 0.0f);
+  EXPECT_GT(out[7].abs().sum().item<float>(), 0.0f);
+}
+
+TEST(TransformerTest, ShapesAndParameterCounts) {
+  ModelConfig m = small_model();
+  MoEConfig e = small_moe();
+  Transformer model(m, e);
+  at::Tensor tokens = at::randint(0, m.vocab_size, {2, 7}, at::kLong);
+  ForwardOutput out = model->forward(tokens);
+  EXPECT_EQ(out.logits.sizes(), (std::vector<int64_t>{2, 7, m.vocab_size}));
+  EXPECT_EQ(out.tokens_per_expert.size(), 2u);  // layers 1 and 2 are MoE
+  for (const auto& t : out.tokens_per_expert) EXPECT_EQ(t.sum().item<int64_t>(), 2 * 7 * e.top_k);
+  EXPECT_EQ(out.aux_loss.dim(), 0);
+  ParameterCount built = model->parameter_count(), planned = count_parameters(m, e);
+  EXPECT_EQ(built.total, planned.total);
+  EXPECT_EQ(built.active_per_token, planned.active_per_token);
+  const int64_t expert = 3 * m.d_model * e.expert_hidden;
+  EXPECT_EQ(built.total - built.active_per_token, 2 * (e.num_experts - e.top_k) * expert);
+}
+
+TEST(TransformerTest, FutureTokensDoNotChangePastLogits) {
+  at::manual_seed(0);
+  Transformer model(small_model(), small_moe());
+  model->reset_parameters(7);
+  at::Tensor a = at::randint(0, 257, {1, 12}, at::kLong);
+  at::Tensor b = a.clone();
+  b[0][8] = (a[0][8].item<int64_t>() + 1) % 257;
+  b[0][11] = (a[0][11].item<int64_t>() + 5) % 257;
+  at::NoGradGuard g;
+  at::Tensor la = model->forward(a).logits, lb = model->forward(b).logits;
+  EXPECT_TRUE(at::allclose(la.narrow(1, 0, 8), lb.narrow(1, 0, 8), 1e-6, 1e-6));
+  EXPECT_FALSE(at::allclose(la.narrow(1, 8, 1), lb.narrow(1, 8, 1), 1e-6, 1e-6));
+}
+
+TEST(TransformerTest, NormHeadUsesUnitRowsWithoutGradientThroughTheNorm) {
+  ModelConfig m = small_model();
+  m.n_layers = 1;
+  m.first_k_dense = 1;
+  Transformer model(m, small_moe());
+  {
+    at::NoGradGuard g;
+    model->head.mul_(5.0);  // rescaling the head must not change the logits
+  }
+  at::Tensor tokens = at::randint(0, 257, {1, 5}, at::kLong);
+  at::Tensor l1 = model->forward(tokens).logits.detach();
+  {
+    at::NoGradGuard g;
+    model->head.mul_(0.1);
+  }
+  at::Tensor l2 = model->forward(tokens).logits;
+  EXPECT_TRUE(at::allclose(l1, l2, 1e-5, 1e-5));
+  // With the norm detached, the gradient is the plain gradient of (head / const): it is not
+  // orthogonal to the rows, unlike the gradient through a normalisation.
+  l2.sum().backward();
+  at::Tensor g = model->head.grad();
+  at::Tensor radial = (g * model->head).sum(1).abs().sum();
+  EXPECT_GT(radial.item<double>(), 1e-6);
+}
+
+TEST(TransformerTest, Bf16ComputeKeepsFp32MasterWeights) {
+  Transformer model(small_model(), small_moe());
+  model->set_compute_dtype(at::kBFloat16);
+  at::Tensor tokens = at::randint(0, 257, {2, 6}, at::kLong);
+  ForwardOutput out = model->forward(tokens);
+  EXPECT_EQ(out.logits.scalar_type(), at::kFloat);
+  out.logits.mean().backward();
+  for (const auto& p : model->parameters()) {
+    EXPECT_EQ(p.scalar_type(), at::kFloat);
+    if (p.grad().defined()) EXPECT_EQ(p.grad().scalar_type(), at::kFloat);
+  }
+}
+
+}  // namespace
+}  // namespace hetmoe

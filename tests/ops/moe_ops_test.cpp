@@ -1,0 +1,129 @@
+// The MoE operators against their naive references: values and gradients, fp32, random shapes,
+// experts with no tokens, every token on one expert, top_k == num_experts, a single token.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <tuple>
+
+#include "hetmoe/core/error.h"
+#include "hetmoe/ops/moe_ops.h"
+#include "hetmoe/ops/reference.h"
+#include "support/tensor_test_util.h"
+
+namespace hetmoe {
+namespace {
+
+using test_support::rel_error;
+
+struct Case {
+  int64_t tokens, hidden, experts, top_k, ffn;
+};
+
+class MoEOpsTest : public ::testing::TestWithParam<std::tuple<Case, bool, bool>> {};
+
+TEST_P(MoEOpsTest, RouteMatchesReferenceInValuesAndGradients) {
+  const auto [c, sigmoid, renorm] = GetParam();
+  at::manual_seed(c.tokens * 31 + c.experts);
+  at::Tensor logits = at::randn({c.tokens, c.experts}, at::kFloat);
+  at::Tensor l1 = logits.clone().requires_grad_(true), l2 = logits.clone().requires_grad_(true);
+  RouteParams p{c.top_k, sigmoid, renorm};
+  RouteResult a = ops::route(l1, p), b = ops::reference::route(l2, p);
+  EXPECT_TRUE(at::equal(a.expert_index, b.expert_index));
+  EXPECT_TRUE(at::equal(a.tokens_per_expert, b.tokens_per_expert));
+  EXPECT_CLOSE(a.scores, b.scores, 1e-6);
+  EXPECT_CLOSE(a.expert_weight, b.expert_weight, 1e-6);
+  at::Tensor gs = at::randn_like(a.scores), gw = at::randn_like(a.expert_weight);
+  ((a.scores * gs).sum() + (a.expert_weight * gw).sum()).backward();
+  ((b.scores * gs).sum() + (b.expert_weight * gw).sum()).backward();
+  EXPECT_CLOSE(l1.grad(), l2.grad(), 1e-5);
+}
+
+TEST_P(MoEOpsTest, ComposedExpertsMatchTokenLoopReference) {
+  const auto [c, sigmoid, renorm] = GetParam();
+  at::manual_seed(c.tokens * 7 + c.ffn);
+  at::Tensor x = at::randn({c.tokens, c.hidden});
+  at::Tensor w13 = at::randn({c.experts, c.hidden, 2 * c.ffn}) * 0.3;
+  at::Tensor w2 = at::randn({c.experts, c.ffn, c.hidden}) * 0.3;
+  at::Tensor logits = at::randn({c.tokens, c.experts});
+  RouteResult r = ops::route(logits, RouteParams{c.top_k, sigmoid, renorm});
+  at::Tensor weight = r.expert_weight.detach();
+
+  auto leaf = [](const at::Tensor& t) { return t.clone().requires_grad_(true); };
+  at::Tensor x1 = leaf(x), a1 = leaf(w13), b1 = leaf(w2), g1 = leaf(weight);
+  at::Tensor x2 = leaf(x), a2 = leaf(w13), b2 = leaf(w2), g2 = leaf(weight);
+
+  PermuteResult perm = ops::permute(x1, r.expert_index, c.experts);
+  at::Tensor y = ops::expert_ffn(perm.permuted, a1, b1, perm.tokens_per_expert);
+  at::Tensor out = ops::unpermute(y, g1, perm, c.tokens);
+  at::Tensor ref = ops::reference::moe_experts(x2, r.expert_index, g2, a2, b2);
+  EXPECT_CLOSE(out, ref, 1e-5);
+
+  at::Tensor go = at::randn_like(out);
+  (out * go).sum().backward();
+  (ref * go).sum().backward();
+  EXPECT_CLOSE(x1.grad(), x2.grad(), 1e-5);
+  EXPECT_CLOSE(a1.grad(), a2.grad(), 1e-5);
+  EXPECT_CLOSE(b1.grad(), b2.grad(), 1e-5);
+  EXPECT_CLOSE(g1.grad(), g2.grad(), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, MoEOpsTest,
+    ::testing::Combine(::testing::Values(Case{37, 16, 8, 2, 24},   // ordinary
+                                         Case{1, 8, 4, 2, 8},      // a single token
+                                         Case{9, 12, 6, 6, 10},    // top_k == num_experts
+                                         Case{5, 8, 16, 1, 12},    // most experts get nothing
+                                         Case{64, 32, 4, 3, 16}),  // larger
+                       ::testing::Bool(), ::testing::Bool()));
+
+TEST(PermuteTest, GroupsRowsByExpertStablyAndCounts) {
+  at::Tensor x = at::arange(12, at::kFloat).view({6, 2});
+  // token t -> experts (idx[t][0], idx[t][1]); expert 3 receives nothing.
+  at::Tensor idx = at::tensor({0, 2, 1, 0, 2, 1, 0, 1, 4, 2, 0, 4}, at::kLong).view({6, 2});
+  PermuteResult p = ops::permute(x, idx, 5);
+  EXPECT_TRUE(at::equal(p.tokens_per_expert, at::tensor({4, 3, 3, 0, 2}, at::kLong)));
+  // Within an expert, rows keep token order (stable counting order).
+  EXPECT_TRUE(at::equal(p.source_row, at::tensor({0, 1, 3, 5, 1, 2, 3, 0, 2, 4, 4, 5}, at::kLong)));
+  EXPECT_TRUE(at::equal(p.permuted, x.index_select(0, p.source_row)));
+  // Each routing slot appears exactly once.
+  EXPECT_TRUE(at::equal(std::get<0>(p.slot.sort()), at::arange(12, at::kLong)));
+}
+
+TEST(PermuteTest, AllTokensToOneExpert) {
+  at::manual_seed(3);
+  at::Tensor x = at::randn({10, 4}).requires_grad_(true);
+  at::Tensor idx = at::full({10, 1}, 2, at::kLong);
+  PermuteResult p = ops::permute(x, idx, 4);
+  EXPECT_TRUE(at::equal(p.tokens_per_expert, at::tensor({0, 0, 10, 0}, at::kLong)));
+  at::Tensor w13 = at::randn({4, 4, 6}).requires_grad_(true), w2 = at::randn({4, 3, 4});
+  at::Tensor y = ops::expert_ffn(p.permuted, w13, w2, p.tokens_per_expert);
+  EXPECT_CLOSE(y, ops::reference::swiglu_expert(x, w13[2], w2[2]), 1e-5);
+  y.sum().backward();
+  // Experts without tokens get exactly zero gradient.
+  EXPECT_EQ(w13.grad()[0].abs().sum().item<float>(), 0.0f);
+  EXPECT_GT(w13.grad()[2].abs().sum().item<float>(), 0.0f);
+}
+
+TEST(UnpermuteTest, WeightsAndSumsEachTokensContributions) {
+  at::Tensor x = at::ones({2, 3});
+  at::Tensor idx = at::tensor({1, 0, 0, 1}, at::kLong).view({2, 2});
+  at::Tensor w = at::tensor({0.25f, 0.75f, 0.5f, 0.5f}).view({2, 2});
+  PermuteResult p = ops::permute(x, idx, 2);
+  // Expert outputs: rows of expert 0 are 2s, of expert 1 are 4s.
+  at::Tensor y = at::cat({at::full({2, 3}, 2.0f), at::full({2, 3}, 4.0f)});
+  at::Tensor out = ops::unpermute(y, w, p, 2);
+  EXPECT_CLOSE(out, at::tensor({0.25f * 4 + 0.75f * 2, 0.5f * 2 + 0.5f * 4}).view({2, 1}).expand({2, 3}),
+               1e-7);
+}
+
+TEST(MoEOpsTest, RejectsMismatchedShapes) {
+  at::Tensor x = at::randn({4, 8});
+  EXPECT_THROW(ops::route(at::randn({4}), RouteParams{1, false, true}), Error);
+  EXPECT_THROW(ops::route(at::randn({4, 3}), RouteParams{4, false, true}), Error);
+  EXPECT_THROW(ops::permute(x, at::zeros({3, 2}, at::kLong), 4), Error);
+  EXPECT_THROW(ops::expert_ffn(x, at::randn({2, 8, 6}), at::randn({2, 4, 8}), at::tensor({2, 2})),
+               Error);
+}
+
+}  // namespace
+}  // namespace hetmoe

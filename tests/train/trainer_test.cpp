@@ -1,0 +1,200 @@
+// Trainer: learning on a fixed batch, exact resume, run-directory protection, clear data errors.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "hetmoe/core/error.h"
+#include "hetmoe/data/dataset.h"
+#include "hetmoe/data/tokenizer.h"
+#include "hetmoe/train/optimizer.h"
+#include "hetmoe/train/trainer.h"
+#include "support/temp_dir.h"
+
+namespace fs = std::filesystem;
+
+namespace hetmoe {
+namespace {
+
+using test_support::TempDir;
+
+Config tiny_config(const TempDir& dir) {
+  Config c;
+  c.model.d_model = 32;
+  c.model.n_layers = 2;
+  c.model.n_heads = 4;
+  c.model.n_kv_heads = 2;
+  c.model.max_seq_len = 32;
+  c.model.first_k_dense = 1;
+  c.model.dense_ffn_hidden = 48;
+  c.moe.num_experts = 4;
+  c.moe.top_k = 2;
+  c.moe.expert_hidden = 16;
+  c.train.steps = 6;
+  c.train.micro_batch = 4;
+  c.train.seq_len = 16;
+  c.train.grad_accum = 2;
+  c.train.warmup = 2;
+  c.train.eval_every = 3;
+  c.train.eval_batches = 2;
+  c.train.log_every = 1;
+  c.train.threads = 1;
+  c.data.path = dir.str("data");
+  c.run.out_dir = dir.str("run");
+  return c;
+}
+
+void prepare_corpus(const TempDir& dir) {
+  std::string text;
+  for (int i = 0; i < 400; ++i)
+    text += "fortune " + std::to_string(i) + ": the quick brown fox jumps over the lazy dog\n%\n";
+  dir.write("corpus.txt", text);
+  PrepareOptions o;
+  o.inputs = {dir.str("corpus.txt")};
+  o.out_dir = dir.str("data");
+  o.separator = "%";
+  o.val_fraction = 0.1;
+  prepare_dataset(o);
+}
+
+TEST(TrainerTest, LossOnAFixedBatchFallsByHalfWithin100Steps) {
+  at::manual_seed(0);
+  ModelConfig m;
+  m.d_model = 64;
+  m.n_layers = 2;
+  m.n_heads = 4;
+  m.n_kv_heads = 4;
+  m.max_seq_len = 64;
+  MoEConfig e;
+  e.num_experts = 4;
+  e.top_k = 2;
+  e.expert_hidden = 64;
+  Transformer model(m, e);
+  model->reset_parameters(1);
+  ByteTokenizer tok;
+  auto ids = tok.encode("To be, or not to be, that is the question: whether 'tis nobler in the mind");
+  at::Tensor batch = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong)
+                         .narrow(0, 0, 65)
+                         .unsqueeze(0)
+                         .repeat({2, 1});
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
+  AdamW opt(named, AdamWOptions{});
+  auto loss_of = [&] {
+    ForwardOutput out = model->forward(batch.narrow(1, 0, 64));
+    return at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}),
+                                  batch.narrow(1, 1, 64).reshape(-1)) +
+           0.01 * out.aux_loss;
+  };
+  const double first = loss_of().item<double>();
+  double last = first;
+  for (int i = 0; i < 100; ++i) {
+    opt.zero_grad();
+    at::Tensor loss = loss_of();
+    loss.backward();
+    clip_grad_norm(model->parameters(), 1.0);
+    opt.step(3e-3);
+    last = loss.item<double>();
+  }
+  EXPECT_LT(last, first / 2) << "first " << first << ", after 100 steps " << last;
+}
+
+TEST(TrainerTest, ResumedRunReproducesTheUninterruptedLossesExactly) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  std::vector<double> straight;
+  {
+    Trainer t(c);
+    for (int i = 0; i < 6; ++i) straight.push_back(t.train_step());
+  }
+  Config c2 = c;
+  c2.run.out_dir = dir.str("run2");
+  {
+    Trainer t(c2);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(t.train_step(), straight[i]);
+    t.save();
+  }
+  Trainer resumed(c2, TrainerOptions{c2.run.out_dir, false});
+  EXPECT_EQ(resumed.state().step, 3);
+  for (int i = 3; i < 6; ++i) EXPECT_EQ(resumed.train_step(), straight[i]) << "step " << i + 1;
+}
+
+TEST(TrainerTest, RunWritesMetricsCheckpointsAndResolvedConfig) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.save_every = 3;
+  TrainResult r = Trainer(c).run();
+  EXPECT_EQ(r.steps, 6);
+  EXPECT_GT(r.final_val_loss, 0);
+  const fs::path run(c.run.out_dir);
+  EXPECT_TRUE(fs::exists(run / "resolved.yaml"));
+  EXPECT_TRUE(fs::exists(run / "checkpoints" / "step_00000003" / "model.safetensors"));
+  EXPECT_TRUE(fs::exists(run / "checkpoints" / "step_00000006" / "optimizer.safetensors"));
+  std::ifstream latest(run / "checkpoints" / "latest");
+  std::string name;
+  latest >> name;
+  EXPECT_EQ(name, "step_00000006");
+  std::ifstream metrics(run / "metrics.jsonl");
+  std::string line;
+  int lines = 0, with_val = 0;
+  while (std::getline(metrics, line)) {
+    ++lines;
+    for (const char* key : {"\"step\"", "\"loss\"", "\"lr\"", "\"grad_norm\"", "\"tokens_per_s\""})
+      EXPECT_NE(line.find(key), std::string::npos) << key << " missing in " << line;
+    with_val += line.find("\"val_loss\"") != std::string::npos;
+  }
+  EXPECT_EQ(lines, 6);
+  EXPECT_EQ(with_val, 2);
+}
+
+TEST(TrainerTest, RefusesToOverwriteARunUnlessAsked) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.steps = 3;
+  Trainer(c).run();
+  dir.write("run/notes.txt", "mine");
+  try {
+    Trainer again(c);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already holds a run; pass --resume"), std::string::npos)
+        << e.what();
+  }
+  Trainer(c, TrainerOptions{"", /*overwrite=*/true}).run();
+  // --overwrite replaces the run's own files and nothing else.
+  EXPECT_TRUE(fs::exists(dir.path() / "run" / "notes.txt"));
+}
+
+TEST(TrainerTest, DataTooShortForTheWindowIsAnErrorBeforeTraining) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.seq_len = 32;
+  c.model.max_seq_len = 100000;
+  c.train.seq_len = 50000;
+  try {
+    Trainer t(c);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("fewer than train.seq_len + 1"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(TrainerTest, MissingDatasetNamesThePath) {
+  TempDir dir;
+  Config c = tiny_config(dir);
+  try {
+    Trainer t(c);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(c.data.path), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace hetmoe
