@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "hetmoe/core/error.h"
+#include "hetmoe/core/fs.h"
 #include "hetmoe/train/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -132,7 +133,9 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
   write_text_file((tmp_dir / "resolved.yaml").string(), to_yaml(config));
   fsync_dir(tmp_dir);
 
-  if (fs::exists(final_dir)) fs::remove_all(final_dir);
+  std::string why;
+  HETMOE_CHECK(remove_tree(final_dir.string(), &why), "checkpoint", "cannot replace '",
+               final_dir.string(), "': ", why);
   fs::rename(tmp_dir, final_dir, ec);
   HETMOE_CHECK(!ec, "checkpoint", "cannot move checkpoint into '", final_dir.string(), "': ",
                ec.message());

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "hetmoe/core/error.h"
+#include "hetmoe/core/fs.h"
 #include "hetmoe/core/logging.h"
 #include "hetmoe/data/dataset.h"
 #include "hetmoe/device/registry.h"
@@ -84,7 +85,11 @@ Trainer::Trainer(Config config, TrainerOptions options)
     HETMOE_CHECK(options_.overwrite, "train", "run directory '", out.string(),
                  "' already holds a run; pass --resume ", out.string(),
                  " to continue it or --overwrite to replace it");
-    for (const char* a : kRunArtifacts) fs::remove_all(out / a);
+    for (const char* a : kRunArtifacts) {
+      std::string why;
+      HETMOE_CHECK(remove_tree((out / a).string(), &why), "train", "--overwrite: cannot remove '",
+                   (out / a).string(), "': ", why);
+    }
   }
   std::error_code ec;
   fs::create_directories(out, ec);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "hetmoe/config/config.h"
+#include "support/temp_dir.h"
 #include "hetmoe/core/error.h"
 
 namespace hetmoe {
@@ -956,34 +957,7 @@ TEST(ConfigTest, ClosestMatchUsesLevenshteinWithALengthBound) {
 
 // --- files ---
 
-// A scratch directory, removed with everything in it when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = std::filesystem::temp_directory_path() /
-            ("hetmoe_config_test_" + std::to_string(::getpid()) + "_" + info->name());
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::filesystem::path& path() const { return path_; }
-
-  std::string write(const std::string& name, const std::string& text) const {
-    const std::string file = (path_ / name).string();
-    std::ofstream(file) << text;
-    return file;
-  }
-
- private:
-  std::filesystem::path path_;
-};
+using test_support::TempDir;
 
 TEST(ConfigTest, LoadsAFileAndAppliesOverrides) {
   const TempDir dir;

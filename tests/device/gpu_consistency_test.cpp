@@ -22,8 +22,11 @@ struct Outputs {
 
 Outputs run_layer(const at::Tensor& x0, const at::Tensor& logits0, const at::Tensor& w130,
                   const at::Tensor& w20, const at::Tensor& go0, c10::Device dev, int64_t k) {
-  at::Tensor x = x0.to(dev).requires_grad_(true), logits = logits0.to(dev).requires_grad_(true);
-  at::Tensor w13 = w130.to(dev).requires_grad_(true), w2 = w20.to(dev).requires_grad_(true);
+  // Fresh leaves on `dev`, never the caller's tensors.
+  auto leaf = [&](const at::Tensor& t) {
+    return t.to(dev, false, /*copy=*/true).requires_grad_(true);
+  };
+  at::Tensor x = leaf(x0), logits = leaf(logits0), w13 = leaf(w130), w2 = leaf(w20);
   RouteResult r = ops::route(logits, RouteParams{k, false, true});
   PermuteResult p = ops::permute(x, r.expert_index, w13.size(0));
   at::Tensor y = ops::expert_ffn(p.permuted, w13, w2, p.tokens_per_expert);
@@ -34,9 +37,9 @@ Outputs run_layer(const at::Tensor& x0, const at::Tensor& logits0, const at::Ten
 
 TEST(GpuConsistencyTest, MoEOperatorsMatchTheCpuBackend) {
   const Backend* gpu = first_gpu();
-  if (!gpu) GTEST_SKIP() << "no GPU visible to this build (CUDA backend "
-                         << (backends().front()->kind() == BackendKind::CPU ? "not built" : "built")
-                         << ")";
+  if (!gpu)
+    GTEST_SKIP() << "no GPU visible to this build (CUDA backend "
+                 << (backends().front()->kind() == BackendKind::CPU ? "not built" : "built") << ")";
   at::manual_seed(11);
   const int64_t n = 300, h = 64, e = 16, k = 4, f = 48;
   at::Tensor x = at::randn({n, h}), logits = at::randn({n, e});

@@ -25,7 +25,8 @@ TEST(RegistryTest, TensorsMapToTheirBackend) {
 
 TEST(RegistryTest, DeviceStrings) {
   EXPECT_EQ(resolve_device("cpu").type(), c10::DeviceType::CPU);
-  const bool gpu = backends().front()->kind() != BackendKind::CPU && backends().front()->available();
+  const bool gpu =
+      backends().front()->kind() != BackendKind::CPU && backends().front()->available();
   EXPECT_EQ(resolve_device("auto").type(), gpu ? c10::DeviceType::CUDA : c10::DeviceType::CPU);
   EXPECT_THROW(resolve_device("tpu"), Error);
   EXPECT_THROW(resolve_device("cuda:x"), Error);

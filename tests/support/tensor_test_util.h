@@ -14,9 +14,9 @@ inline double rel_error(const at::Tensor& a, const at::Tensor& b) {
   return (ad - bd).norm().item<double>() / denom;
 }
 
-#define EXPECT_CLOSE(a, b, tol)                                      \
-  do {                                                               \
-    ASSERT_EQ((a).sizes(), (b).sizes());                             \
+#define EXPECT_CLOSE(a, b, tol)                                                    \
+  do {                                                                             \
+    ASSERT_EQ((a).sizes(), (b).sizes());                                           \
     EXPECT_LE(::hetmoe::test_support::rel_error((a), (b)), (tol)) << #a " vs " #b; \
   } while (0)
 

@@ -1,0 +1,14 @@
+// File-system helpers that must not go through std::filesystem::remove_all: the PyPI libtorch.so
+// exports its own, broken copy of it (a call jumps to address 0 on some machines, whatever the
+// link order), so hetmoe removes trees with POSIX calls.
+#pragma once
+
+#include <string>
+
+namespace hetmoe {
+
+// Removes a file or a directory tree without following symlinks. A missing path is not an error.
+// Returns false (and leaves what it could not remove) on failure, with the reason in *error.
+bool remove_tree(const std::string& path, std::string* error = nullptr);
+
+}  // namespace hetmoe
