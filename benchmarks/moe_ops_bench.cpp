@@ -55,16 +55,16 @@ void BM_MoELayer(benchmark::State& state, bool backward) {
   const double flops = 2.0 * 3.0 * sh.tokens * sh.top_k * sh.hidden * sh.ffn * (backward ? 3 : 1);
   state.counters["GFLOP/s"] =
       benchmark::Counter(flops * state.iterations() / 1e9, benchmark::Counter::kIsRate);
-  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(sh.tokens) * state.iterations(),
-                                                  benchmark::Counter::kIsRate);
+  state.counters["tokens/s"] = benchmark::Counter(
+      static_cast<double>(sh.tokens) * state.iterations(), benchmark::Counter::kIsRate);
 }
 
 void shapes(benchmark::internal::Benchmark* b) {
   b->Args({2048, 256, 8, 2, 512});   // bench-small's layer
   b->Args({1024, 256, 64, 6, 176});  // Ling-Lite's routing (64 experts, top-6) scaled down
   if (const char* dev = std::getenv("HETMOE_BENCH_DEVICE"); dev && std::string(dev) != "cpu")
-    b->Args({16384, 2048, 64, 6, 1408});  // the Ling-Lite layer itself (GPU only)
-  b->Unit(benchmark::kMillisecond);
+    b->Args({16384, 2048, 64, 6, 1408});            // the Ling-Lite layer itself (GPU only)
+  b->Unit(benchmark::kMillisecond)->UseRealTime();  // GPU work is asynchronous: wall time
 }
 
 BENCHMARK_CAPTURE(BM_MoELayer, forward, false)->Apply(shapes);
