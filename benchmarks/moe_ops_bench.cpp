@@ -1,9 +1,14 @@
-// Microbenchmarks of the four MoE operators through the CPU backend's kernel table, forward and
-// forward+backward, at a small shape and a scaled-down Ling-Lite layer (64 experts, top-6).
+// Microbenchmarks of the MoE layer and its operators on one device, with the device's own
+// ceilings measured in the same run:
+//   MoELayer/hetmoe     route -> permute -> grouped SwiGLU experts -> unpermute (+ shared expert)
+//   MoELayer/eager      the same layer written like Hugging Face's Mixtral block (loop over
+//                       experts, index_add), the baseline every framework is compared with
+//   MoELayer/grouped_mm the same layer calling at::_grouped_mm directly (CUDA, bf16 only)
+//   Permute, Unpermute  the data-movement operators alone (GB/s, read + write)
+//   DenseGemm, Copy     the device's GEMM rate and copy bandwidth (the ceilings)
 // HETMOE_BENCH_DEVICE (cpu | cuda | auto, default cpu) and HETMOE_BENCH_DTYPE (fp32 | bf16,
-// default fp32) choose where and in what precision the layer runs.
+// default fp32) choose where and in what precision everything runs. Rates use wall time.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
 
 #include <cstdlib>
@@ -15,12 +20,17 @@
 namespace {
 
 struct Shape {
-  int64_t tokens, hidden, experts, top_k, ffn;
+  int64_t tokens, hidden, experts, top_k, ffn, shared;
 };
 
-// args: tokens, hidden, experts, top_k, expert ffn hidden
+// args: tokens, hidden, experts, top_k, expert ffn hidden, shared experts
 Shape shape_of(const benchmark::State& s) {
-  return {s.range(0), s.range(1), s.range(2), s.range(3), s.range(4)};
+  return {s.range(0), s.range(1), s.range(2), s.range(3), s.range(4), s.range(5)};
+}
+
+bool on_gpu() {
+  const char* dev = std::getenv("HETMOE_BENCH_DEVICE");
+  return dev && std::string(dev) != "cpu";
 }
 
 at::TensorOptions bench_options() {
@@ -31,44 +41,147 @@ at::TensorOptions bench_options() {
       .dtype(dtype && std::string(dtype) == "bf16" ? at::kBFloat16 : at::kFloat);
 }
 
-void BM_MoELayer(benchmark::State& state, bool backward) {
-  const Shape sh = shape_of(state);
-  at::manual_seed(0);
-  const at::TensorOptions o = bench_options();
-  auto param = [&](std::vector<int64_t> shape, double scale) {
-    return (at::randn(shape, o.dtype(at::kFloat)) * scale).to(o).requires_grad_(backward);
-  };
-  at::Tensor x = param({sh.tokens, sh.hidden}, 1.0);
-  at::Tensor router = at::randn({sh.experts, sh.hidden}, o.dtype(at::kFloat)) * 0.02;
-  at::Tensor w13 = param({sh.experts, sh.hidden, 2 * sh.ffn}, 0.02);
-  at::Tensor w2 = param({sh.experts, sh.ffn, sh.hidden}, 0.02);
-  const hetmoe::Backend& backend = hetmoe::backend_for(x);
-  for (auto _ : state) {
-    auto r = hetmoe::ops::route(at::linear(x.to(at::kFloat), router), {sh.top_k, false, true});
-    auto p = hetmoe::ops::permute(x, r.expert_index, sh.experts);
-    at::Tensor y = hetmoe::ops::expert_ffn(p.permuted, w13, w2, p.tokens_per_expert);
-    at::Tensor out = hetmoe::ops::unpermute(y, r.expert_weight, p, sh.tokens);
-    if (backward) out.sum().backward();
-    backend.synchronize(0);
-    benchmark::DoNotOptimize(out.data_ptr());
+void sync(const at::Tensor& t) {
+  hetmoe::backend_for(t).synchronize(0);
+}
+
+at::Tensor swiglu(const at::Tensor& h) {
+  const int64_t f = h.size(-1) / 2;
+  return at::silu(h.narrow(-1, 0, f)) * h.narrow(-1, f, f);
+}
+
+enum class Variant { Hetmoe, Eager, GroupedMm };
+
+struct Layer {
+  at::Tensor x, router, w13, w2, shared13, shared2;
+  Layer(const Shape& sh, bool grad) {
+    at::manual_seed(0);
+    const at::TensorOptions o = bench_options();
+    auto param = [&](std::vector<int64_t> shape, double scale) {
+      return (at::randn(shape, o.dtype(at::kFloat)) * scale).to(o).requires_grad_(grad);
+    };
+    x = param({sh.tokens, sh.hidden}, 1.0);
+    router = (at::randn({sh.experts, sh.hidden}, o.dtype(at::kFloat)) * 0.02).requires_grad_(grad);
+    w13 = param({sh.experts, sh.hidden, 2 * sh.ffn}, 0.02);
+    w2 = param({sh.experts, sh.ffn, sh.hidden}, 0.02);
+    const int64_t s = std::max<int64_t>(sh.shared, 1) * sh.ffn;
+    shared13 = param({sh.hidden, 2 * s}, 0.02);
+    shared2 = param({s, sh.hidden}, 0.02);
   }
-  const double flops = 2.0 * 3.0 * sh.tokens * sh.top_k * sh.hidden * sh.ffn * (backward ? 3 : 1);
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(flops * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+
+  at::Tensor forward(const Shape& sh, Variant v) {
+    at::Tensor logits = at::linear(x.to(at::kFloat), router);
+    at::Tensor out;
+    if (v == Variant::Hetmoe) {
+      auto r = hetmoe::ops::route(logits, {sh.top_k, false, true});
+      auto p = hetmoe::ops::permute(x, r.expert_index, sh.experts);
+      at::Tensor y = hetmoe::ops::expert_ffn(p.permuted, w13, w2, p.tokens_per_expert);
+      out = hetmoe::ops::unpermute(y, r.expert_weight, p);
+    } else {
+      auto [top, index] = logits.softmax(-1).topk(sh.top_k, -1);
+      at::Tensor weight = (top / top.sum(-1, true)).to(x.scalar_type());
+      if (v == Variant::Eager) {
+        out = at::zeros_like(x);
+        for (int64_t e = 0; e < sh.experts; ++e) {
+          auto where = at::where(index == e);
+          at::Tensor tok = where[0], slot = where[1];
+          if (tok.numel() == 0) continue;  // a host sync per expert, as in the HF blocks
+          at::Tensor y = at::matmul(swiglu(at::matmul(x.index_select(0, tok), w13[e])), w2[e]);
+          out = out.index_add(0, tok, y * weight.index({tok, slot}).unsqueeze(1));
+        }
+      } else {
+        at::Tensor flat = index.reshape(-1);
+        at::Tensor order = flat.argsort(/*stable=*/true);
+        at::Tensor offs = at::bincount(flat, {}, sh.experts).cumsum(0).to(at::kInt);
+        at::Tensor rows = at::div(order, sh.top_k, "floor");
+        at::Tensor h = at::_grouped_mm(x.index_select(0, rows), w13, offs);
+        at::Tensor y = at::_grouped_mm(swiglu(h), w2, offs);
+        y = y * weight.reshape(-1).index_select(0, order).unsqueeze(1);
+        out = at::zeros_like(x).index_add(0, rows, y);
+      }
+    }
+    if (sh.shared > 0) out = out + at::matmul(swiglu(at::matmul(x, shared13)), shared2);
+    return out;
+  }
+};
+
+void BM_MoELayer(benchmark::State& state, Variant v, bool backward) {
+  const Shape sh = shape_of(state);
+  if (v == Variant::GroupedMm && (!on_gpu() || bench_options().dtype() != at::kBFloat16)) {
+    state.SkipWithError("at::_grouped_mm is benchmarked on CUDA in bf16 only");
+    return;
+  }
+  Layer layer(sh, backward);
+  for (auto _ : state) {
+    at::Tensor out = layer.forward(sh, v);
+    if (backward) out.sum().backward();
+    sync(out);
+  }
+  const double flops =
+      2.0 * 3.0 * sh.tokens * (sh.top_k + sh.shared) * sh.hidden * sh.ffn * (backward ? 3 : 1);
+  state.counters["TFLOP/s"] =
+      benchmark::Counter(flops * state.iterations() / 1e12, benchmark::Counter::kIsRate);
   state.counters["tokens/s"] = benchmark::Counter(
       static_cast<double>(sh.tokens) * state.iterations(), benchmark::Counter::kIsRate);
 }
 
-void shapes(benchmark::internal::Benchmark* b) {
-  b->Args({2048, 256, 8, 2, 512});   // bench-small's layer
-  b->Args({1024, 256, 64, 6, 176});  // Ling-Lite's routing (64 experts, top-6) scaled down
-  if (const char* dev = std::getenv("HETMOE_BENCH_DEVICE"); dev && std::string(dev) != "cpu")
-    b->Args({16384, 2048, 64, 6, 1408});            // the Ling-Lite layer itself (GPU only)
-  b->Unit(benchmark::kMillisecond)->UseRealTime();  // GPU work is asynchronous: wall time
+// Permute / unpermute forward alone: bytes = rows read + rows written (indices not counted).
+void BM_Permute(benchmark::State& state, bool unpermute) {
+  const Shape sh = shape_of(state);
+  Layer layer(sh, false);
+  auto r =
+      hetmoe::ops::route(at::linear(layer.x.to(at::kFloat), layer.router), {sh.top_k, false, true});
+  auto p = hetmoe::ops::permute(layer.x, r.expert_index, sh.experts);
+  for (auto _ : state) {
+    at::Tensor out = unpermute ? hetmoe::ops::unpermute(p.permuted, r.expert_weight, p)
+                               : hetmoe::ops::permute(layer.x, r.expert_index, sh.experts).permuted;
+    sync(out);
+  }
+  const double rows = static_cast<double>(sh.tokens) * sh.top_k;
+  const double bytes = (rows + (unpermute ? sh.tokens : rows)) * sh.hidden * layer.x.element_size();
+  state.counters["GB/s"] =
+      benchmark::Counter(bytes * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 
-BENCHMARK_CAPTURE(BM_MoELayer, forward, false)->Apply(shapes);
-BENCHMARK_CAPTURE(BM_MoELayer, forward_backward, true)->Apply(shapes);
+void BM_DenseGemm(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const at::TensorOptions o = bench_options();
+  at::Tensor a = at::randn({n, n}, o), b = at::randn({n, n}, o);
+  for (auto _ : state) {
+    at::Tensor c = at::mm(a, b);
+    sync(c);
+  }
+  state.counters["TFLOP/s"] =
+      benchmark::Counter(2.0 * n * n * n * state.iterations() / 1e12, benchmark::Counter::kIsRate);
+}
+
+void BM_Copy(benchmark::State& state) {
+  const at::TensorOptions o = bench_options().dtype(at::kByte);
+  at::Tensor src = at::randint(0, 255, {state.range(0) << 20}, o), dst = at::empty_like(src);
+  for (auto _ : state) {
+    dst.copy_(src);
+    sync(dst);
+  }
+  state.counters["GB/s"] =
+      benchmark::Counter(2.0 * src.numel() * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+}
+
+void layer_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"tokens", "hidden", "experts", "top_k", "ffn", "shared"});
+  b->Args({2048, 256, 8, 2, 512, 1});   // bench-small's layer
+  b->Args({1024, 256, 64, 6, 176, 2});  // Ling-Lite's routing (64 experts, top-6) scaled down
+  if (on_gpu()) b->Args({16384, 2048, 64, 6, 1408, 2});  // the Ling-Lite layer itself
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+BENCHMARK_CAPTURE(BM_MoELayer, hetmoe_fwd, Variant::Hetmoe, false)->Apply(layer_shapes);
+BENCHMARK_CAPTURE(BM_MoELayer, hetmoe_fwd_bwd, Variant::Hetmoe, true)->Apply(layer_shapes);
+BENCHMARK_CAPTURE(BM_MoELayer, eager_fwd_bwd, Variant::Eager, true)->Apply(layer_shapes);
+BENCHMARK_CAPTURE(BM_MoELayer, grouped_mm_fwd_bwd, Variant::GroupedMm, true)->Apply(layer_shapes);
+BENCHMARK_CAPTURE(BM_Permute, permute, false)->Apply(layer_shapes);
+BENCHMARK_CAPTURE(BM_Permute, unpermute, true)->Apply(layer_shapes);
+BENCHMARK(BM_DenseGemm)->Arg(on_gpu() ? 8192 : 1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Copy)->Arg(on_gpu() ? 1024 : 128)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

@@ -19,11 +19,14 @@ echo "build: $(( $(date +%s) - t0 )) s"
 build-gpu/src/hetmoe devices | tee "$out/devices.txt"
 (cd build-gpu && ctest -j 8 --output-on-failure --timeout 600) >"$out/ctest.log" 2>&1
 grep -E "tests passed|Failed|Skipped|\*\*\*" "$out/ctest.log" | tail -15
-for dtype in fp32 bf16; do
+for dtype in bf16 fp32; do
   HETMOE_BENCH_DEVICE=cuda HETMOE_BENCH_DTYPE=$dtype build-gpu/benchmarks/hetmoe_op_bench \
     --benchmark_out="$out/op_bench_cuda_$dtype.json" --benchmark_out_format=json \
-    --benchmark_min_time=0.5 2>&1 | tail -8
+    --benchmark_min_time=0.3 2>&1 | grep -v "^-" | sed -E 's/ +/ /g' | cut -c1-160
 done
-build-gpu/src/hetmoe train --config configs/tiny.yaml --set backend.device=cuda \
-  --set run.out_dir=/tmp/run-cuda --overwrite --set train.log_every=100 >"$out/train_cuda.log" 2>&1
-tail -4 "$out/train_cuda.log"
+for dtype in fp32 bf16; do
+  build-gpu/src/hetmoe train --config configs/tiny.yaml --set backend.device=cuda \
+    --set backend.dtype=$dtype --set run.out_dir=/tmp/run-cuda-$dtype --overwrite \
+    --set train.log_every=250 >"$out/train_cuda_$dtype.log" 2>&1
+  grep -E "val loss|done" "$out/train_cuda_$dtype.log" | tail -2
+done

@@ -45,19 +45,23 @@ PermuteResult permute_forward(const at::Tensor& x, const at::Tensor& expert_inde
   PermuteResult r;
   r.slot = std::get<1>(at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false));
   r.source_row = at::div(r.slot, k, "floor");
+  r.row_of_slot =
+      at::empty_like(r.slot).index_copy_(0, r.slot, at::arange(flat.numel(), r.slot.options()));
   r.permuted = x.index_select(0, r.source_row);
   r.tokens_per_expert = at::bincount(flat, {}, num_experts);
   return r;
 }
 
-at::Tensor permute_backward(const at::Tensor& grad_permuted, const at::Tensor& source_row,
-                            int64_t num_tokens) {
-  return at::zeros({num_tokens, grad_permuted.size(1)}, grad_permuted.options())
-      .index_add_(0, source_row, grad_permuted);
+at::Tensor permute_backward(const at::Tensor& grad_permuted, const at::Tensor& row_of_slot,
+                            int64_t top_k) {
+  const int64_t n = row_of_slot.numel() / top_k;
+  return grad_permuted.index_select(0, row_of_slot).view({n, top_k, -1}).sum(1);
 }
 
 // out = a @ b into an existing view (mm_out wants an lvalue).
-void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { at::mm_out(out, a, b); }
+void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
+  at::mm_out(out, a, b);
+}
 
 std::vector<int64_t> host_counts(const at::Tensor& tokens_per_expert) {
   at::Tensor c = tokens_per_expert.to(at::kCPU, at::kLong).contiguous();
@@ -128,25 +132,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
 }
 
 at::Tensor unpermute_forward(const at::Tensor& y, const at::Tensor& weight,
-                             const at::Tensor& source_row, const at::Tensor& slot,
-                             int64_t num_tokens) {
-  at::Tensor w = weight.reshape(-1).index_select(0, slot).to(y.scalar_type()).unsqueeze(1);
-  return at::zeros({num_tokens, y.size(1)}, y.options()).index_add_(0, source_row, y * w);
+                             const at::Tensor& row_of_slot) {
+  const int64_t n = weight.size(0), k = weight.size(1);
+  at::Tensor rows = y.index_select(0, row_of_slot).view({n, k, y.size(1)});
+  // [N, 1, k] x [N, k, H]: the k-way weighted sum with fp32 accumulation in the GEMM.
+  return at::bmm(weight.to(y.scalar_type()).unsqueeze(1), rows).squeeze(1);
 }
 
 std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
                                                      const at::Tensor& y, const at::Tensor& weight,
-                                                     const at::Tensor& source_row,
+                                                     const at::Tensor& row_of_slot,
                                                      const at::Tensor& slot) {
-  at::Tensor g = grad_out.index_select(0, source_row);
-  at::Tensor w = weight.reshape(-1).index_select(0, slot);
-  at::Tensor grad_y = g * w.to(g.scalar_type()).unsqueeze(1);
-  at::Tensor grad_w_perm = (g.to(at::kFloat) * y.to(at::kFloat)).sum(1);
-  at::Tensor grad_w = at::zeros({weight.numel()}, weight.options().dtype(at::kFloat))
-                          .index_copy_(0, slot, grad_w_perm)
-                          .view(weight.sizes())
-                          .to(weight.scalar_type());
-  return {grad_y, grad_w};
+  const int64_t n = weight.size(0), k = weight.size(1), h = y.size(1);
+  at::Tensor grad_slots = weight.to(grad_out.scalar_type()).unsqueeze(-1) * grad_out.unsqueeze(1);
+  at::Tensor grad_y = grad_slots.view({n * k, h}).index_select(0, slot);
+  at::Tensor rows = y.index_select(0, row_of_slot).view({n, k, h}).to(at::kFloat);
+  at::Tensor grad_w = at::bmm(rows, grad_out.to(at::kFloat).unsqueeze(-1)).squeeze(-1);
+  return {grad_y, grad_w.to(weight.scalar_type())};
 }
 
 }  // namespace

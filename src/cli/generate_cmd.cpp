@@ -28,8 +28,7 @@ int run_generate(const GenerateArgs& a) {
     for (auto& p : model->named_parameters()) {
       auto it = ck.model.find(p.key());
       HETMOE_CHECK(it != ck.model.end() && it->second.sizes() == p.value().sizes(), "generate",
-                   "checkpoint '", ck.dir, "' does not match its config at tensor '", p.key(),
-                   "'");
+                   "checkpoint '", ck.dir, "' does not match its config at tensor '", p.key(), "'");
       p.value().copy_(it->second);
     }
   }

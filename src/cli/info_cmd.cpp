@@ -43,20 +43,24 @@ int run_devices() {
   return 0;
 }
 
-// The lines of LibTorch's build configuration that name its math libraries and GPU runtime.
+// LibTorch's math libraries and GPU runtime, from its build configuration.
 std::string torch_libraries() {
-  std::istringstream in(at::show_config());
+  const std::string config = at::show_config();
+  std::istringstream in(config);
   std::string line, out;
-  for (const char* key : {"oneMKL", "MKL-DNN", "oneDNN", "OpenMP", "CUDA Runtime", "CuDNN",
-                          "NVCC architecture", "BLAS_INFO"}) {
-    in.clear();
-    in.seekg(0);
-    while (std::getline(in, line)) {
-      if (line.find(key) != std::string::npos && out.find(line) == std::string::npos) {
+  while (std::getline(in, line)) {
+    for (const char* key : {"oneMKL", "MKL-DNN", "oneDNN", "OpenMP", "CUDA Runtime", "CuDNN"}) {
+      if (line.find(key) != std::string::npos) {
         line.erase(0, line.find_first_not_of(" -"));
         out += "    " + line + "\n";
+        break;
       }
     }
+  }
+  for (const char* key : {"BLAS_INFO", "CUDA_VERSION", "CUDNN_VERSION"}) {
+    const std::string tag = std::string(key) + "=";
+    if (auto pos = config.find(tag); pos != std::string::npos)
+      out += "    " + config.substr(pos, config.find_first_of(",\n", pos) - pos) + "\n";
   }
   return out;
 }
@@ -64,8 +68,8 @@ std::string torch_libraries() {
 int run_version() {
   std::printf("hetmoe %s (commit %s)\n", HETMOE_VERSION_STRING, HETMOE_GIT_COMMIT);
   std::printf("  backends: cpu%s%s; transports: local%s%s\n", HETMOE_HAS_CUDA ? ", cuda" : "",
-              HETMOE_HAS_HIP ? ", rocm (kernel compile check)" : "",
-              HETMOE_HAS_MPI ? ", mpi" : "", HETMOE_HAS_NCCL ? ", nccl" : "");
+              HETMOE_HAS_HIP ? ", rocm (kernel compile check)" : "", HETMOE_HAS_MPI ? ", mpi" : "",
+              HETMOE_HAS_NCCL ? ", nccl" : "");
   std::printf("  libtorch %s\n%s", TORCH_VERSION, torch_libraries().c_str());
   std::printf("  %s, nlohmann-json %d.%d.%d, CLI11 %s, yaml-cpp (Debian)\n",
               logging_library_version().c_str(), NLOHMANN_JSON_VERSION_MAJOR,

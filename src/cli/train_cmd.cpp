@@ -28,26 +28,27 @@ int run_train(const TrainArgs& a) {
   if (!a.resume.empty()) {
     resume_dir = find_checkpoint(a.resume);
     // Without --config the run continues with the configuration it was saved with.
-    if (config_path.empty()) config_path = (std::filesystem::path(resume_dir) / "resolved.yaml").string();
+    if (config_path.empty())
+      config_path = (std::filesystem::path(resume_dir) / "resolved.yaml").string();
     if (a.out_dir.empty()) {
       // The run directory is the checkpoint's grandparent (<run>/checkpoints/step_N).
-      overrides.insert(overrides.begin(),
-                       {"run.out_dir",
-                        std::filesystem::path(resume_dir).parent_path().parent_path().string()});
+      overrides.insert(
+          overrides.begin(),
+          {"run.out_dir", std::filesystem::path(resume_dir).parent_path().parent_path().string()});
     }
   }
   HETMOE_CHECK(!config_path.empty(), "cli", "train needs --config FILE or --resume DIR");
   Config config = load_config(config_path, overrides);
   init_logging(0, config.run.log_level);
-  HETMOE_LOG_INFO("config %s -> run directory %s", config_path.c_str(),
-                  config.run.out_dir.c_str());
+  HETMOE_LOG_INFO("config %s -> run directory %s", config_path.c_str(), config.run.out_dir.c_str());
 
   Trainer trainer(config, TrainerOptions{resume_dir, a.overwrite});
   TrainResult r = trainer.run();
-  HETMOE_LOG_INFO("done: %lld steps in %.1f s, %.0f tokens/s, final train loss %.4f, final val "
-                  "loss %.4f nats/token, checkpoint %s",
-                  static_cast<long long>(r.steps), r.seconds, r.tokens_per_s, r.final_train_loss,
-                  r.final_val_loss, r.checkpoint.c_str());
+  HETMOE_LOG_INFO(
+      "done: %lld steps in %.1f s, %.0f tokens/s, final train loss %.4f, final val "
+      "loss %.4f nats/token, checkpoint %s",
+      static_cast<long long>(r.steps), r.seconds, r.tokens_per_s, r.final_train_loss,
+      r.final_val_loss, r.checkpoint.c_str());
   return 0;
 }
 }  // namespace

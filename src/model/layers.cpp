@@ -129,7 +129,7 @@ at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats) {
   PermuteResult perm = ops::permute(x, r.expert_index, e);
   at::Tensor y =
       ops::expert_ffn(perm.permuted, as_compute(w13, x), as_compute(w2, x), perm.tokens_per_expert);
-  at::Tensor out = ops::unpermute(y, weight, perm, n);
+  at::Tensor out = ops::unpermute(y, weight, perm);
   if (!shared.is_empty()) out = out + shared->forward(x);
   if (stats) {
     at::Tensor fraction = r.tokens_per_expert.to(at::kFloat) / static_cast<double>(n * k);

@@ -14,7 +14,9 @@ using torch::autograd::variable_list;
 
 namespace {
 
-const MoEKernels& kernels_for(const at::Tensor& t) { return backend_for(t).kernels(); }
+const MoEKernels& kernels_for(const at::Tensor& t) {
+  return backend_for(t).kernels();
+}
 
 RouteParams params_from(AutogradContext* ctx) {
   RouteParams p;
@@ -48,15 +50,15 @@ struct PermuteFn : torch::autograd::Function<PermuteFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
                                const at::Tensor& expert_index, int64_t num_experts) {
     PermuteResult r = kernels_for(x).permute_forward(x, expert_index, num_experts);
-    ctx->saved_data["num_tokens"] = x.size(0);
-    ctx->save_for_backward({r.source_row});
-    ctx->mark_non_differentiable({r.source_row, r.slot, r.tokens_per_expert});
-    return {r.permuted, r.source_row, r.slot, r.tokens_per_expert};
+    ctx->saved_data["top_k"] = expert_index.size(1);
+    ctx->save_for_backward({r.row_of_slot});
+    ctx->mark_non_differentiable({r.source_row, r.slot, r.row_of_slot, r.tokens_per_expert});
+    return {r.permuted, r.source_row, r.slot, r.row_of_slot, r.tokens_per_expert};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    at::Tensor source_row = ctx->get_saved_variables()[0];
-    at::Tensor g = kernels_for(grads[0]).permute_backward(grads[0], source_row,
-                                                          ctx->saved_data["num_tokens"].toInt());
+    at::Tensor row_of_slot = ctx->get_saved_variables()[0];
+    at::Tensor g = kernels_for(grads[0]).permute_backward(grads[0].contiguous(), row_of_slot,
+                                                          ctx->saved_data["top_k"].toInt());
     return {g, at::Tensor(), at::Tensor()};
   }
 };
@@ -79,16 +81,15 @@ struct ExpertFfnFn : torch::autograd::Function<ExpertFfnFn> {
 
 struct UnpermuteFn : torch::autograd::Function<UnpermuteFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, const at::Tensor& weight,
-                            const at::Tensor& source_row, const at::Tensor& slot,
-                            int64_t num_tokens) {
-    ctx->save_for_backward({y, weight, source_row, slot});
-    return kernels_for(y).unpermute_forward(y, weight, source_row, slot, num_tokens);
+                            const at::Tensor& row_of_slot, const at::Tensor& slot) {
+    ctx->save_for_backward({y, weight, row_of_slot, slot});
+    return kernels_for(y).unpermute_forward(y, weight, row_of_slot);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto s = ctx->get_saved_variables();
-    auto [gy, gw] = kernels_for(s[0]).unpermute_backward(grads[0].contiguous(), s[0], s[1], s[2],
-                                                         s[3]);
-    return {gy, gw, at::Tensor(), at::Tensor(), at::Tensor()};
+    auto [gy, gw] =
+        kernels_for(s[0]).unpermute_backward(grads[0].contiguous(), s[0], s[1], s[2], s[3]);
+    return {gy, gw, at::Tensor(), at::Tensor()};
   }
 };
 
@@ -97,8 +98,8 @@ struct UnpermuteFn : torch::autograd::Function<UnpermuteFn> {
 RouteResult route(const at::Tensor& logits, const RouteParams& params) {
   HETMOE_CHECK(logits.dim() == 2, "route", "logits must be [tokens, experts], got ",
                logits.sizes());
-  HETMOE_CHECK(params.top_k >= 1 && params.top_k <= logits.size(1), "route", "top_k ",
-               params.top_k, " outside [1, ", logits.size(1), "]");
+  HETMOE_CHECK(params.top_k >= 1 && params.top_k <= logits.size(1), "route", "top_k ", params.top_k,
+               " outside [1, ", logits.size(1), "]");
   auto out = RouteFn::apply(logits.to(at::kFloat).contiguous(), params.top_k, params.sigmoid,
                             params.renormalize);
   return RouteResult{out[0], out[1], out[2], out[3]};
@@ -109,7 +110,7 @@ PermuteResult permute(const at::Tensor& x, const at::Tensor& expert_index, int64
                "permute", "expected x [N, H] and expert_index [N, k], got ", x.sizes(), " and ",
                expert_index.sizes());
   auto out = PermuteFn::apply(x.contiguous(), expert_index.to(at::kLong), num_experts);
-  return PermuteResult{out[0], out[1], out[2], out[3]};
+  return PermuteResult{out[0], out[1], out[2], out[3], out[4]};
 }
 
 at::Tensor expert_ffn(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
@@ -122,13 +123,11 @@ at::Tensor expert_ffn(const at::Tensor& x, const at::Tensor& w13, const at::Tens
   return ExpertFfnFn::apply(x.contiguous(), w13.contiguous(), w2.contiguous(), tokens_per_expert);
 }
 
-at::Tensor unpermute(const at::Tensor& y, const at::Tensor& weight, const PermuteResult& perm,
-                     int64_t num_tokens) {
-  HETMOE_CHECK(y.size(0) == perm.source_row.size(0) && weight.numel() == y.size(0), "unpermute",
-               "expected y [N*k, H] and weight [N, k] for ", perm.source_row.size(0),
+at::Tensor unpermute(const at::Tensor& y, const at::Tensor& weight, const PermuteResult& perm) {
+  HETMOE_CHECK(weight.dim() == 2 && y.size(0) == perm.slot.size(0) && weight.numel() == y.size(0),
+               "unpermute", "expected y [N*k, H] and weight [N, k] for ", perm.slot.size(0),
                " rows, got ", y.sizes(), " and ", weight.sizes());
-  return UnpermuteFn::apply(y.contiguous(), weight.contiguous(), perm.source_row, perm.slot,
-                            num_tokens);
+  return UnpermuteFn::apply(y.contiguous(), weight.contiguous(), perm.row_of_slot, perm.slot);
 }
 
 }  // namespace hetmoe::ops

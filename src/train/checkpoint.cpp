@@ -22,15 +22,24 @@ namespace {
 
 const char* st_dtype(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return "F32";
-    case at::kDouble: return "F64";
-    case at::kBFloat16: return "BF16";
-    case at::kHalf: return "F16";
-    case at::kLong: return "I64";
-    case at::kInt: return "I32";
-    case at::kByte: return "U8";
-    case at::kBool: return "BOOL";
-    default: HETMOE_FAIL("checkpoint", "cannot store tensors of dtype ", c10::toString(t));
+    case at::kFloat:
+      return "F32";
+    case at::kDouble:
+      return "F64";
+    case at::kBFloat16:
+      return "BF16";
+    case at::kHalf:
+      return "F16";
+    case at::kLong:
+      return "I64";
+    case at::kInt:
+      return "I32";
+    case at::kByte:
+      return "U8";
+    case at::kBool:
+      return "BOOL";
+    default:
+      HETMOE_FAIL("checkpoint", "cannot store tensors of dtype ", c10::toString(t));
   }
 }
 
@@ -114,7 +123,8 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
                             const std::map<std::string, at::Tensor>& optimizer_state) {
   const fs::path root = fs::path(out_dir) / "checkpoints";
   const fs::path final_dir = root / step_name(state.step);
-  const fs::path tmp_dir = root / (".tmp-" + step_name(state.step) + "-" + std::to_string(::getpid()));
+  const fs::path tmp_dir =
+      root / (".tmp-" + step_name(state.step) + "-" + std::to_string(::getpid()));
   std::error_code ec;
   fs::create_directories(tmp_dir, ec);
   HETMOE_CHECK(!ec, "checkpoint", "cannot create '", tmp_dir.string(), "': ", ec.message());
@@ -137,8 +147,8 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
   HETMOE_CHECK(remove_tree(final_dir.string(), &why), "checkpoint", "cannot replace '",
                final_dir.string(), "': ", why);
   fs::rename(tmp_dir, final_dir, ec);
-  HETMOE_CHECK(!ec, "checkpoint", "cannot move checkpoint into '", final_dir.string(), "': ",
-               ec.message());
+  HETMOE_CHECK(!ec, "checkpoint", "cannot move checkpoint into '", final_dir.string(),
+               "': ", ec.message());
   // The pointer changes last, by rename, so it always names a complete checkpoint.
   const fs::path latest_tmp = root / ".latest.tmp";
   write_text_file(latest_tmp.string(), step_name(state.step) + "\n");
@@ -159,8 +169,8 @@ std::string find_checkpoint(const std::string& path) {
   std::string name = read_text_file(latest.string());
   while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
   const fs::path dir = p / "checkpoints" / name;
-  HETMOE_CHECK(!name.empty() && fs::exists(dir / "state.json"), "checkpoint", "'",
-               latest.string(), "' names '", name, "', which is not a checkpoint");
+  HETMOE_CHECK(!name.empty() && fs::exists(dir / "state.json"), "checkpoint", "'", latest.string(),
+               "' names '", name, "', which is not a checkpoint");
   return dir.string();
 }
 

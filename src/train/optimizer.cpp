@@ -8,8 +8,7 @@
 
 namespace hetmoe {
 
-AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> named_parameters,
-             AdamWOptions options)
+AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> named_parameters, AdamWOptions options)
     : options_(options) {
   for (auto& [name, p] : named_parameters) {
     HETMOE_CHECK(p.scalar_type() == at::kFloat, "optimizer", "parameter '", name,

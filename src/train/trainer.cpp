@@ -73,8 +73,8 @@ Trainer::Trainer(Config config, TrainerOptions options)
     : config_(std::move(config)), options_(std::move(options)) {
   validate(config_);
   const auto& t = config_.train;
-  const int threads =
-      t.threads > 0 ? static_cast<int>(t.threads) : static_cast<int>(std::thread::hardware_concurrency());
+  const int threads = t.threads > 0 ? static_cast<int>(t.threads)
+                                    : static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(std::max(1, threads));
 
   LoadedCheckpoint resumed;
@@ -112,8 +112,8 @@ Trainer::Trainer(Config config, TrainerOptions options)
   model_->set_compute_dtype(config_.backend.dtype == "bf16" ? at::kBFloat16 : at::kFloat);
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (auto& p : model_->named_parameters()) named.emplace_back(p.key(), p.value());
-  optimizer_ = std::make_unique<AdamW>(
-      named, AdamWOptions{t.beta1, t.beta2, t.eps, t.weight_decay});
+  optimizer_ =
+      std::make_unique<AdamW>(named, AdamWOptions{t.beta1, t.beta2, t.eps, t.weight_decay});
 
   if (!options_.resume.empty()) {
     at::NoGradGuard no_grad;
@@ -122,9 +122,8 @@ Trainer::Trainer(Config config, TrainerOptions options)
       auto it = resumed.model.find(p.key());
       HETMOE_CHECK(it != resumed.model.end(), "train", "checkpoint '", resumed.dir,
                    "' has no tensor '", p.key(), "' (was it made with another model config?)");
-      HETMOE_CHECK(it->second.sizes() == p.value().sizes(), "train", "checkpoint tensor '",
-                   p.key(), "' has shape ", it->second.sizes(), ", the model needs ",
-                   p.value().sizes());
+      HETMOE_CHECK(it->second.sizes() == p.value().sizes(), "train", "checkpoint tensor '", p.key(),
+                   "' has shape ", it->second.sizes(), ", the model needs ", p.value().sizes());
       p.value().copy_(it->second);
     }
     optimizer_->load_state_dict(resumed.optimizer);
@@ -133,17 +132,19 @@ Trainer::Trainer(Config config, TrainerOptions options)
     HETMOE_LOG_INFO("resumed from %s at step %lld", resumed.dir.c_str(),
                     static_cast<long long>(state_.step));
   }
-  std::ofstream(out / "resolved.yaml") << to_yaml(config_);
+  const std::string resolved = to_yaml(config_);
+  std::ofstream(out / "resolved.yaml") << resolved;
+  HETMOE_LOG_INFO("resolved config (also in %s):\n%s", (out / "resolved.yaml").string().c_str(),
+                  resolved.c_str());
 
   const auto count = model_->parameter_count();
-  HETMOE_LOG_INFO("model: %lld layers, d_model %lld, %lld experts top-%lld (+%lld shared): "
-                  "%.2fM parameters, %.2fM active per token",
-                  static_cast<long long>(config_.model.n_layers),
-                  static_cast<long long>(config_.model.d_model),
-                  static_cast<long long>(config_.moe.num_experts),
-                  static_cast<long long>(config_.moe.top_k),
-                  static_cast<long long>(config_.moe.num_shared_experts), count.total / 1e6,
-                  count.active_per_token / 1e6);
+  HETMOE_LOG_INFO(
+      "model: %lld layers, d_model %lld, %lld experts top-%lld (+%lld shared): "
+      "%.2fM parameters, %.2fM active per token",
+      static_cast<long long>(config_.model.n_layers), static_cast<long long>(config_.model.d_model),
+      static_cast<long long>(config_.moe.num_experts), static_cast<long long>(config_.moe.top_k),
+      static_cast<long long>(config_.moe.num_shared_experts), count.total / 1e6,
+      count.active_per_token / 1e6);
   HETMOE_LOG_INFO("device %s, dtype %s, %d threads, data %s (%lld train / %lld val tokens)",
                   device_.str().c_str(), config_.backend.dtype.c_str(), at::get_num_threads(),
                   config_.data.path.c_str(),
@@ -164,8 +165,8 @@ double Trainer::train_step() {
                                     static_cast<uint64_t>(t.seed), stream_step, device_);
     at::Tensor inputs = batch.narrow(1, 0, t.seq_len), targets = batch.narrow(1, 1, t.seq_len);
     ForwardOutput out = model_->forward(inputs);
-    at::Tensor ce = at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}),
-                                           targets.reshape(-1));
+    at::Tensor ce =
+        at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}), targets.reshape(-1));
     at::Tensor loss =
         ce + config_.moe.aux_loss_coef * out.aux_loss + config_.moe.z_loss_coef * out.z_loss;
     (loss / static_cast<double>(t.grad_accum)).backward();
@@ -174,8 +175,10 @@ double Trainer::train_step() {
     stats.z += out.z_loss.item<double>() / t.grad_accum;
     for (size_t i = 0; i < out.tokens_per_expert.size(); ++i) {
       at::Tensor l = out.tokens_per_expert[i].to(at::kCPU);
-      if (stats.load.size() <= i) stats.load.push_back(l);
-      else stats.load[i] += l;
+      if (stats.load.size() <= i)
+        stats.load.push_back(l);
+      else
+        stats.load[i] += l;
     }
   }
   const double lr = learning_rate(t, state_.step);
@@ -202,8 +205,9 @@ double Trainer::evaluate() {
   double total = 0;
   for (int64_t i = 0; i < t.eval_batches; ++i) {
     // The same fixed windows every evaluation, so val losses are comparable across steps.
-    at::Tensor batch = window_batch(*data_, Split::Val, t.micro_batch, t.seq_len + 1,
-                                    static_cast<uint64_t>(t.seed), static_cast<uint64_t>(i), device_);
+    at::Tensor batch =
+        window_batch(*data_, Split::Val, t.micro_batch, t.seq_len + 1,
+                     static_cast<uint64_t>(t.seed), static_cast<uint64_t>(i), device_);
     ForwardOutput out = model_->forward(batch.narrow(1, 0, t.seq_len));
     total += at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}),
                                     batch.narrow(1, 1, t.seq_len).reshape(-1))
@@ -239,17 +243,23 @@ void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, i
   const int64_t done = state_.step - first_step;
   const double eta = done > 0 ? elapsed / done * static_cast<double>(t.steps - state_.step) : 0;
 
-  HETMOE_LOG_INFO("step %lld/%lld | loss %.4f | aux %.4f | z %.4f | lr %.2e | gnorm %.3f | "
-                  "%.0f tok/s | imbalance %.2f | eta %s",
-                  static_cast<long long>(state_.step), static_cast<long long>(t.steps), r.loss,
-                  r.aux, r.z, r.lr, r.grad_norm, tokens_per_s, imbalance,
-                  format_duration(eta).c_str());
-  nlohmann::json j = {{"step", state_.step},       {"loss", r.loss},
-                      {"aux_loss", r.aux},         {"z_loss", r.z},
-                      {"lr", r.lr},                {"grad_norm", r.grad_norm},
-                      {"tokens_per_s", tokens_per_s}, {"tokens_seen", state_.tokens_seen},
-                      {"expert_imbalance", imbalance}, {"expert_load", load},
-                      {"skipped_steps", skipped_},  {"elapsed_s", elapsed}};
+  HETMOE_LOG_INFO(
+      "step %lld/%lld | loss %.4f | aux %.4f | z %.4f | lr %.2e | gnorm %.3f | "
+      "%.0f tok/s | imbalance %.2f | eta %s",
+      static_cast<long long>(state_.step), static_cast<long long>(t.steps), r.loss, r.aux, r.z,
+      r.lr, r.grad_norm, tokens_per_s, imbalance, format_duration(eta).c_str());
+  nlohmann::json j = {{"step", state_.step},
+                      {"loss", r.loss},
+                      {"aux_loss", r.aux},
+                      {"z_loss", r.z},
+                      {"lr", r.lr},
+                      {"grad_norm", r.grad_norm},
+                      {"tokens_per_s", tokens_per_s},
+                      {"tokens_seen", state_.tokens_seen},
+                      {"expert_imbalance", imbalance},
+                      {"expert_load", load},
+                      {"skipped_steps", skipped_},
+                      {"elapsed_s", elapsed}};
   if (!std::isfinite(r.grad_norm)) j["grad_norm"] = nullptr;
   if (val_loss >= 0) j["val_loss"] = val_loss;
   std::ofstream(fs::path(config_.run.out_dir) / "metrics.jsonl", std::ios::app) << j.dump() << "\n";
@@ -290,11 +300,11 @@ TrainResult Trainer::run() {
   result.seconds = std::chrono::duration<double>(clock::now() - start).count();
   result.steps = state_.step;
   result.final_val_loss = state_.last_val_loss;
-  result.tokens_per_s = result.seconds > 0 ? static_cast<double>((state_.step - first_step) *
-                                                                 t.grad_accum * t.micro_batch *
-                                                                 t.seq_len) /
-                                                 result.seconds
-                                           : 0;
+  result.tokens_per_s = result.seconds > 0
+                            ? static_cast<double>((state_.step - first_step) * t.grad_accum *
+                                                  t.micro_batch * t.seq_len) /
+                                  result.seconds
+                            : 0;
   result.skipped_steps = skipped_;
   result.checkpoint = last_checkpoint_;
   return result;

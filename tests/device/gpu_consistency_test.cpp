@@ -1,7 +1,10 @@
 // Every MoE operator on each GPU backend equals the CPU backend on the same inputs, values and
-// gradients (the test-backend-ops idea). Skips cleanly where no GPU is visible.
+// gradients, within a per-dtype bound (the test-backend-ops idea: every new op gets a case here).
+// Skips cleanly where no GPU is visible.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include <tuple>
 
 #include "hetmoe/device/registry.h"
 #include "hetmoe/ops/moe_ops.h"
@@ -16,45 +19,84 @@ const Backend* first_gpu() {
   return nullptr;
 }
 
+struct Case {
+  int64_t tokens, hidden, experts, top_k, ffn;
+};
+
 struct Outputs {
+  RouteResult route;
+  PermuteResult perm;
   at::Tensor out, gx, gw13, gw2, glogits;
 };
 
 Outputs run_layer(const at::Tensor& x0, const at::Tensor& logits0, const at::Tensor& w130,
-                  const at::Tensor& w20, const at::Tensor& go0, c10::Device dev, int64_t k) {
+                  const at::Tensor& w20, const at::Tensor& go0, c10::Device dev, at::ScalarType dt,
+                  const RouteParams& p) {
   // Fresh leaves on `dev`, never the caller's tensors.
-  auto leaf = [&](const at::Tensor& t) {
-    return t.to(dev, false, /*copy=*/true).requires_grad_(true);
+  auto leaf = [&](const at::Tensor& t, at::ScalarType type) {
+    return t.to(dev, type, false, /*copy=*/true).requires_grad_(true);
   };
-  at::Tensor x = leaf(x0), logits = leaf(logits0), w13 = leaf(w130), w2 = leaf(w20);
-  RouteResult r = ops::route(logits, RouteParams{k, false, true});
-  PermuteResult p = ops::permute(x, r.expert_index, w13.size(0));
-  at::Tensor y = ops::expert_ffn(p.permuted, w13, w2, p.tokens_per_expert);
-  at::Tensor out = ops::unpermute(y, r.expert_weight, p, x.size(0));
-  (out * go0.to(dev)).sum().backward();
-  return {out, x.grad(), w13.grad(), w2.grad(), logits.grad()};
+  at::Tensor x = leaf(x0, dt), logits = leaf(logits0, at::kFloat);
+  at::Tensor w13 = leaf(w130, dt), w2 = leaf(w20, dt);
+  Outputs o;
+  o.route = ops::route(logits, p);
+  o.perm = ops::permute(x, o.route.expert_index, w13.size(0));
+  at::Tensor y = ops::expert_ffn(o.perm.permuted, w13, w2, o.perm.tokens_per_expert);
+  o.out = ops::unpermute(y, o.route.expert_weight, o.perm);
+  // The scores feed the aux loss in the model: give them a gradient too.
+  ((o.out.to(at::kFloat) * go0.to(dev)).sum() + o.route.scores.sum(0).pow(2).sum()).backward();
+  o.gx = x.grad();
+  o.gw13 = w13.grad();
+  o.gw2 = w2.grad();
+  o.glogits = logits.grad();
+  return o;
 }
 
-TEST(GpuConsistencyTest, MoEOperatorsMatchTheCpuBackend) {
+class GpuConsistencyTest
+    : public ::testing::TestWithParam<std::tuple<Case, at::ScalarType, bool, bool>> {};
+
+TEST_P(GpuConsistencyTest, MoEOperatorsMatchTheCpuBackend) {
   const Backend* gpu = first_gpu();
   if (!gpu)
     GTEST_SKIP() << "no GPU visible to this build (CUDA backend "
                  << (backends().front()->kind() == BackendKind::CPU ? "not built" : "built") << ")";
-  at::manual_seed(11);
-  const int64_t n = 300, h = 64, e = 16, k = 4, f = 48;
-  at::Tensor x = at::randn({n, h}), logits = at::randn({n, e});
-  at::Tensor w13 = at::randn({e, h, 2 * f}) * 0.1, w2 = at::randn({e, f, h}) * 0.1;
-  at::Tensor go = at::randn({n, h});
+  const auto [c, dt, sigmoid, renorm] = GetParam();
+  at::manual_seed(11 + c.tokens);
+  at::Tensor x = at::randn({c.tokens, c.hidden}), logits = at::randn({c.tokens, c.experts});
+  at::Tensor w13 = at::randn({c.experts, c.hidden, 2 * c.ffn}) * 0.1;
+  at::Tensor w2 = at::randn({c.experts, c.ffn, c.hidden}) * 0.1;
+  at::Tensor go = at::randn({c.tokens, c.hidden});
   // fp32 on the GPU must not use TF32 for this comparison.
   at::globalContext().setAllowTF32CuBLAS(false);
-  Outputs cpu = run_layer(x, logits, w13, w2, go, c10::Device(c10::kCPU), k);
-  Outputs dev = run_layer(x, logits, w13, w2, go, gpu->torch_device(0), k);
-  EXPECT_CLOSE(dev.out, cpu.out, 1e-5);
-  EXPECT_CLOSE(dev.gx, cpu.gx, 1e-5);
-  EXPECT_CLOSE(dev.gw13, cpu.gw13, 1e-5);
-  EXPECT_CLOSE(dev.gw2, cpu.gw2, 1e-5);
-  EXPECT_CLOSE(dev.glogits, cpu.glogits, 1e-5);
+  const RouteParams p{c.top_k, sigmoid, renorm};
+  Outputs cpu = run_layer(x, logits, w13, w2, go, c10::Device(c10::kCPU), dt, p);
+  Outputs dev = run_layer(x, logits, w13, w2, go, gpu->torch_device(0), dt, p);
+
+  // Integer outputs must agree exactly: same selection, same stable expert order.
+  EXPECT_TRUE(at::equal(dev.route.expert_index.cpu(), cpu.route.expert_index));
+  EXPECT_TRUE(at::equal(dev.route.tokens_per_expert.cpu(), cpu.route.tokens_per_expert));
+  EXPECT_TRUE(at::equal(dev.perm.slot.cpu(), cpu.perm.slot));
+  EXPECT_TRUE(at::equal(dev.perm.row_of_slot.cpu(), cpu.perm.row_of_slot));
+  EXPECT_TRUE(at::equal(dev.perm.tokens_per_expert.cpu(), cpu.perm.tokens_per_expert));
+  EXPECT_CLOSE(dev.route.scores, cpu.route.scores, 1e-6);
+  EXPECT_CLOSE(dev.route.expert_weight, cpu.route.expert_weight, 1e-6);
+  EXPECT_TRUE(at::equal(dev.perm.permuted.cpu(), cpu.perm.permuted));
+
+  const double tol = dt == at::kFloat ? 1e-5 : 1e-2;
+  EXPECT_CLOSE(dev.out, cpu.out, tol);
+  EXPECT_CLOSE(dev.gx, cpu.gx, tol);
+  EXPECT_CLOSE(dev.gw13, cpu.gw13, tol);
+  EXPECT_CLOSE(dev.gw2, cpu.gw2, tol);
+  EXPECT_CLOSE(dev.glogits, cpu.glogits, tol);
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Backends, GpuConsistencyTest,
+    ::testing::Combine(::testing::Values(Case{300, 64, 16, 4, 48},  // ordinary
+                                         Case{5, 32, 16, 2, 16},    // most experts get nothing
+                                         Case{33, 64, 8, 8, 32}),   // top_k == num_experts
+                       ::testing::Values(at::kFloat, at::kBFloat16), ::testing::Bool(),
+                       ::testing::Bool()));
 
 }  // namespace
 }  // namespace hetmoe

@@ -54,7 +54,7 @@ TEST_P(MoEOpsTest, ComposedExpertsMatchTokenLoopReference) {
 
   PermuteResult perm = ops::permute(x1, r.expert_index, c.experts);
   at::Tensor y = ops::expert_ffn(perm.permuted, a1, b1, perm.tokens_per_expert);
-  at::Tensor out = ops::unpermute(y, g1, perm, c.tokens);
+  at::Tensor out = ops::unpermute(y, g1, perm);
   at::Tensor ref = ops::reference::moe_experts(x2, r.expert_index, g2, a2, b2);
   EXPECT_CLOSE(out, ref, 1e-5);
 
@@ -85,8 +85,9 @@ TEST(PermuteTest, GroupsRowsByExpertStablyAndCounts) {
   // Within an expert, rows keep token order (stable counting order).
   EXPECT_TRUE(at::equal(p.source_row, at::tensor({0, 1, 3, 5, 1, 2, 3, 0, 2, 4, 4, 5}, at::kLong)));
   EXPECT_TRUE(at::equal(p.permuted, x.index_select(0, p.source_row)));
-  // Each routing slot appears exactly once.
+  // Each routing slot appears exactly once, and row_of_slot inverts slot.
   EXPECT_TRUE(at::equal(std::get<0>(p.slot.sort()), at::arange(12, at::kLong)));
+  EXPECT_TRUE(at::equal(p.row_of_slot.index_select(0, p.slot), at::arange(12, at::kLong)));
 }
 
 TEST(PermuteTest, AllTokensToOneExpert) {
@@ -111,8 +112,9 @@ TEST(UnpermuteTest, WeightsAndSumsEachTokensContributions) {
   PermuteResult p = ops::permute(x, idx, 2);
   // Expert outputs: rows of expert 0 are 2s, of expert 1 are 4s.
   at::Tensor y = at::cat({at::full({2, 3}, 2.0f), at::full({2, 3}, 4.0f)});
-  at::Tensor out = ops::unpermute(y, w, p, 2);
-  EXPECT_CLOSE(out, at::tensor({0.25f * 4 + 0.75f * 2, 0.5f * 2 + 0.5f * 4}).view({2, 1}).expand({2, 3}),
+  at::Tensor out = ops::unpermute(y, w, p);
+  EXPECT_CLOSE(out,
+               at::tensor({0.25f * 4 + 0.75f * 2, 0.5f * 2 + 0.5f * 4}).view({2, 1}).expand({2, 3}),
                1e-7);
 }
 

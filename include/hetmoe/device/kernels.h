@@ -24,11 +24,13 @@ struct RouteResult {
   at::Tensor tokens_per_expert;  // [E] int64 number of (token, slot) pairs routed to each expert
 };
 
-// Row map of a permutation into expert-contiguous order.
+// Row map of a permutation into expert-contiguous order. Routing slot s = token * k + j is the
+// j-th expert choice of a token; permuted row i holds one slot.
 struct PermuteResult {
   at::Tensor permuted;           // [N*k, H] rows of x in expert order (stable within an expert)
   at::Tensor source_row;         // [N*k] int64: permuted row i came from token source_row[i]
-  at::Tensor slot;               // [N*k] int64: flat (token*k + j) index of the routing slot
+  at::Tensor slot;               // [N*k] int64: permuted row i holds routing slot slot[i]
+  at::Tensor row_of_slot;        // [N*k] int64: the inverse map, slot s sits in row row_of_slot[s]
   at::Tensor tokens_per_expert;  // [E] int64
 };
 
@@ -43,9 +45,10 @@ struct MoEKernels {
   // x [N, H], expert_index [N, k] -> rows grouped by expert.
   PermuteResult (*permute_forward)(const at::Tensor& x, const at::Tensor& expert_index,
                                    int64_t num_experts) = nullptr;
-  // grad_permuted [N*k, H] -> grad_x [N, H] (sum of a token's k rows).
-  at::Tensor (*permute_backward)(const at::Tensor& grad_permuted, const at::Tensor& source_row,
-                                 int64_t num_tokens) = nullptr;
+  // grad_permuted [N*k, H] -> grad_x [N, H]: the sum of a token's k rows (a gather, so the
+  // result does not depend on the order of floating-point additions across threads).
+  at::Tensor (*permute_backward)(const at::Tensor& grad_permuted, const at::Tensor& row_of_slot,
+                                 int64_t top_k) = nullptr;
 
   // Grouped SwiGLU FFN over expert-contiguous rows: for expert e's slice X_e,
   // h = X_e @ w13[e] ([H, 2F]: gate then up), a = silu(h_gate) * h_up, y = a @ w2[e] ([F, H]).
@@ -58,14 +61,16 @@ struct MoEKernels {
       const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w13,
       const at::Tensor& w2, const at::Tensor& tokens_per_expert) = nullptr;
 
-  // y [N*k, H] in expert order -> out [N, H]: out[source_row[i]] += weight_flat[slot[i]] * y[i].
+  // y [N*k, H] in expert order, weight [N, k] -> out [N, H]:
+  // out[t] = sum_j weight[t, j] * y[row_of_slot[t*k + j]].
   at::Tensor (*unpermute_forward)(const at::Tensor& y, const at::Tensor& weight,
-                                  const at::Tensor& source_row, const at::Tensor& slot,
-                                  int64_t num_tokens) = nullptr;
-  // Returns {grad_y [N*k, H], grad_weight [N, k]}.
-  std::pair<at::Tensor, at::Tensor> (*unpermute_backward)(
-      const at::Tensor& grad_out, const at::Tensor& y, const at::Tensor& weight,
-      const at::Tensor& source_row, const at::Tensor& slot) = nullptr;
+                                  const at::Tensor& row_of_slot) = nullptr;
+  // Returns {grad_y [N*k, H], grad_weight [N, k] fp32}.
+  std::pair<at::Tensor, at::Tensor> (*unpermute_backward)(const at::Tensor& grad_out,
+                                                          const at::Tensor& y,
+                                                          const at::Tensor& weight,
+                                                          const at::Tensor& row_of_slot,
+                                                          const at::Tensor& slot) = nullptr;
 
   // Name of the implementation, for `hetmoe devices` and benchmark records.
   std::string implementation;

@@ -24,7 +24,6 @@ at::Tensor expert_ffn(const at::Tensor& x, const at::Tensor& w13, const at::Tens
 
 // Scatters expert outputs y [N*k, H] back to token order, weighting each row by its routing
 // weight ([N, k]) and summing a token's k rows. Differentiable in y and weight.
-at::Tensor unpermute(const at::Tensor& y, const at::Tensor& weight, const PermuteResult& perm,
-                     int64_t num_tokens);
+at::Tensor unpermute(const at::Tensor& y, const at::Tensor& weight, const PermuteResult& perm);
 
 }  // namespace hetmoe::ops

@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "device/cuda/cuda_kernels.h"
 #include "hetmoe/device/registry.h"
 
 namespace hetmoe {
@@ -15,16 +16,17 @@ namespace {
 
 struct Peak {
   int major, minor;
-  const char* name_contains;  // "" matches any name of that compute capability
+  const char* name_contains;        // "" matches any name of that compute capability
   double fp32_tflops, bf16_tflops;  // dense, no sparsity
 };
 
 // Vendor datasheet peaks; `hetmoe bench` measures the real ceilings next to these.
 constexpr Peak kPeaks[] = {
-    {9, 0, "H100 PCIe", 51.2, 756.0}, {9, 0, "H200", 66.9, 989.0}, {9, 0, "", 66.9, 989.0},
-    {8, 0, "", 19.5, 312.0},          {8, 6, "A10", 31.2, 125.0},  {8, 6, "", 35.6, 71.0},
-    {8, 9, "L4", 30.3, 121.0},        {8, 9, "", 91.6, 362.0},     {10, 0, "", 80.0, 2250.0},
-    {7, 0, "", 15.7, 0.0},
+    {9, 0, "H100 PCIe", 51.2, 756.0}, {9, 0, "H200", 66.9, 989.0},
+    {9, 0, "", 66.9, 989.0},          {8, 0, "", 19.5, 312.0},
+    {8, 6, "A10", 31.2, 125.0},       {8, 6, "", 35.6, 71.0},
+    {8, 9, "L4", 30.3, 121.0},        {8, 9, "", 91.6, 362.0},
+    {10, 0, "", 80.0, 2250.0},        {7, 0, "", 15.7, 0.0},
 };
 
 class CudaBackend final : public Backend {
@@ -38,7 +40,7 @@ class CudaBackend final : public Backend {
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(index));
     c10::cuda::device_synchronize();
   }
-  const MoEKernels& kernels() const override { return aten_moe_kernels(); }
+  const MoEKernels& kernels() const override { return cuda_moe_kernels(); }
 
   std::vector<DeviceInfo> devices() const override {
     std::vector<DeviceInfo> out;
@@ -70,6 +72,8 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<CudaBackend>(); }
+std::unique_ptr<Backend> make_cuda_backend() {
+  return std::make_unique<CudaBackend>();
+}
 
 }  // namespace hetmoe

@@ -1,0 +1,61 @@
+// One kernel source for both GPU vendors: under hipcc the CUDA runtime names used by hetmoe's
+// kernels map to their HIP equivalents (the way ggml's HIP backend reuses its CUDA sources).
+// Only what kernels/gpu uses is mapped; add a name here when a kernel needs one.
+#pragma once
+
+#if defined(__HIPCC__)
+#include <hip/hip_bfloat16.h>
+#include <hip/hip_runtime.h>
+
+#define cudaError_t hipError_t
+#define cudaSuccess hipSuccess
+#define cudaStream_t hipStream_t
+#define cudaGetLastError hipGetLastError
+#define cudaGetErrorString hipGetErrorString
+#define cudaMemsetAsync hipMemsetAsync
+
+namespace hetmoe::gpu {
+using bf16 = hip_bfloat16;
+__device__ __forceinline__ float to_float(bf16 v) {
+  return static_cast<float>(v);
+}
+__device__ __forceinline__ void from_float(float v, bf16* out) {
+  *out = bf16(v);
+}
+}  // namespace hetmoe::gpu
+
+#else
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+namespace hetmoe::gpu {
+using bf16 = __nv_bfloat16;
+__device__ __forceinline__ float to_float(bf16 v) {
+  return __bfloat162float(v);
+}
+__device__ __forceinline__ void from_float(float v, bf16* out) {
+  *out = __float2bfloat16(v);
+}
+}  // namespace hetmoe::gpu
+#endif
+
+namespace hetmoe::gpu {
+__device__ __forceinline__ float to_float(float v) {
+  return v;
+}
+__device__ __forceinline__ void from_float(float v, float* out) {
+  *out = v;
+}
+
+// Launch-error status as the plain int the launchers return (0 = success).
+inline int last_error() {
+  return static_cast<int>(cudaGetLastError());
+}
+inline cudaStream_t as_stream(void* s) {
+  return static_cast<cudaStream_t>(s);
+}
+inline int blocks_for(int64_t work, int threads, int64_t cap = 65535) {
+  const int64_t b = (work + threads - 1) / threads;
+  return static_cast<int>(b < 1 ? 1 : (b > cap ? cap : b));
+}
+}  // namespace hetmoe::gpu

@@ -1,0 +1,198 @@
+// The CUDA backend's MoE kernel table: the fused router, the device-side permutation, gathers and
+// SwiGLU from kernels/gpu, and the grouped expert GEMMs through at::_grouped_mm for bf16 (offsets
+// stay on the device: no tokens-per-expert host synchronisation). fp32 expert GEMMs, which
+// _grouped_mm does not take, use the portable per-expert loop.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+
+#include "device/cuda/cuda_kernels.h"
+#include "hetmoe/core/error.h"
+#include "kernels/gpu/moe_kernels.h"
+
+namespace hetmoe {
+namespace {
+
+void check(int code, const char* what) {
+  HETMOE_CHECK(code == 0, "cuda", what, " failed: ", gpu::error_string(code));
+}
+
+gpu::Stream stream() {
+  return at::cuda::getCurrentCUDAStream().stream();
+}
+
+gpu::DType dtype_of(const at::Tensor& t) {
+  if (t.scalar_type() == at::kBFloat16) return gpu::DType::BF16;
+  HETMOE_CHECK(t.scalar_type() == at::kFloat, "cuda", "MoE kernels take fp32 or bf16, got ",
+               c10::toString(t.scalar_type()));
+  return gpu::DType::F32;
+}
+
+RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
+  const int64_t n = logits.size(0), e = logits.size(1);
+  HETMOE_CHECK(e <= 1024 && p.top_k <= 32, "cuda",
+               "router kernel supports up to 1024 experts and "
+               "top_k 32, got ",
+               e, " and ", p.top_k);
+  at::Tensor l = logits.contiguous();
+  RouteResult r;
+  r.scores = at::empty_like(l);
+  r.expert_index = at::empty({n, p.top_k}, l.options().dtype(at::kLong));
+  r.expert_weight = at::empty({n, p.top_k}, l.options());
+  r.tokens_per_expert = at::empty({e}, l.options().dtype(at::kLong));
+  check(gpu::router_forward(l.data_ptr<float>(), n, static_cast<int>(e), static_cast<int>(p.top_k),
+                            p.sigmoid, p.renormalize, r.scores.data_ptr<float>(),
+                            r.expert_index.data_ptr<int64_t>(), r.expert_weight.data_ptr<float>(),
+                            r.tokens_per_expert.data_ptr<int64_t>(), stream()),
+        "router_forward");
+  return r;
+}
+
+at::Tensor route_backward(const at::Tensor& grad_scores, const at::Tensor& grad_weight,
+                          const at::Tensor& scores, const at::Tensor& expert_index,
+                          const RouteParams& p) {
+  at::Tensor gs = grad_scores.defined() ? grad_scores.to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor gw = grad_weight.defined() ? grad_weight.to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor out = at::empty_like(scores);
+  check(gpu::router_backward(
+            gs.defined() ? gs.data_ptr<float>() : nullptr,
+            gw.defined() ? gw.data_ptr<float>() : nullptr, scores.data_ptr<float>(),
+            expert_index.data_ptr<int64_t>(), scores.size(0), static_cast<int>(scores.size(1)),
+            static_cast<int>(p.top_k), p.sigmoid, p.renormalize, out.data_ptr<float>(), stream()),
+        "router_backward");
+  return out;
+}
+
+PermuteResult permute_forward(const at::Tensor& x, const at::Tensor& expert_index,
+                              int64_t num_experts) {
+  const int64_t k = expert_index.size(1), m = expert_index.numel();
+  at::Tensor index = expert_index.contiguous();
+  auto opts = index.options().dtype(at::kLong);
+  PermuteResult r;
+  r.slot = at::empty({m}, opts);
+  r.source_row = at::empty({m}, opts);
+  r.row_of_slot = at::empty({m}, opts);
+  r.tokens_per_expert = at::empty({num_experts}, opts);
+  at::Tensor workspace = at::empty(
+      {static_cast<int64_t>(gpu::permute_workspace_bytes(m, static_cast<int>(num_experts)))},
+      index.options().dtype(at::kByte));
+  check(gpu::permute_map(index.data_ptr<int64_t>(), m, static_cast<int>(num_experts),
+                         static_cast<int>(k), workspace.data_ptr(), r.slot.data_ptr<int64_t>(),
+                         r.source_row.data_ptr<int64_t>(), r.row_of_slot.data_ptr<int64_t>(),
+                         r.tokens_per_expert.data_ptr<int64_t>(), stream()),
+        "permute_map");
+  r.permuted = at::empty({m, x.size(1)}, x.options());
+  check(gpu::gather_rows(x.data_ptr(), dtype_of(x), x.size(1), r.source_row.data_ptr<int64_t>(), m,
+                         r.permuted.data_ptr(), stream()),
+        "gather_rows");
+  return r;
+}
+
+at::Tensor permute_backward(const at::Tensor& grad_permuted, const at::Tensor& row_of_slot,
+                            int64_t top_k) {
+  const int64_t n = row_of_slot.numel() / top_k, h = grad_permuted.size(1);
+  at::Tensor out = at::empty({n, h}, grad_permuted.options());
+  check(gpu::sum_slot_rows(grad_permuted.data_ptr(), dtype_of(grad_permuted), h,
+                           row_of_slot.data_ptr<int64_t>(), n, static_cast<int>(top_k),
+                           out.data_ptr(), stream()),
+        "sum_slot_rows");
+  return out;
+}
+
+// at::_grouped_mm is CUTLASS-backed for bf16 on sm_90; elsewhere it falls back to a loop.
+bool use_grouped_mm(const at::Tensor& x) {
+  return x.scalar_type() == at::kBFloat16 && at::cuda::getCurrentDeviceProperties()->major >= 9;
+}
+
+at::Tensor offsets_of(const at::Tensor& tokens_per_expert) {
+  return tokens_per_expert.cumsum(0).to(at::kInt);
+}
+
+at::Tensor swiglu(const at::Tensor& h) {
+  const int64_t m = h.size(0), f = h.size(1) / 2;
+  at::Tensor a = at::empty({m, f}, h.options());
+  check(gpu::swiglu_forward(h.data_ptr(), dtype_of(h), m, f, a.data_ptr(), stream()),
+        "swiglu_forward");
+  return a;
+}
+
+at::Tensor expert_ffn_forward(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
+                              const at::Tensor& tokens_per_expert, at::Tensor* h_out) {
+  if (!use_grouped_mm(x))
+    return aten_moe_kernels().expert_ffn_forward(x, w13, w2, tokens_per_expert, h_out);
+  at::Tensor offs = offsets_of(tokens_per_expert);
+  at::Tensor h = at::_grouped_mm(x, w13, offs);
+  at::Tensor y = at::_grouped_mm(swiglu(h), w2, offs);
+  if (h_out) *h_out = h;
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w13,
+    const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
+  if (!use_grouped_mm(x))
+    return aten_moe_kernels().expert_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
+  const int64_t m = h.size(0), f = h.size(1) / 2;
+  at::Tensor offs = offsets_of(tokens_per_expert);
+  at::Tensor a = swiglu(h);
+  // Weight gradients: per expert, X_e^T dY_e, a 2-D x 2-D grouped product split along the rows.
+  at::Tensor grad_w2 = at::_grouped_mm(a.t(), grad_y, offs);
+  at::Tensor grad_a = at::_grouped_mm(grad_y, w2.transpose(1, 2), offs);
+  at::Tensor grad_h = at::empty_like(h);
+  check(gpu::swiglu_backward(grad_a.data_ptr(), h.data_ptr(), dtype_of(h), m, f, grad_h.data_ptr(),
+                             stream()),
+        "swiglu_backward");
+  at::Tensor grad_w13 = at::_grouped_mm(x.t(), grad_h, offs);
+  at::Tensor grad_x = at::_grouped_mm(grad_h, w13.transpose(1, 2), offs);
+  return {grad_x, grad_w13, grad_w2};
+}
+
+at::Tensor unpermute_forward(const at::Tensor& y, const at::Tensor& weight,
+                             const at::Tensor& row_of_slot) {
+  const int64_t n = weight.size(0), k = weight.size(1), h = y.size(1);
+  at::Tensor w = weight.to(at::kFloat).contiguous();
+  at::Tensor out = at::empty({n, h}, y.options());
+  check(gpu::unpermute_forward(y.data_ptr(), dtype_of(y), h, w.data_ptr<float>(),
+                               row_of_slot.data_ptr<int64_t>(), n, static_cast<int>(k),
+                               out.data_ptr(), stream()),
+        "unpermute_forward");
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
+                                                     const at::Tensor& y, const at::Tensor& weight,
+                                                     const at::Tensor& row_of_slot,
+                                                     const at::Tensor& slot) {
+  const int64_t m = y.size(0), h = y.size(1);
+  at::Tensor w = weight.to(at::kFloat).contiguous();
+  at::Tensor go = grad_out.to(y.scalar_type()).contiguous();
+  // source_row of permuted row i is slot[i] / k.
+  at::Tensor source_row = at::div(slot, weight.size(1), "floor");
+  at::Tensor grad_y = at::empty_like(y);
+  at::Tensor grad_w = at::empty({weight.numel()}, w.options());
+  check(gpu::unpermute_backward(go.data_ptr(), y.data_ptr(), dtype_of(y), h, w.data_ptr<float>(),
+                                source_row.data_ptr<int64_t>(), slot.data_ptr<int64_t>(), m,
+                                grad_y.data_ptr(), grad_w.data_ptr<float>(), stream()),
+        "unpermute_backward");
+  return {grad_y, grad_w.view(weight.sizes()).to(weight.scalar_type())};
+}
+
+}  // namespace
+
+const MoEKernels& cuda_moe_kernels() {
+  static const MoEKernels table = [] {
+    MoEKernels k;
+    k.route_forward = route_forward;
+    k.route_backward = route_backward;
+    k.permute_forward = permute_forward;
+    k.permute_backward = permute_backward;
+    k.expert_ffn_forward = expert_ffn_forward;
+    k.expert_ffn_backward = expert_ffn_backward;
+    k.unpermute_forward = unpermute_forward;
+    k.unpermute_backward = unpermute_backward;
+    k.implementation = "cuda (fused router, device permutation, _grouped_mm for bf16 on sm_90)";
+    return k;
+  }();
+  return table;
+}
+
+}  // namespace hetmoe
