@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (see docs/gpu.md): build hetmoe with the CUDA backend against that
 # machine's python3 torch, run the whole test suite (GPU tests included), the operator benchmark
-# on the GPU, and a tiny training run on CUDA. Logs and JSON go to $OUT (or ./gpu-out).
+# on the GPU (summarised against the ceilings it measures), and tiny training runs on CUDA in fp32
+# and bf16 (HETMOE_GPU_SKIP_TRAIN=1 skips them). Logs and JSON go to $OUT (or ./gpu-out).
 #   Carry .gpu-deps (../shared/scripts/gpu-deps.sh) and data/fortunes.
 set -uo pipefail
 out=${OUT:-gpu-out}
@@ -22,8 +23,11 @@ grep -E "tests passed|Failed|Skipped|\*\*\*" "$out/ctest.log" | tail -15
 for dtype in bf16 fp32; do
   HETMOE_BENCH_DEVICE=cuda HETMOE_BENCH_DTYPE=$dtype build-gpu/benchmarks/hetmoe_op_bench \
     --benchmark_out="$out/op_bench_cuda_$dtype.json" --benchmark_out_format=json \
-    --benchmark_min_time=0.3 2>&1 | grep -v "^-" | sed -E 's/ +/ /g' | cut -c1-160
+    --benchmark_min_time=0.3 >"$out/op_bench_cuda_$dtype.txt" 2>&1
+  python3 benchmarks/gpu/summarize.py "$out/op_bench_cuda_$dtype.json" \
+    --out "$out/summary_$dtype.json" | grep -E "ceilings|16384"
 done
+[ "${HETMOE_GPU_SKIP_TRAIN:-0}" = 1 ] && exit 0
 for dtype in fp32 bf16; do
   build-gpu/src/hetmoe train --config configs/tiny.yaml --set backend.device=cuda \
     --set backend.dtype=$dtype --set run.out_dir=/tmp/run-cuda-$dtype --overwrite \

@@ -120,6 +120,45 @@ __global__ void unpermute_forward_kernel(const T* __restrict__ y, int64_t hidden
   }
 }
 
+// The k-way (weighted) combine with 16-byte loads and stores: one block per token, each thread
+// owns 16 bytes of the row. weight == nullptr sums (the backward of permute).
+template <typename T>
+__global__ void combine_vec_kernel(const T* __restrict__ y, int64_t hidden,
+                                   const float* __restrict__ weight,
+                                   const int64_t* __restrict__ row_of_slot, int64_t n, int k,
+                                   T* __restrict__ out) {
+  constexpr int kPerVec = 16 / sizeof(T);
+  union Vec {
+    uint4 raw;
+    T v[kPerVec];
+  };
+  const int64_t vecs = hidden / kPerVec;
+  for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
+    for (int64_t c = threadIdx.x; c < vecs; c += blockDim.x) {
+      float acc[kPerVec];
+#pragma unroll
+      for (int i = 0; i < kPerVec; ++i) acc[i] = 0.0f;
+      for (int j = 0; j < k; ++j) {
+        const float w = weight ? weight[t * k + j] : 1.0f;
+        Vec in;
+        in.raw = reinterpret_cast<const uint4*>(y + row_of_slot[t * k + j] * hidden)[c];
+#pragma unroll
+        for (int i = 0; i < kPerVec; ++i) acc[i] += w * to_float(in.v[i]);
+      }
+      Vec o;
+#pragma unroll
+      for (int i = 0; i < kPerVec; ++i) from_float(acc[i], &o.v[i]);
+      reinterpret_cast<uint4*>(out + t * hidden)[c] = o.raw;
+    }
+  }
+}
+
+// Whether rows of `hidden` elements of `bytes` each can move as aligned 16-byte vectors.
+bool vectorizable(int64_t hidden, size_t bytes, const void* a, const void* b) {
+  return (hidden * static_cast<int64_t>(bytes)) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0;
+}
+
 // One block per permuted row: scaled copy of the token's gradient and the weight's gradient.
 template <typename T>
 __global__ void unpermute_backward_kernel(const T* __restrict__ grad_out, const T* __restrict__ y,
@@ -204,6 +243,13 @@ int sum_slot_rows(const void* grad_permuted, DType dtype, int64_t hidden,
   if (n == 0) return 0;
   return dispatch(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
+    if (vectorizable(hidden, sizeof(T), grad_permuted, grad_x)) {
+      combine_vec_kernel<<<static_cast<unsigned>(n < 65535 ? n : 65535), kThreads, 0,
+                           as_stream(stream)>>>(static_cast<const T*>(grad_permuted), hidden,
+                                                nullptr, row_of_slot, n, k,
+                                                static_cast<T*>(grad_x));
+      return last_error();
+    }
     sum_slot_rows_kernel<<<blocks_for(n * hidden, kThreads), kThreads, 0, as_stream(stream)>>>(
         static_cast<const T*>(grad_permuted), hidden, row_of_slot, n, k, static_cast<T*>(grad_x));
     return last_error();
@@ -215,6 +261,12 @@ int unpermute_forward(const void* y, DType dtype, int64_t hidden, const float* w
   if (n == 0) return 0;
   return dispatch(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
+    if (vectorizable(hidden, sizeof(T), y, out)) {
+      combine_vec_kernel<<<static_cast<unsigned>(n < 65535 ? n : 65535), kThreads, 0,
+                           as_stream(stream)>>>(static_cast<const T*>(y), hidden, weight,
+                                                row_of_slot, n, k, static_cast<T*>(out));
+      return last_error();
+    }
     unpermute_forward_kernel<<<blocks_for(n * hidden, kThreads), kThreads, 0, as_stream(stream)>>>(
         static_cast<const T*>(y), hidden, weight, row_of_slot, n, k, static_cast<T*>(out));
     return last_error();

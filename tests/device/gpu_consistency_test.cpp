@@ -94,7 +94,8 @@ INSTANTIATE_TEST_SUITE_P(
     Backends, GpuConsistencyTest,
     ::testing::Combine(::testing::Values(Case{300, 64, 16, 4, 48},  // ordinary
                                          Case{5, 32, 16, 2, 16},    // most experts get nothing
-                                         Case{33, 64, 8, 8, 32}),   // top_k == num_experts
+                                         Case{33, 64, 8, 8, 32},    // top_k == num_experts
+                                         Case{7, 12, 4, 2, 6}),     // rows not 16-byte multiples
                        ::testing::Values(at::kFloat, at::kBFloat16), ::testing::Bool(),
                        ::testing::Bool()));
 

@@ -98,9 +98,11 @@ at::Tensor permute_backward(const at::Tensor& grad_permuted, const at::Tensor& r
   return out;
 }
 
-// at::_grouped_mm is CUTLASS-backed for bf16 on sm_90; elsewhere it falls back to a loop.
-bool use_grouped_mm(const at::Tensor& x) {
-  return x.scalar_type() == at::kBFloat16 && at::cuda::getCurrentDeviceProperties()->major >= 9;
+// at::_grouped_mm is CUTLASS-backed for bf16 on sm_90 and needs 16-byte aligned rows (hidden
+// and expert_hidden multiples of 8); other cases take the portable per-expert loop.
+bool use_grouped_mm(const at::Tensor& x, const at::Tensor& w2) {
+  return x.scalar_type() == at::kBFloat16 && x.size(1) % 8 == 0 && w2.size(1) % 8 == 0 &&
+         at::cuda::getCurrentDeviceProperties()->major >= 9;
 }
 
 at::Tensor offsets_of(const at::Tensor& tokens_per_expert) {
@@ -117,7 +119,7 @@ at::Tensor swiglu(const at::Tensor& h) {
 
 at::Tensor expert_ffn_forward(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
                               const at::Tensor& tokens_per_expert, at::Tensor* h_out) {
-  if (!use_grouped_mm(x))
+  if (!use_grouped_mm(x, w2))
     return aten_moe_kernels().expert_ffn_forward(x, w13, w2, tokens_per_expert, h_out);
   at::Tensor offs = offsets_of(tokens_per_expert);
   at::Tensor h = at::_grouped_mm(x, w13, offs);
@@ -129,7 +131,7 @@ at::Tensor expert_ffn_forward(const at::Tensor& x, const at::Tensor& w13, const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w13,
     const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
-  if (!use_grouped_mm(x))
+  if (!use_grouped_mm(x, w2))
     return aten_moe_kernels().expert_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
   const int64_t m = h.size(0), f = h.size(1) / 2;
   at::Tensor offs = offsets_of(tokens_per_expert);
