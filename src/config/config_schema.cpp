@@ -97,6 +97,7 @@ std::vector<KeySpec> build_schema() {
       HETMOE_KEY(train, eval_every, "evaluate every N steps"),
       HETMOE_KEY(train, eval_batches, "validation batches per evaluation"),
       HETMOE_KEY(train, save_every, "checkpoint every N steps (0: only at the end)"),
+      HETMOE_KEY(train, save_final, "write a checkpoint when the run ends"),
       HETMOE_KEY(train, log_every, "log training metrics every N steps"),
       HETMOE_KEY(train, threads, "intra-op CPU threads (0: all cores)"),
 
@@ -110,6 +111,8 @@ std::vector<KeySpec> build_schema() {
       HETMOE_KEY(backend, device, "compute device; cuda and rocm take an optional device index",
                  {"auto", "cpu", "cuda", "rocm"}, {"cuda", "rocm"}),
       HETMOE_KEY(backend, dtype, "compute dtype (master weights stay fp32)", {"fp32", "bf16"}),
+      HETMOE_KEY(backend, peak_tflops,
+                 "device peak TFLOP/s in the compute dtype, for MFU (0: hetmoe's device table)"),
 
       HETMOE_KEY(run, out_dir, "directory for checkpoints, logs and metrics"),
       HETMOE_KEY(run, log_level, "minimum log level", {"trace", "debug", "info", "warn", "error"}),

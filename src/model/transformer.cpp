@@ -32,7 +32,9 @@ TransformerImpl::TransformerImpl(const ModelConfig& model, const MoEConfig& moe)
   for (int64_t i = 0; i < model.n_layers; ++i)
     blocks->push_back(Block(model, moe, /*dense=*/i < model.first_k_dense));
   final_norm = register_module("final_norm", RMSNorm(model.d_model, model.norm_eps));
-  head = register_parameter("head", at::empty({model.vocab_size, model.d_model}));
+  // Tied: the LM head is the embedding matrix itself (one parameter, registered once).
+  head = model.tie_embeddings ? embed->weight
+                              : register_parameter("head", at::empty({model.vocab_size, model.d_model}));
   reset_parameters(0);
 }
 
@@ -94,13 +96,23 @@ ParameterCount count_parameters(const ModelConfig& m, const MoEConfig& e) {
   const int64_t shared = e.num_shared_experts * expert;
   const int64_t router = e.num_experts * d;
   const int64_t n_dense = m.first_k_dense, n_moe = m.n_layers - m.first_k_dense;
-  const int64_t ends = m.vocab_size * d * 2 + d;  // embedding, head, final norm
+  // Embedding, LM head (unless tied to the embedding) and the final norm.
+  const int64_t ends = m.vocab_size * d * (m.tie_embeddings ? 1 : 2) + d;
   ParameterCount c;
   c.total = ends + n_dense * (attn + norms + dense_ffn) +
             n_moe * (attn + norms + router + shared + e.num_experts * expert);
   c.active_per_token = ends + n_dense * (attn + norms + dense_ffn) +
                        n_moe * (attn + norms + router + shared + e.top_k * expert);
   return c;
+}
+
+double training_flops_per_token(const ModelConfig& m, const MoEConfig& e, int64_t seq_len) {
+  const ParameterCount c = count_parameters(m, e);
+  // Norm weights and the router's softmax are negligible; the embedding is a lookup, unless tied,
+  // in which case the same matrix is also the head's product.
+  const double matrix_params = static_cast<double>(c.active_per_token) -
+                               (m.tie_embeddings ? 0.0 : static_cast<double>(m.vocab_size * m.d_model));
+  return 6.0 * matrix_params + 6.0 * m.n_layers * static_cast<double>(seq_len) * m.d_model;
 }
 
 ParameterCount TransformerImpl::parameter_count() const {

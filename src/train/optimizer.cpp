@@ -20,6 +20,32 @@ AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> named_parameters, A
 void AdamW::step(double lr) {
   at::NoGradGuard no_grad;
   ++steps_;
+  if (options_.fused)
+    step_fused(lr);
+  else
+    step_reference(lr);
+}
+
+void AdamW::step_fused(double lr) {
+  for (const bool decay : {true, false}) {
+    std::vector<at::Tensor> params, grads, avgs, avg_sqs, steps;
+    for (Slot& s : slots_) {
+      if (s.decay != decay || !s.param.grad().defined()) continue;
+      params.push_back(s.param);
+      grads.push_back(s.param.grad());
+      avgs.push_back(s.exp_avg);
+      avg_sqs.push_back(s.exp_avg_sq);
+      // The kernel reads the step count (already incremented) from a tensor per parameter.
+      steps.push_back(at::full({}, static_cast<double>(steps_), s.param.options()));
+    }
+    if (params.empty()) continue;
+    at::_fused_adamw_(params, grads, avgs, avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr,
+                      options_.beta1, options_.beta2, decay ? options_.weight_decay : 0.0,
+                      options_.eps, /*amsgrad=*/false, /*maximize=*/false);
+  }
+}
+
+void AdamW::step_reference(double lr) {
   const double b1 = options_.beta1, b2 = options_.beta2;
   const double bc1 = 1.0 - std::pow(b1, static_cast<double>(steps_));
   const double bc2 = 1.0 - std::pow(b2, static_cast<double>(steps_));
@@ -70,16 +96,14 @@ void AdamW::load_state_dict(const std::map<std::string, at::Tensor>& state) {
 
 double clip_grad_norm(const std::vector<at::Tensor>& parameters, double max_norm) {
   at::NoGradGuard no_grad;
-  std::vector<at::Tensor> norms;
+  std::vector<at::Tensor> grads;
   for (const auto& p : parameters)
-    if (p.grad().defined()) norms.push_back(p.grad().norm(2).to(at::kFloat));
-  if (norms.empty()) return 0.0;
-  const double total = at::stack(norms).norm(2).item<double>();
-  if (max_norm > 0 && total > max_norm && std::isfinite(total)) {
-    const double scale = max_norm / (total + 1e-6);
-    for (const auto& p : parameters)
-      if (p.grad().defined()) p.grad().mul_(scale);
-  }
+    if (p.grad().defined()) grads.push_back(p.grad());
+  if (grads.empty()) return 0.0;
+  // Multi-tensor kernels: one launch for all norms and one for the scaling.
+  const double total = at::stack(at::_foreach_norm(grads, 2)).to(at::kDouble).norm(2).item<double>();
+  if (max_norm > 0 && total > max_norm && std::isfinite(total))
+    at::_foreach_mul_(grads, max_norm / (total + 1e-6));
   return total;
 }
 

@@ -137,6 +137,16 @@ Trainer::Trainer(Config config, TrainerOptions options)
   HETMOE_LOG_INFO("resolved config (also in %s):\n%s", (out / "resolved.yaml").string().c_str(),
                   resolved.c_str());
 
+  flops_per_token_ = training_flops_per_token(config_.model, config_.moe, t.seq_len);
+  if (config_.backend.peak_tflops > 0) {
+    peak_flops_ = config_.backend.peak_tflops * 1e12;
+  } else {
+    const auto devices = backend_for(at::empty({0}, at::TensorOptions().device(device_))).devices();
+    const size_t index = device_.has_index() ? static_cast<size_t>(device_.index()) : 0;
+    if (index < devices.size())
+      peak_flops_ = config_.backend.dtype == "bf16" ? devices[index].peak_bf16_flops
+                                                    : devices[index].peak_fp32_flops;
+  }
   const auto count = model_->parameter_count();
   HETMOE_LOG_INFO(
       "model: %lld layers, d_model %lld, %lld experts top-%lld (+%lld shared): "
@@ -145,6 +155,9 @@ Trainer::Trainer(Config config, TrainerOptions options)
       static_cast<long long>(config_.moe.num_experts), static_cast<long long>(config_.moe.top_k),
       static_cast<long long>(config_.moe.num_shared_experts), count.total / 1e6,
       count.active_per_token / 1e6);
+  HETMOE_LOG_INFO("%.3f GFLOP per training token; device peak %.1f TFLOP/s (%s)",
+                  flops_per_token_ / 1e9, peak_flops_ / 1e12,
+                  config_.backend.peak_tflops > 0 ? "backend.peak_tflops" : "device table");
   HETMOE_LOG_INFO("device %s, dtype %s, %d threads, data %s (%lld train / %lld val tokens)",
                   device_.str().c_str(), config_.backend.dtype.c_str(), at::get_num_threads(),
                   config_.data.path.c_str(),
@@ -243,11 +256,12 @@ void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, i
   const int64_t done = state_.step - first_step;
   const double eta = done > 0 ? elapsed / done * static_cast<double>(t.steps - state_.step) : 0;
 
-  HETMOE_LOG_INFO(
-      "step %lld/%lld | loss %.4f | aux %.4f | z %.4f | lr %.2e | gnorm %.3f | "
-      "%.0f tok/s | imbalance %.2f | eta %s",
-      static_cast<long long>(state_.step), static_cast<long long>(t.steps), r.loss, r.aux, r.z,
-      r.lr, r.grad_norm, tokens_per_s, imbalance, format_duration(eta).c_str());
+  const double mfu = peak_flops_ > 0 ? tokens_per_s * flops_per_token_ / peak_flops_ : 0.0;
+  HETMOE_LOG_INFO("step %lld/%lld | loss %.4f | aux %.4f | z %.4f | lr %.2e | gnorm %.3f | "
+                  "%.0f tok/s | mfu %.1f%% | imbalance %.2f | eta %s",
+                  static_cast<long long>(state_.step), static_cast<long long>(t.steps), r.loss,
+                  r.aux, r.z, r.lr, r.grad_norm, tokens_per_s, 100.0 * mfu, imbalance,
+                  format_duration(eta).c_str());
   nlohmann::json j = {{"step", state_.step},
                       {"loss", r.loss},
                       {"aux_loss", r.aux},
@@ -256,6 +270,8 @@ void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, i
                       {"grad_norm", r.grad_norm},
                       {"tokens_per_s", tokens_per_s},
                       {"tokens_seen", state_.tokens_seen},
+                      {"mfu", mfu},
+                      {"model_tflops", tokens_per_s * flops_per_token_ / 1e12},
                       {"expert_imbalance", imbalance},
                       {"expert_load", load},
                       {"skipped_steps", skipped_},
@@ -295,7 +311,7 @@ TrainResult Trainer::run() {
       train_loss_window = 0;
       window = 0;
     }
-    if ((t.save_every > 0 && state_.step % t.save_every == 0) || last) save();
+    if ((t.save_every > 0 && state_.step % t.save_every == 0) || (last && t.save_final)) save();
   }
   result.seconds = std::chrono::duration<double>(clock::now() - start).count();
   result.steps = state_.step;
@@ -305,6 +321,7 @@ TrainResult Trainer::run() {
                                                   t.micro_batch * t.seq_len) /
                                   result.seconds
                             : 0;
+  result.mfu = peak_flops_ > 0 ? result.tokens_per_s * flops_per_token_ / peak_flops_ : 0.0;
   result.skipped_steps = skipped_;
   result.checkpoint = last_checkpoint_;
   return result;

@@ -90,6 +90,7 @@ const std::vector<std::string> kAllKeys = {
     "train.eval_every",
     "train.eval_batches",
     "train.save_every",
+    "train.save_final",
     "train.log_every",
     "train.threads",
     "data.path",
@@ -98,6 +99,7 @@ const std::vector<std::string> kAllKeys = {
     "parallel.expert_parallel",
     "backend.device",
     "backend.dtype",
+    "backend.peak_tflops",
     "run.out_dir",
     "run.log_level",
 };

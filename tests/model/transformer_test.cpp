@@ -108,6 +108,27 @@ TEST(TransformerTest, ShapesAndParameterCounts) {
   EXPECT_EQ(built.total - built.active_per_token, 2 * (e.num_experts - e.top_k) * expert);
 }
 
+TEST(TransformerTest, TiedEmbeddingsShareOneMatrix) {
+  ModelConfig m = small_model();
+  m.tie_embeddings = true;
+  Transformer model(m, small_moe());
+  EXPECT_TRUE(model->head.is_same(model->embed->weight));
+  EXPECT_EQ(model->named_parameters().find("head"), nullptr);
+  EXPECT_EQ(model->parameter_count().total, count_parameters(m, small_moe()).total);
+  ModelConfig untied = small_model();
+  EXPECT_EQ(count_parameters(untied, small_moe()).total - count_parameters(m, small_moe()).total,
+            m.vocab_size * m.d_model);
+}
+
+TEST(TransformerTest, FlopsPerTokenCountsMatrixParametersAndAttention) {
+  ModelConfig m = small_model();
+  MoEConfig e = small_moe();
+  const ParameterCount c = count_parameters(m, e);
+  const double expected = 6.0 * (c.active_per_token - m.vocab_size * m.d_model) +
+                          6.0 * m.n_layers * 16 * m.d_model;
+  EXPECT_DOUBLE_EQ(training_flops_per_token(m, e, 16), expected);
+}
+
 TEST(TransformerTest, FutureTokensDoNotChangePastLogits) {
   at::manual_seed(0);
   Transformer model(small_model(), small_moe());

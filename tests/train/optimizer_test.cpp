@@ -74,3 +74,36 @@ TEST(ScheduleTest, WarmupThenCosineWsdOrConstant) {
 
 }  // namespace
 }  // namespace hetmoe
+
+namespace hetmoe {
+namespace {
+
+TEST(AdamWTest, FusedMatchesTheReferenceOverSeveralSteps) {
+  at::manual_seed(5);
+  std::vector<at::Tensor> a, b;
+  std::vector<std::pair<std::string, at::Tensor>> na, nb;
+  for (auto shape : std::vector<std::vector<int64_t>>{{7, 5}, {5}, {3, 4, 2}}) {
+    at::Tensor t = at::randn(shape);
+    a.push_back(t.clone().requires_grad_(true));
+    b.push_back(t.clone().requires_grad_(true));
+    na.emplace_back("p" + std::to_string(na.size()), a.back());
+    nb.emplace_back("p" + std::to_string(nb.size()), b.back());
+  }
+  AdamWOptions fused{0.9, 0.95, 1e-8, 0.1, true}, reference{0.9, 0.95, 1e-8, 0.1, false};
+  AdamW fa(na, fused), rb(nb, reference);
+  for (int step = 0; step < 5; ++step) {
+    for (size_t i = 0; i < a.size(); ++i) {
+      at::Tensor g = at::randn(a[i].sizes());
+      a[i].mutable_grad() = g.clone();
+      b[i].mutable_grad() = g.clone();
+    }
+    fa.step(1e-2 * (step + 1));
+    rb.step(1e-2 * (step + 1));
+  }
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_TRUE(at::allclose(a[i], b[i], 1e-6, 1e-6)) << "parameter " << i;
+  EXPECT_TRUE(at::allclose(fa.state_dict()["exp_avg_sq/p0"], rb.state_dict()["exp_avg_sq/p0"]));
+}
+
+}  // namespace
+}  // namespace hetmoe

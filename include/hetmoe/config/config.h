@@ -57,6 +57,7 @@ struct TrainConfig {
   int64_t eval_every = 100;
   int64_t eval_batches = 8;
   int64_t save_every = 0;  // 0: only at the end
+  bool save_final = true;  // checkpoint when the run ends (off for throughput measurements)
   int64_t log_every = 10;
   int64_t threads = 0;     // intra-op threads; 0: all cores
 };
@@ -74,6 +75,7 @@ struct ParallelConfig {
 struct BackendConfig {
   std::string device = "auto";  // auto | cpu | cuda | rocm (optionally ":index")
   std::string dtype = "fp32";   // fp32 | bf16 (compute dtype; master weights stay fp32)
+  double peak_tflops = 0;       // device peak for MFU in the compute dtype; 0: the device table
 };
 
 struct RunConfig {

@@ -54,7 +54,7 @@ class TransformerImpl : public torch::nn::Module {
   torch::nn::Embedding embed{nullptr};
   torch::nn::ModuleList blocks{nullptr};
   RMSNorm final_norm{nullptr};
-  at::Tensor head;  // [V, D]
+  at::Tensor head;  // [V, D]; the embedding weight itself when model.tie_embeddings
 
  private:
   ModelConfig model_;
@@ -66,5 +66,10 @@ TORCH_MODULE(Transformer);
 // The parameter count the config implies, without building the model (plan/logging use this;
 // a test checks it against parameter_count()).
 ParameterCount count_parameters(const ModelConfig& model, const MoEConfig& moe);
+
+// Training FLOPs per token (forward + backward) for sequences of seq_len tokens: 6 per active
+// matrix parameter (the embedding lookup is not a product) plus causal attention's
+// 6 * n_layers * seq_len * d_model. The numerator of MFU.
+double training_flops_per_token(const ModelConfig& model, const MoEConfig& moe, int64_t seq_len);
 
 }  // namespace hetmoe

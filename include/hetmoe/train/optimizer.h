@@ -15,6 +15,9 @@ struct AdamWOptions {
   double beta2 = 0.95;
   double eps = 1e-8;
   double weight_decay = 0.1;
+  // One multi-tensor kernel per parameter group (at::_fused_adamw_) instead of a few ATen ops per
+  // parameter; false selects the plain per-parameter reference the fused path is tested against.
+  bool fused = true;
 };
 
 class AdamW {
@@ -38,6 +41,8 @@ class AdamW {
     at::Tensor param, exp_avg, exp_avg_sq;
     bool decay;
   };
+  void step_reference(double lr);
+  void step_fused(double lr);
   std::vector<Slot> slots_;
   AdamWOptions options_;
   int64_t steps_ = 0;

@@ -27,6 +27,7 @@ struct TrainResult {
   double final_train_loss = 0;
   double final_val_loss = 0;
   double tokens_per_s = 0;  // mean over the steps this run took
+  double mfu = 0;           // model FLOP utilisation at that rate (0 when the peak is unknown)
   double seconds = 0;
   int64_t skipped_steps = 0;  // updates skipped for non-finite gradients
   std::string checkpoint;     // the last checkpoint written
@@ -69,6 +70,8 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   TrainState state_;
   int64_t skipped_ = 0;
+  double flops_per_token_ = 0;  // training FLOPs per token, for MFU
+  double peak_flops_ = 0;       // the device's peak in the compute dtype (0: unknown)
   std::string last_checkpoint_;
   StepRecord last_;
 };
