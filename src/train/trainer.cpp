@@ -167,6 +167,11 @@ Trainer::Trainer(Config config, TrainerOptions options)
 
 Trainer::~Trainer() = default;
 
+int64_t Trainer::peak_memory() const {
+  return backend_for(at::empty({0}, at::TensorOptions().device(device_)))
+      .peak_memory_bytes(device_.has_index() ? device_.index() : 0);
+}
+
 double Trainer::train_step() {
   const auto& t = config_.train;
   model_->train();
@@ -271,6 +276,7 @@ void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, i
                       {"tokens_per_s", tokens_per_s},
                       {"tokens_seen", state_.tokens_seen},
                       {"mfu", mfu},
+                      {"peak_memory_mib", static_cast<double>(peak_memory()) / (1 << 20)},
                       {"model_tflops", tokens_per_s * flops_per_token_ / 1e12},
                       {"expert_imbalance", imbalance},
                       {"expert_load", load},
@@ -321,6 +327,7 @@ TrainResult Trainer::run() {
                                                   t.micro_batch * t.seq_len) /
                                   result.seconds
                             : 0;
+  result.peak_memory_bytes = peak_memory();
   result.mfu = peak_flops_ > 0 ? result.tokens_per_s * flops_per_token_ / peak_flops_ : 0.0;
   result.skipped_steps = skipped_;
   result.checkpoint = last_checkpoint_;

@@ -38,6 +38,9 @@ class Backend {
   // The LibTorch device for this backend's device `index`.
   virtual c10::Device torch_device(int index) const = 0;
   virtual void synchronize(int index) const = 0;
+  // High-water mark of memory in use since the process started: resident memory for the CPU,
+  // bytes held by LibTorch's caching allocator for a GPU. 0 when unknown.
+  virtual int64_t peak_memory_bytes(int index) const = 0;
   virtual const MoEKernels& kernels() const = 0;
 };
 

@@ -28,6 +28,7 @@ struct TrainResult {
   double final_val_loss = 0;
   double tokens_per_s = 0;  // mean over the steps this run took
   double mfu = 0;           // model FLOP utilisation at that rate (0 when the peak is unknown)
+  int64_t peak_memory_bytes = 0;  // device memory high-water mark (host RSS on the CPU)
   double seconds = 0;
   int64_t skipped_steps = 0;  // updates skipped for non-finite gradients
   std::string checkpoint;     // the last checkpoint written
@@ -59,6 +60,7 @@ class Trainer {
     double loss = 0, aux = 0, z = 0, grad_norm = 0, lr = 0;
     std::vector<at::Tensor> load;  // tokens per expert, per MoE layer
   };
+  int64_t peak_memory() const;
   void record(const StepRecord& r, double step_seconds, double elapsed, int64_t first_step,
               double val_loss);
 

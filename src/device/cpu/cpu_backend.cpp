@@ -2,6 +2,7 @@
 // MoE kernel table.
 #include <ATen/Parallel.h>
 #include <ATen/ATen.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -52,6 +53,10 @@ class CpuBackend final : public Backend {
   bool available() const override { return true; }
   c10::Device torch_device(int) const override { return c10::Device(c10::kCPU); }
   void synchronize(int) const override {}
+  int64_t peak_memory_bytes(int) const override {
+    struct rusage usage;
+    return getrusage(RUSAGE_SELF, &usage) == 0 ? static_cast<int64_t>(usage.ru_maxrss) * 1024 : 0;
+  }
   const MoEKernels& kernels() const override { return aten_moe_kernels(); }
 
   std::vector<DeviceInfo> devices() const override {

@@ -3,6 +3,7 @@
 // compile and link it, the GPU machine runs it.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -41,6 +42,12 @@ class CudaBackend final : public Backend {
     c10::cuda::device_synchronize();
   }
   const MoEKernels& kernels() const override { return cuda_moe_kernels(); }
+  int64_t peak_memory_bytes(int index) const override {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(
+        static_cast<c10::DeviceIndex>(index));
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+        .peak;
+  }
 
   std::vector<DeviceInfo> devices() const override {
     std::vector<DeviceInfo> out;
