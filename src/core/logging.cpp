@@ -28,7 +28,9 @@ void init_logging(int rank, const std::string& level) {
   spdlog::set_default_logger(logger);
 }
 
-int log_rank() { return g_rank; }
+int log_rank() {
+  return g_rank;
+}
 
 void log_message(LogLevel level, const char* format, ...) {
   va_list args;

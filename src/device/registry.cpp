@@ -8,9 +8,12 @@ namespace hetmoe {
 
 std::string to_string(BackendKind kind) {
   switch (kind) {
-    case BackendKind::CPU: return "cpu";
-    case BackendKind::CUDA: return "cuda";
-    case BackendKind::ROCm: return "rocm";
+    case BackendKind::CPU:
+      return "cpu";
+    case BackendKind::CUDA:
+      return "cuda";
+    case BackendKind::ROCm:
+      return "rocm";
   }
   return "unknown";
 }
@@ -35,18 +38,21 @@ const Registry& registry() {
 }
 }  // namespace
 
-const std::vector<const Backend*>& backends() { return registry().list; }
+const std::vector<const Backend*>& backends() {
+  return registry().list;
+}
 
 const Backend& backend(BackendKind kind) {
   for (const Backend* b : backends())
     if (b->kind() == kind) return *b;
   HETMOE_FAIL("device", "this hetmoe was not built with the ", to_string(kind),
-               " backend (see `hetmoe devices`)");
+              " backend (see `hetmoe devices`)");
 }
 
 const Backend& backend_for(const at::Tensor& t) {
   switch (t.device().type()) {
-    case c10::DeviceType::CPU: return backend(BackendKind::CPU);
+    case c10::DeviceType::CPU:
+      return backend(BackendKind::CPU);
     case c10::DeviceType::CUDA:
       // A ROCm build of LibTorch also reports CUDA-type devices.
       for (const Backend* b : backends())
@@ -78,10 +84,14 @@ c10::Device resolve_device(const std::string& spec) {
     return backend(BackendKind::CPU).torch_device(0);
   }
   BackendKind k;
-  if (kind == "cpu") k = BackendKind::CPU;
-  else if (kind == "cuda") k = BackendKind::CUDA;
-  else if (kind == "rocm") k = BackendKind::ROCm;
-  else HETMOE_FAIL("device", "unknown device '", spec, "' (expected auto, cpu, cuda[:i] or rocm[:i])");
+  if (kind == "cpu")
+    k = BackendKind::CPU;
+  else if (kind == "cuda")
+    k = BackendKind::CUDA;
+  else if (kind == "rocm")
+    k = BackendKind::ROCm;
+  else
+    HETMOE_FAIL("device", "unknown device '", spec, "' (expected auto, cpu, cuda[:i] or rocm[:i])");
   const Backend& b = backend(k);
   HETMOE_CHECK(b.available(), "device", "device '", spec, "': the ", b.name(),
                " backend is built in but no device is visible");

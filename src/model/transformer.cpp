@@ -33,8 +33,9 @@ TransformerImpl::TransformerImpl(const ModelConfig& model, const MoEConfig& moe)
     blocks->push_back(Block(model, moe, /*dense=*/i < model.first_k_dense));
   final_norm = register_module("final_norm", RMSNorm(model.d_model, model.norm_eps));
   // Tied: the LM head is the embedding matrix itself (one parameter, registered once).
-  head = model.tie_embeddings ? embed->weight
-                              : register_parameter("head", at::empty({model.vocab_size, model.d_model}));
+  head = model.tie_embeddings
+             ? embed->weight
+             : register_parameter("head", at::empty({model.vocab_size, model.d_model}));
   reset_parameters(0);
 }
 
@@ -50,8 +51,8 @@ void TransformerImpl::reset_parameters(uint64_t seed) {
     if (name.find("norm") != std::string::npos) {
       init = at::ones(p.sizes());
     } else {
-      const bool residual_out = name.find(".wo.") != std::string::npos ||
-                                name.find(".w2") != std::string::npos;
+      const bool residual_out =
+          name.find(".wo.") != std::string::npos || name.find(".w2") != std::string::npos;
       init = at::normal(0.0, residual_out ? out_std : std, p.sizes(), gen);
     }
     p.copy_(init);
@@ -110,8 +111,9 @@ double training_flops_per_token(const ModelConfig& m, const MoEConfig& e, int64_
   const ParameterCount c = count_parameters(m, e);
   // Norm weights and the router's softmax are negligible; the embedding is a lookup, unless tied,
   // in which case the same matrix is also the head's product.
-  const double matrix_params = static_cast<double>(c.active_per_token) -
-                               (m.tie_embeddings ? 0.0 : static_cast<double>(m.vocab_size * m.d_model));
+  const double matrix_params =
+      static_cast<double>(c.active_per_token) -
+      (m.tie_embeddings ? 0.0 : static_cast<double>(m.vocab_size * m.d_model));
   return 6.0 * matrix_params + 6.0 * m.n_layers * static_cast<double>(seq_len) * m.d_model;
 }
 

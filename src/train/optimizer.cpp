@@ -101,7 +101,8 @@ double clip_grad_norm(const std::vector<at::Tensor>& parameters, double max_norm
     if (p.grad().defined()) grads.push_back(p.grad());
   if (grads.empty()) return 0.0;
   // Multi-tensor kernels: one launch for all norms and one for the scaling.
-  const double total = at::stack(at::_foreach_norm(grads, 2)).to(at::kDouble).norm(2).item<double>();
+  const double total =
+      at::stack(at::_foreach_norm(grads, 2)).to(at::kDouble).norm(2).item<double>();
   if (max_norm > 0 && total > max_norm && std::isfinite(total))
     at::_foreach_mul_(grads, max_norm / (total + 1e-6));
   return total;

@@ -262,11 +262,11 @@ void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, i
   const double eta = done > 0 ? elapsed / done * static_cast<double>(t.steps - state_.step) : 0;
 
   const double mfu = peak_flops_ > 0 ? tokens_per_s * flops_per_token_ / peak_flops_ : 0.0;
-  HETMOE_LOG_INFO("step %lld/%lld | loss %.4f | aux %.4f | z %.4f | lr %.2e | gnorm %.3f | "
-                  "%.0f tok/s | mfu %.1f%% | imbalance %.2f | eta %s",
-                  static_cast<long long>(state_.step), static_cast<long long>(t.steps), r.loss,
-                  r.aux, r.z, r.lr, r.grad_norm, tokens_per_s, 100.0 * mfu, imbalance,
-                  format_duration(eta).c_str());
+  HETMOE_LOG_INFO(
+      "step %lld/%lld | loss %.4f | aux %.4f | z %.4f | lr %.2e | gnorm %.3f | "
+      "%.0f tok/s | mfu %.1f%% | imbalance %.2f | eta %s",
+      static_cast<long long>(state_.step), static_cast<long long>(t.steps), r.loss, r.aux, r.z,
+      r.lr, r.grad_norm, tokens_per_s, 100.0 * mfu, imbalance, format_duration(eta).c_str());
   nlohmann::json j = {{"step", state_.step},
                       {"loss", r.loss},
                       {"aux_loss", r.aux},

@@ -51,8 +51,11 @@ struct Fixture {
                        "moe: {num_experts: 4, top_k: 2, expert_hidden: 16}\n"
                        "train: {steps: 4, micro_batch: 2, seq_len: 16, warmup: 1, eval_every: 2,"
                        " eval_batches: 1, log_every: 1, threads: 1}\n"
-                       "data: {path: " + dir.str("data") + "}\n"
-                       "run: {out_dir: " + dir.str("run") + "}\n");
+                       "data: {path: " +
+                           dir.str("data") +
+                           "}\n"
+                           "run: {out_dir: " +
+                           dir.str("run") + "}\n");
   }
   Result prepare() {
     return run("data prepare --input " + dir.str("corpus.txt") + " --out " + dir.str("data") +
@@ -66,7 +69,9 @@ TEST(CliTest, UnknownFlagIsAUsageError) {
   expect_contains(r, "--no-such-flag");
 }
 
-TEST(CliTest, MissingSubcommandIsAUsageError) { EXPECT_EQ(run("").code, 2); }
+TEST(CliTest, MissingSubcommandIsAUsageError) {
+  EXPECT_EQ(run("").code, 2);
+}
 
 TEST(CliTest, MissingConfigFileIsNamed) {
   Result r = run("train --config /nonexistent/cfg.yaml");

@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "hetmoe/config/config.h"
-#include "support/temp_dir.h"
 #include "hetmoe/core/error.h"
+#include "support/temp_dir.h"
 
 namespace hetmoe {
 namespace {

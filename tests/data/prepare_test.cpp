@@ -18,8 +18,8 @@
 
 #include "hetmoe/core/error.h"
 #include "hetmoe/data/dataset.h"
-#include "support/temp_dir.h"
 #include "hetmoe/data/tokenizer.h"
+#include "support/temp_dir.h"
 
 namespace fs = std::filesystem;
 

@@ -55,7 +55,8 @@ TEST(MoELayerTest, RouterLossesMatchHandComputedValues) {
   // aux = E * sum_i f_i P_i with f = (1/3, 2/3) and P = (1.1/3, 1.9/3).
   EXPECT_NEAR(s.aux_loss.item<double>(), 2.0 * (1.0 / 3 * 1.1 / 3 + 2.0 / 3 * 1.9 / 3), 1e-6);
   const double z = (std::pow(std::log(4.0), 2) + std::pow(std::log(4.0 / 3.0), 2) +
-                    std::pow(std::log(10.0), 2)) / 3.0;
+                    std::pow(std::log(10.0), 2)) /
+                   3.0;
   EXPECT_NEAR(s.z_loss.item<double>(), z, 1e-5);
   EXPECT_EQ(s.dropped.item<int64_t>(), 0);
 }
@@ -124,8 +125,8 @@ TEST(TransformerTest, FlopsPerTokenCountsMatrixParametersAndAttention) {
   ModelConfig m = small_model();
   MoEConfig e = small_moe();
   const ParameterCount c = count_parameters(m, e);
-  const double expected = 6.0 * (c.active_per_token - m.vocab_size * m.d_model) +
-                          6.0 * m.n_layers * 16 * m.d_model;
+  const double expected =
+      6.0 * (c.active_per_token - m.vocab_size * m.d_model) + 6.0 * m.n_layers * 16 * m.d_model;
   EXPECT_DOUBLE_EQ(training_flops_per_token(m, e, 16), expected);
 }
 

@@ -73,7 +73,8 @@ TEST(TrainerTest, LossOnAFixedBatchFallsByHalfWithin100Steps) {
   Transformer model(m, e);
   model->reset_parameters(1);
   ByteTokenizer tok;
-  auto ids = tok.encode("To be, or not to be, that is the question: whether 'tis nobler in the mind");
+  auto ids =
+      tok.encode("To be, or not to be, that is the question: whether 'tis nobler in the mind");
   at::Tensor batch = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong)
                          .narrow(0, 0, 65)
                          .unsqueeze(0)

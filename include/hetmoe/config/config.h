@@ -1,5 +1,6 @@
-// Typed run configuration (model, moe, train, data, parallel, backend, run) and its strict YAML loader.
-// Every value a run uses comes from here; every bad value is rejected with the key path that holds it.
+// Typed run configuration (model, moe, train, data, parallel, backend, run) and its strict YAML
+// loader. Every value a run uses comes from here; every bad value is rejected with the key path
+// that holds it.
 #pragma once
 
 #include <cstdint>
@@ -10,15 +11,15 @@
 namespace hetmoe {
 
 struct ModelConfig {
-  int64_t vocab_size = 257;      // byte tokenizer: 256 bytes + end-of-document
+  int64_t vocab_size = 257;  // byte tokenizer: 256 bytes + end-of-document
   int64_t d_model = 128;
   int64_t n_layers = 2;
   int64_t n_heads = 4;
-  int64_t n_kv_heads = 4;        // grouped-query attention: n_heads % n_kv_heads == 0
+  int64_t n_kv_heads = 4;  // grouped-query attention: n_heads % n_kv_heads == 0
   double rope_theta = 10000.0;
   int64_t max_seq_len = 256;
-  bool norm_head = true;         // L2-normalised LM head rows (Ling's NormHead)
-  int64_t first_k_dense = 0;     // the first k layers use a dense SwiGLU FFN instead of MoE
+  bool norm_head = true;      // L2-normalised LM head rows (Ling's NormHead)
+  int64_t first_k_dense = 0;  // the first k layers use a dense SwiGLU FFN instead of MoE
   int64_t dense_ffn_hidden = 512;
   double norm_eps = 1e-6;
   double init_std = 0.02;
@@ -34,7 +35,7 @@ struct MoEConfig {
   bool renormalize = true;             // top-k weights renormalised to sum to 1
   double aux_loss_coef = 0.01;
   double z_loss_coef = 1e-4;
-  bool dropless = true;                // when false, capacity_factor bounds tokens per expert
+  bool dropless = true;  // when false, capacity_factor bounds tokens per expert
   double capacity_factor = 1.25;
 };
 
@@ -59,7 +60,7 @@ struct TrainConfig {
   int64_t save_every = 0;  // 0: only at the end
   bool save_final = true;  // checkpoint when the run ends (off for throughput measurements)
   int64_t log_every = 10;
-  int64_t threads = 0;     // intra-op threads; 0: all cores
+  int64_t threads = 0;  // intra-op threads; 0: all cores
 };
 
 struct DataConfig {
@@ -113,7 +114,8 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
 // Checks every cross-field and range rule; throws on the first violation. load/parse call it.
 void validate(const Config& config);
 
-// Serialises every field (defaults included) as YAML that parse_config reads back to an equal Config.
+// Serialises every field (defaults included) as YAML that parse_config reads back to an equal
+// Config.
 std::string to_yaml(const Config& config);
 
 // Every valid key path ("model.d_model", ...) with a one-line description; for --help and docs.

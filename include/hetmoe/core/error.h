@@ -30,9 +30,10 @@ std::string concat(const Args&... args) {
 
 }  // namespace hetmoe
 
-// HETMOE_CHECK(cond, "component", parts...) throws hetmoe::Error("[component] parts...") when cond is false.
-#define HETMOE_CHECK(cond, component, ...)                                       \
-  do {                                                                           \
+// HETMOE_CHECK(cond, "component", parts...) throws hetmoe::Error("[component] parts...") when cond
+// is false.
+#define HETMOE_CHECK(cond, component, ...)                                                \
+  do {                                                                                    \
     if (!(cond)) throw ::hetmoe::Error(component, ::hetmoe::detail::concat(__VA_ARGS__)); \
   } while (0)
 

@@ -20,10 +20,10 @@ std::string to_string(BackendKind kind);
 struct DeviceInfo {
   BackendKind kind = BackendKind::CPU;
   int index = 0;
-  std::string name;                     // e.g. "NVIDIA H100 80GB HBM3", "Intel Xeon ... (2 cores)"
-  int64_t memory_bytes = 0;             // device memory (host RAM for the CPU)
-  double peak_fp32_flops = 0;           // per second; 0 when unknown
-  double peak_bf16_flops = 0;           // per second; 0 when unknown
+  std::string name;            // e.g. "NVIDIA H100 80GB HBM3", "Intel Xeon ... (2 cores)"
+  int64_t memory_bytes = 0;    // device memory (host RAM for the CPU)
+  double peak_fp32_flops = 0;  // per second; 0 when unknown
+  double peak_bf16_flops = 0;  // per second; 0 when unknown
   std::map<std::string, std::string> details;  // ISA, BLAS, compute capability, ...
 };
 

@@ -18,9 +18,9 @@ struct RouteParams {
 };
 
 struct RouteResult {
-  at::Tensor scores;          // [N, E] fp32 softmax/sigmoid of the logits
-  at::Tensor expert_index;    // [N, k] int64 selected experts, best first
-  at::Tensor expert_weight;   // [N, k] fp32 routing weights (renormalised when asked)
+  at::Tensor scores;             // [N, E] fp32 softmax/sigmoid of the logits
+  at::Tensor expert_index;       // [N, k] int64 selected experts, best first
+  at::Tensor expert_weight;      // [N, k] fp32 routing weights (renormalised when asked)
   at::Tensor tokens_per_expert;  // [E] int64 number of (token, slot) pairs routed to each expert
 };
 
@@ -53,8 +53,8 @@ struct MoEKernels {
   // Grouped SwiGLU FFN over expert-contiguous rows: for expert e's slice X_e,
   // h = X_e @ w13[e] ([H, 2F]: gate then up), a = silu(h_gate) * h_up, y = a @ w2[e] ([F, H]).
   // Returns y [M, H]; stores h [M, 2F] in *h_out for the backward.
-  at::Tensor (*expert_ffn_forward)(const at::Tensor& x, const at::Tensor& w13,
-                                   const at::Tensor& w2, const at::Tensor& tokens_per_expert,
+  at::Tensor (*expert_ffn_forward)(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
+                                   const at::Tensor& tokens_per_expert,
                                    at::Tensor* h_out) = nullptr;
   // Returns {grad_x, grad_w13, grad_w2}.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> (*expert_ffn_backward)(

@@ -64,9 +64,9 @@ class MoELayerImpl : public torch::nn::Module {
   // x [N, D] -> [N, D]; `stats` (optional) receives the losses and load.
   at::Tensor forward(const at::Tensor& x, MoEStats* stats = nullptr);
 
-  at::Tensor router;  // [E, D] fp32
-  at::Tensor w13;     // [E, D, 2F]
-  at::Tensor w2;      // [E, F, D]
+  at::Tensor router;       // [E, D] fp32
+  at::Tensor w13;          // [E, D, 2F]
+  at::Tensor w2;           // [E, F, D]
   SwiGLU shared{nullptr};  // num_shared_experts experts fused into one FFN of hidden S*F
 
   const MoEConfig& config() const { return moe_; }

@@ -27,11 +27,11 @@ class BlockImpl : public torch::nn::Module {
 TORCH_MODULE(Block);
 
 struct ForwardOutput {
-  at::Tensor logits;    // [B, T, V] fp32
-  at::Tensor aux_loss;  // mean over MoE layers (0 when there are none)
-  at::Tensor z_loss;    // mean over MoE layers
+  at::Tensor logits;                          // [B, T, V] fp32
+  at::Tensor aux_loss;                        // mean over MoE layers (0 when there are none)
+  at::Tensor z_loss;                          // mean over MoE layers
   std::vector<at::Tensor> tokens_per_expert;  // one [E] tensor per MoE layer
-  at::Tensor dropped;   // total dropped slots
+  at::Tensor dropped;                         // total dropped slots
 };
 
 struct ParameterCount {

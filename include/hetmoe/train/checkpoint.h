@@ -1,6 +1,6 @@
-// Checkpoints: <out_dir>/checkpoints/step_NNNNNNNN/ holding model.safetensors, optimizer.safetensors,
-// state.json and resolved.yaml, written into a temporary directory and renamed into place, with
-// <out_dir>/checkpoints/latest naming the newest one.
+// Checkpoints: <out_dir>/checkpoints/step_NNNNNNNN/ holding model.safetensors,
+// optimizer.safetensors, state.json and resolved.yaml, written into a temporary directory and
+// renamed into place, with <out_dir>/checkpoints/latest naming the newest one.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -13,7 +13,7 @@ struct SampleOptions {
   double temperature = 0.8;  // 0: greedy
   int64_t top_k = 0;         // 0: the whole vocabulary
   uint64_t seed = 0;
-  int64_t stop_token = -1;   // stop after emitting this id (-1: never)
+  int64_t stop_token = -1;  // stop after emitting this id (-1: never)
 };
 
 // Continues `prompt` (token ids) and returns only the new ids. The context is truncated to the

@@ -10,7 +10,8 @@
 
 namespace hetmoe {
 
-// dtype names as safetensors spells them: "F32", "F64", "BF16", "F16", "I64", "I32", "I16", "U8", ...
+// dtype names as safetensors spells them: "F32", "F64", "BF16", "F16", "I64", "I32", "I16", "U8",
+// ...
 size_t safetensors_dtype_size(const std::string& dtype);  // throws on an unknown dtype
 
 struct TensorView {

@@ -1,7 +1,7 @@
 // The CPU backend: host information (cores, ISA, the BLAS and oneDNN LibTorch uses) and the CPU
 // MoE kernel table.
-#include <ATen/Parallel.h>
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -64,7 +64,8 @@ class CpuBackend final : public Backend {
     d.kind = BackendKind::CPU;
     const unsigned cores = std::thread::hardware_concurrency();
     std::string model = cpuinfo_field("model name");
-    d.name = (model.empty() ? std::string("CPU") : model) + " (" + std::to_string(cores) + " cores)";
+    d.name =
+        (model.empty() ? std::string("CPU") : model) + " (" + std::to_string(cores) + " cores)";
     d.memory_bytes = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
 
     const std::string flags = cpuinfo_field("flags");
@@ -73,9 +74,12 @@ class CpuBackend final : public Backend {
     for (const char* f : {"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}) {
       if (has_flag(flags, f)) isa += (isa.empty() ? "" : " ") + std::string(f);
     }
-    if (has_flag(flags, "avx512f")) fp32_per_cycle = 64;
-    else if (has_flag(flags, "avx2") && has_flag(flags, "fma")) fp32_per_cycle = 32;
-    else if (has_flag(flags, "avx")) fp32_per_cycle = 16;
+    if (has_flag(flags, "avx512f"))
+      fp32_per_cycle = 64;
+    else if (has_flag(flags, "avx2") && has_flag(flags, "fma"))
+      fp32_per_cycle = 32;
+    else if (has_flag(flags, "avx"))
+      fp32_per_cycle = 16;
     d.details["isa"] = isa.empty() ? "unknown" : isa;
     d.details["cores"] = std::to_string(cores);
     d.details["intra_op_threads"] = std::to_string(at::get_num_threads());
@@ -88,7 +92,8 @@ class CpuBackend final : public Backend {
       d.peak_bf16_flops = has_flag(flags, "amx_bf16")      ? d.peak_fp32_flops * 8
                           : has_flag(flags, "avx512_bf16") ? d.peak_fp32_flops * 2
                                                            : d.peak_fp32_flops;
-      d.details["peak_source"] = "estimate: cores x clock x fp32 FMA lanes (`hetmoe bench` measures)";
+      d.details["peak_source"] =
+          "estimate: cores x clock x fp32 FMA lanes (`hetmoe bench` measures)";
     }
     const std::string config = at::show_config();
     std::string blas = torch_config_value(config, "BLAS_INFO");
@@ -97,14 +102,16 @@ class CpuBackend final : public Backend {
     const std::string parallel = at::get_parallel_info();
     const std::string tag = "ATen parallel backend: ";
     if (auto pos = parallel.find(tag); pos != std::string::npos)
-      d.details["parallel"] = parallel.substr(pos + tag.size(),
-                                              parallel.find('\n', pos) - pos - tag.size());
+      d.details["parallel"] =
+          parallel.substr(pos + tag.size(), parallel.find('\n', pos) - pos - tag.size());
     return {d};
   }
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend() {
+  return std::make_unique<CpuBackend>();
+}
 
 }  // namespace hetmoe

@@ -43,8 +43,8 @@ class CudaBackend final : public Backend {
   }
   const MoEKernels& kernels() const override { return cuda_moe_kernels(); }
   int64_t peak_memory_bytes(int index) const override {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(
-        static_cast<c10::DeviceIndex>(index));
+    const auto stats =
+        c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
     return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
         .peak;
   }

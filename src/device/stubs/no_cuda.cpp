@@ -2,5 +2,7 @@
 #include "hetmoe/device/registry.h"
 
 namespace hetmoe {
-std::unique_ptr<Backend> make_cuda_backend() { return nullptr; }
+std::unique_ptr<Backend> make_cuda_backend() {
+  return nullptr;
+}
 }  // namespace hetmoe
