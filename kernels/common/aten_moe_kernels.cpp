@@ -12,10 +12,22 @@ namespace {
 RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
   RouteResult r;
   r.scores = p.sigmoid ? logits.sigmoid() : logits.softmax(-1);
-  auto [values, index] = r.scores.topk(p.top_k, /*dim=*/-1, /*largest=*/true, /*sorted=*/true);
-  r.expert_index = index;
+  at::Tensor choice = p.bias.defined() ? r.scores + p.bias : r.scores;
+  if (p.n_groups > 1) {
+    const int64_t n = logits.size(0), per_group = logits.size(1) / p.n_groups;
+    at::Tensor group_score = std::get<0>(choice.view({n, p.n_groups, per_group}).max(-1));
+    at::Tensor best_groups = std::get<1>(group_score.topk(p.topk_groups, -1));
+    at::Tensor allowed = at::zeros({n, p.n_groups}, logits.options().dtype(at::kBool))
+                             .scatter_(1, best_groups, true)
+                             .unsqueeze(-1)
+                             .expand({n, p.n_groups, per_group})
+                             .reshape({n, -1});
+    choice = choice.masked_fill(allowed.logical_not(), -INFINITY);
+  }
+  r.expert_index = std::get<1>(choice.topk(p.top_k, /*dim=*/-1, /*largest=*/true, /*sorted=*/true));
+  at::Tensor values = r.scores.gather(1, r.expert_index);
   r.expert_weight = p.renormalize ? values / values.sum(-1, /*keepdim=*/true) : values;
-  r.tokens_per_expert = at::bincount(index.reshape(-1), {}, logits.size(1));
+  r.tokens_per_expert = at::bincount(r.expert_index.reshape(-1), {}, logits.size(1));
   return r;
 }
 

@@ -14,9 +14,11 @@ __device__ __forceinline__ bool after(float v, int i, float prev_v, int prev_i) 
   return v < prev_v || (v == prev_v && i > prev_i);
 }
 
-__global__ void router_forward_kernel(const float* __restrict__ logits, int64_t n, int e, int k,
-                                      bool sigmoid, bool renormalize, float* __restrict__ scores,
-                                      int64_t* __restrict__ index, float* __restrict__ weight,
+__global__ void router_forward_kernel(const float* __restrict__ logits,
+                                      const float* __restrict__ bias, int64_t n, int e, int k,
+                                      int n_groups, int topk_groups, bool sigmoid, bool renormalize,
+                                      float* __restrict__ scores, int64_t* __restrict__ index,
+                                      float* __restrict__ weight,
                                       unsigned long long* __restrict__ counts) {
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < n;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -32,21 +34,45 @@ __global__ void router_forward_kernel(const float* __restrict__ logits, int64_t 
       const float inv = 1.0f / sum;
       for (int i = 0; i < e; ++i) s[i] = expf(l[i] - mx) * inv;
     }
+    auto choice = [&](int i) { return bias ? s[i] + bias[i] : s[i]; };
+    // Groups this token may choose from, as a bit mask (all when n_groups == 1).
+    const int per_group = e / n_groups;
+    unsigned long long allowed = n_groups == 1 ? ~0ULL : 0ULL;
+    if (n_groups > 1) {
+      float prev_v = INFINITY;
+      int prev_g = -1;
+      for (int j = 0; j < topk_groups; ++j) {
+        float best_v = -INFINITY;
+        int best_g = -1;
+        for (int g = 0; g < n_groups; ++g) {
+          float v = -INFINITY;
+          for (int i = g * per_group; i < (g + 1) * per_group; ++i) v = fmaxf(v, choice(i));
+          if (after(v, g, prev_v, prev_g) && (best_g < 0 || after(best_v, best_g, v, g))) {
+            best_v = v;
+            best_g = g;
+          }
+        }
+        allowed |= 1ULL << best_g;
+        prev_v = best_v;
+        prev_g = best_g;
+      }
+    }
     float prev_v = INFINITY, total = 0.0f;
     int prev_i = -1;
     for (int j = 0; j < k; ++j) {
       float best_v = -INFINITY;
       int best_i = -1;
       for (int i = 0; i < e; ++i) {
-        const float v = s[i];
+        if (!((allowed >> (i / per_group)) & 1ULL)) continue;
+        const float v = choice(i);
         if (after(v, i, prev_v, prev_i) && (best_i < 0 || after(best_v, best_i, v, i))) {
           best_v = v;
           best_i = i;
         }
       }
       index[t * k + j] = best_i;
-      weight[t * k + j] = best_v;
-      total += best_v;
+      weight[t * k + j] = s[best_i];
+      total += s[best_i];
       atomicAdd(counts + best_i, 1ULL);
       prev_v = best_v;
       prev_i = best_i;
@@ -102,13 +128,14 @@ const char* error_string(int code) {
   return cudaGetErrorString(static_cast<cudaError_t>(code));
 }
 
-int router_forward(const float* logits, int64_t n, int e, int k, bool sigmoid, bool renormalize,
-                   float* scores, int64_t* index, float* weight, int64_t* counts, Stream stream) {
+int router_forward(const float* logits, const float* bias, int64_t n, int e, int k, int n_groups,
+                   int topk_groups, bool sigmoid, bool renormalize, float* scores, int64_t* index,
+                   float* weight, int64_t* counts, Stream stream) {
   cudaStream_t s = as_stream(stream);
   int rc = static_cast<int>(cudaMemsetAsync(counts, 0, sizeof(int64_t) * e, s));
   if (rc != 0 || n == 0) return rc;
   router_forward_kernel<<<blocks_for(n, kThreads), kThreads, 0, s>>>(
-      logits, n, e, k, sigmoid, renormalize, scores, index, weight,
+      logits, bias, n, e, k, n_groups, topk_groups, sigmoid, renormalize, scores, index, weight,
       reinterpret_cast<unsigned long long*>(counts));
   return last_error();
 }

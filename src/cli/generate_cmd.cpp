@@ -23,15 +23,7 @@ int run_generate(const GenerateArgs& a) {
   HETMOE_CHECK(ck.config.data.tokenizer == "byte", "generate", "tokenizer '",
                ck.config.data.tokenizer, "' is not supported");
   Transformer model(ck.config.model, ck.config.moe);
-  {
-    at::NoGradGuard no_grad;
-    for (auto& p : model->named_parameters()) {
-      auto it = ck.model.find(p.key());
-      HETMOE_CHECK(it != ck.model.end() && it->second.sizes() == p.value().sizes(), "generate",
-                   "checkpoint '", ck.dir, "' does not match its config at tensor '", p.key(), "'");
-      p.value().copy_(it->second);
-    }
-  }
+  model->load_state_tensors(ck.model, ck.dir);
   model->to(resolve_device(a.device.empty() ? ck.config.backend.device : a.device));
   ByteTokenizer tok;
   SampleOptions opts = a.sample;

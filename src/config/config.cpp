@@ -452,6 +452,21 @@ void validate(const Config& c) {
   require_non_negative("moe.aux_loss_coef", e.aux_loss_coef);
   require_non_negative("moe.z_loss_coef", e.z_loss_coef);
   require_positive("moe.capacity_factor", e.capacity_factor);
+  require_positive("moe.n_groups", e.n_groups);
+  require_divisible("moe.num_experts", e.num_experts, "moe.n_groups", e.n_groups);
+  if (e.n_groups > 64) HETMOE_FAIL(kComponent, "moe.n_groups (", e.n_groups, ") must be <= 64");
+  if (e.topk_groups < 1 || e.topk_groups > e.n_groups) {
+    HETMOE_FAIL(kComponent, "moe.topk_groups (", e.topk_groups, ") must be in [1, moe.n_groups (",
+                e.n_groups, ")]");
+  }
+  if (e.n_groups > 1 && e.top_k > e.topk_groups * (e.num_experts / e.n_groups)) {
+    HETMOE_FAIL(kComponent, "moe.top_k (", e.top_k,
+                ") must be <= moe.topk_groups x experts per "
+                "group (",
+                e.topk_groups * (e.num_experts / e.n_groups), ")");
+  }
+  require_non_negative("moe.bias_update_rate", e.bias_update_rate);
+  require_non_negative("moe.routing_warmup_steps", e.routing_warmup_steps);
 
   // train
   if (t.seq_len > m.max_seq_len) {

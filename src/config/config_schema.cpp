@@ -77,6 +77,17 @@ std::vector<KeySpec> build_schema() {
                  "route every token; false: capacity_factor bounds tokens per expert"),
       HETMOE_KEY(moe, capacity_factor,
                  "expert capacity as a multiple of the balanced load (dropless: false)"),
+      HETMOE_KEY(moe, aux_loss_type,
+                 "balance loss over the whole micro-batch or within each sequence (averaged)",
+                 {"micro_batch", "sequence"}),
+      HETMOE_KEY(moe, n_groups, "group-limited routing: experts form n_groups groups (1: off)"),
+      HETMOE_KEY(moe, topk_groups, "group-limited routing: groups a token may choose experts in"),
+      HETMOE_KEY(moe, bias_update_rate,
+                 "aux-loss-free balancing: per-step update of the selection-only expert bias "
+                 "(0: off)"),
+      HETMOE_KEY(moe, routing_warmup_steps,
+                 "Ling's stochastic routing warmup: logits blend with noise for the first W steps "
+                 "(0: off)"),
 
       HETMOE_KEY(train, steps, "optimizer steps"),
       HETMOE_KEY(train, micro_batch, "sequences per micro-batch"),

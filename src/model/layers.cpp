@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "hetmoe/core/error.h"
@@ -96,19 +97,72 @@ at::Tensor SwiGLUImpl::forward(const at::Tensor& x) {
 
 MoELayerImpl::MoELayerImpl(const ModelConfig& model, const MoEConfig& moe) : moe_(moe) {
   const int64_t e = moe.num_experts, d = model.d_model, f = moe.expert_hidden;
-  router = register_parameter("router", at::empty({e, d}));
-  w13 = register_parameter("w13", at::empty({e, d, 2 * f}));
-  w2 = register_parameter("w2", at::empty({e, f, d}));
+  // Usable on its own (embedded in a user's model): normal(0, init_std) like the transformer's
+  // reset_parameters, which re-draws them from its seed.
+  router = register_parameter("router", at::randn({e, d}) * model.init_std);
+  w13 = register_parameter("w13", at::randn({e, d, 2 * f}) * model.init_std);
+  w2 = register_parameter("w2", at::randn({e, f, d}) * model.init_std);
   if (moe.num_shared_experts > 0)
     shared = register_module("shared", SwiGLU(d, moe.num_shared_experts * f));
+  expert_bias = register_buffer("expert_bias", at::zeros({e}));
+  logit_mean = register_buffer("logit_mean", at::zeros({e}));
+  logit_var = register_buffer("logit_var", at::ones({e}));
+  logit_updates = register_buffer("logit_updates", at::zeros({}, at::kLong));
 }
 
-at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats) {
+void MoELayerImpl::set_step(int64_t step, uint64_t noise_seed) {
+  step_ = step;
+  noise_seed_ = noise_seed;
+}
+
+double MoELayerImpl::warmup_alpha() const {
+  const int64_t w = moe_.routing_warmup_steps;
+  if (w <= 0 || step_ <= 0) return 1.0;
+  return std::min(1.0, static_cast<double>(step_) / static_cast<double>(w));
+}
+
+at::Tensor MoELayerImpl::warmup_logits(const at::Tensor& logits) {
+  {
+    // Running statistics (EMA, momentum 0.99; the first update takes the batch's own).
+    at::NoGradGuard no_grad;
+    at::Tensor mean = logits.mean(0), var = logits.var(0, /*unbiased=*/false);
+    if (logit_updates.item<int64_t>() == 0) {
+      logit_mean.copy_(mean);
+      logit_var.copy_(var);
+    } else {
+      logit_mean.mul_(0.99).add_(mean, 0.01);
+      logit_var.mul_(0.99).add_(var, 0.01);
+    }
+    logit_updates.add_(1);
+  }
+  const double alpha = warmup_alpha();
+  if (alpha >= 1.0) return logits;
+  // Noise from a stream fixed by (seed, layer, step), so a resumed run draws the same noise.
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(noise_seed_);
+  at::Tensor eps =
+      at::randn(logits.sizes(), gen, at::TensorOptions().dtype(at::kFloat)).to(logits.device());
+  at::Tensor noise = logit_mean + logit_var.sqrt() * eps;
+  return alpha * logits + (1.0 - alpha) * noise;
+}
+
+void MoELayerImpl::update_expert_bias(const at::Tensor& tokens_per_expert) {
+  if (moe_.bias_update_rate <= 0) return;
+  at::NoGradGuard no_grad;
+  at::Tensor load = tokens_per_expert.to(expert_bias.device(), at::kFloat);
+  expert_bias.add_(at::sign(load.mean() - load), moe_.bias_update_rate);
+}
+
+at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t seq_len) {
   const int64_t n = x.size(0), e = moe_.num_experts, k = moe_.top_k;
   // Router in fp32 whatever the compute dtype (Ling: routing decisions are precision-sensitive).
   at::Tensor logits = at::linear(x.to(at::kFloat), router);
-  RouteResult r =
-      ops::route(logits, RouteParams{k, moe_.score_func == "sigmoid", moe_.renormalize});
+  if (is_training() && moe_.routing_warmup_steps > 0 && step_ >= 1 &&
+      step_ <= moe_.routing_warmup_steps)
+    logits = warmup_logits(logits);
+  RouteParams params{k, moe_.score_func == "sigmoid", moe_.renormalize, moe_.n_groups,
+                     moe_.topk_groups};
+  if (moe_.bias_update_rate > 0) params.bias = expert_bias;
+  RouteResult r = ops::route(logits, params);
   at::Tensor weight = r.expert_weight;
   at::Tensor dropped = at::zeros({}, at::TensorOptions().dtype(at::kLong).device(x.device()));
   if (!moe_.dropless) {
@@ -132,8 +186,18 @@ at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats) {
   at::Tensor out = ops::unpermute(y, weight, perm);
   if (!shared.is_empty()) out = out + shared->forward(x);
   if (stats) {
-    at::Tensor fraction = r.tokens_per_expert.to(at::kFloat) / static_cast<double>(n * k);
-    stats->aux_loss = e * (fraction * r.scores.mean(0)).sum();
+    if (moe_.aux_loss_type == "sequence" && seq_len > 0 && n % seq_len == 0) {
+      // Balance within each sequence: f and P per sequence, the loss averaged over sequences.
+      const int64_t seqs = n / seq_len;
+      at::Tensor counts = at::zeros({seqs, e}, r.scores.options())
+                              .scatter_add_(1, r.expert_index.view({seqs, seq_len * k}),
+                                            at::ones({seqs, seq_len * k}, r.scores.options()));
+      at::Tensor fraction = counts / static_cast<double>(seq_len * k);
+      stats->aux_loss = e * (fraction * r.scores.view({seqs, seq_len, e}).mean(1)).sum(1).mean();
+    } else {
+      at::Tensor fraction = r.tokens_per_expert.to(at::kFloat) / static_cast<double>(n * k);
+      stats->aux_loss = e * (fraction * r.scores.mean(0)).sum();
+    }
     stats->z_loss = at::logsumexp(logits, -1).pow(2).mean();
     stats->tokens_per_expert = r.tokens_per_expert;
     stats->dropped = dropped;

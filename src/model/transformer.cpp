@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "hetmoe/core/error.h"
+
 namespace hetmoe {
 
 BlockImpl::BlockImpl(const ModelConfig& model, const MoEConfig& moe_config, bool dense) {
@@ -22,7 +24,7 @@ at::Tensor BlockImpl::forward(const at::Tensor& x, MoEStats* stats) {
   at::Tensor n = ffn_norm->forward(h);
   if (!is_moe()) return h + ffn->forward(n);
   const auto b = n.size(0), t = n.size(1), d = n.size(2);
-  return h + moe->forward(n.reshape({b * t, d}), stats).view({b, t, d});
+  return h + moe->forward(n.reshape({b * t, d}), stats, t).view({b, t, d});
 }
 
 TransformerImpl::TransformerImpl(const ModelConfig& model, const MoEConfig& moe)
@@ -56,6 +58,48 @@ void TransformerImpl::reset_parameters(uint64_t seed) {
       init = at::normal(0.0, residual_out ? out_std : std, p.sizes(), gen);
     }
     p.copy_(init);
+  }
+}
+
+void TransformerImpl::set_step(int64_t step, uint64_t seed) {
+  uint64_t layer = 0;
+  for (const auto& m : *blocks) {
+    auto* block = m->as<BlockImpl>();
+    ++layer;
+    // splitmix-style spread so neighbouring (seed, layer, step) give unrelated streams.
+    uint64_t z = seed + 0x9E3779B97F4A7C15ULL * (layer * 1000003ULL + static_cast<uint64_t>(step));
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    if (block->is_moe()) block->moe->set_step(step, z ^ (z >> 31));
+  }
+}
+
+void TransformerImpl::update_expert_bias(const std::vector<at::Tensor>& tokens_per_expert) {
+  size_t i = 0;
+  for (const auto& m : *blocks) {
+    auto* block = m->as<BlockImpl>();
+    if (block->is_moe() && i < tokens_per_expert.size())
+      block->moe->update_expert_bias(tokens_per_expert[i++]);
+  }
+}
+
+std::map<std::string, at::Tensor> TransformerImpl::state_tensors() const {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& p : named_parameters()) out.emplace(p.key(), p.value());
+  for (const auto& b : named_buffers()) out.emplace(b.key(), b.value());
+  return out;
+}
+
+void TransformerImpl::load_state_tensors(const std::map<std::string, at::Tensor>& tensors,
+                                         const std::string& source) {
+  at::NoGradGuard no_grad;
+  for (auto& [name, t] : state_tensors()) {
+    auto it = tensors.find(name);
+    HETMOE_CHECK(it != tensors.end(), "model", "'", source, "' has no tensor '", name,
+                 "' (was it made with another model config?)");
+    HETMOE_CHECK(it->second.sizes() == t.sizes(), "model", "'", source, "': tensor '", name,
+                 "' has shape ", it->second.sizes(), ", the model needs ", t.sizes());
+    t.copy_(it->second);
   }
 }
 

@@ -27,9 +27,13 @@ RouteParams params_from(AutogradContext* ctx) {
 }
 
 struct RouteFn : torch::autograd::Function<RouteFn> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, int64_t top_k,
-                               bool sigmoid, bool renormalize) {
-    RouteParams p{top_k, sigmoid, renormalize};
+  // `bias` is empty when there is none (autograd functions take no undefined inputs); the
+  // selection options beyond top_k/sigmoid/renormalize do not affect the backward.
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits,
+                               const at::Tensor& bias, int64_t top_k, bool sigmoid,
+                               bool renormalize, int64_t n_groups, int64_t topk_groups) {
+    RouteParams p{top_k, sigmoid, renormalize, n_groups, topk_groups};
+    if (bias.numel() > 0) p.bias = bias;
     RouteResult r = kernels_for(logits).route_forward(logits, p);
     ctx->saved_data["top_k"] = top_k;
     ctx->saved_data["sigmoid"] = sigmoid;
@@ -42,7 +46,7 @@ struct RouteFn : torch::autograd::Function<RouteFn> {
     auto saved = ctx->get_saved_variables();
     at::Tensor g = kernels_for(saved[0]).route_backward(grads[0], grads[2], saved[0], saved[1],
                                                         params_from(ctx));
-    return {g, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -98,10 +102,22 @@ struct UnpermuteFn : torch::autograd::Function<UnpermuteFn> {
 RouteResult route(const at::Tensor& logits, const RouteParams& params) {
   HETMOE_CHECK(logits.dim() == 2, "route", "logits must be [tokens, experts], got ",
                logits.sizes());
-  HETMOE_CHECK(params.top_k >= 1 && params.top_k <= logits.size(1), "route", "top_k ", params.top_k,
-               " outside [1, ", logits.size(1), "]");
-  auto out = RouteFn::apply(logits.to(at::kFloat).contiguous(), params.top_k, params.sigmoid,
-                            params.renormalize);
+  const int64_t e = logits.size(1);
+  HETMOE_CHECK(params.n_groups >= 1 && e % params.n_groups == 0, "route", "n_groups ",
+               params.n_groups, " must divide the ", e, " experts");
+  HETMOE_CHECK(params.topk_groups >= 1 && params.topk_groups <= params.n_groups, "route",
+               "topk_groups ", params.topk_groups, " outside [1, ", params.n_groups, "]");
+  const int64_t choosable = params.n_groups > 1 ? params.topk_groups * (e / params.n_groups) : e;
+  HETMOE_CHECK(params.top_k >= 1 && params.top_k <= choosable, "route", "top_k ", params.top_k,
+               " outside [1, ", choosable, "] (experts in the chosen groups)");
+  at::Tensor bias = at::empty({0}, logits.options().dtype(at::kFloat));
+  if (params.bias.defined()) {
+    HETMOE_CHECK(params.bias.numel() == e, "route", "bias has ", params.bias.numel(),
+                 " entries for ", e, " experts");
+    bias = params.bias.detach().to(logits.device(), at::kFloat).contiguous();
+  }
+  auto out = RouteFn::apply(logits.to(at::kFloat).contiguous(), bias, params.top_k, params.sigmoid,
+                            params.renormalize, params.n_groups, params.topk_groups);
   return RouteResult{out[0], out[1], out[2], out[3]};
 }
 

@@ -3,6 +3,11 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <vector>
+
 namespace hetmoe::ops::reference {
 
 RouteResult route(const at::Tensor& logits, const RouteParams& p) {
@@ -12,9 +17,21 @@ RouteResult route(const at::Tensor& logits, const RouteParams& p) {
   const int64_t n = l.size(0), e = l.size(1);
   std::vector<at::Tensor> weights, indices;
   at::Tensor counts = at::zeros({e}, at::kLong);
+  const int64_t per_group = e / p.n_groups;
   for (int64_t t = 0; t < n; ++t) {
-    // Selection by a full descending sort of this token's scores.
-    at::Tensor order = std::get<1>(r.scores[t].detach().sort(0, /*descending=*/true));
+    // Selection by a full descending sort of this token's (biased) scores, after striking out
+    // every expert outside the token's best groups.
+    at::Tensor choice = r.scores[t].detach().clone();
+    if (p.bias.defined()) choice += p.bias.to(choice.device());
+    if (p.n_groups > 1) {
+      std::vector<std::pair<float, int64_t>> groups;
+      for (int64_t g = 0; g < p.n_groups; ++g)
+        groups.emplace_back(-choice.narrow(0, g * per_group, per_group).max().item<float>(), g);
+      std::sort(groups.begin(), groups.end());
+      for (size_t g = static_cast<size_t>(p.topk_groups); g < groups.size(); ++g)
+        choice.narrow(0, groups[g].second * per_group, per_group).fill_(-INFINITY);
+    }
+    at::Tensor order = std::get<1>(choice.sort(0, /*descending=*/true));
     at::Tensor sel = order.narrow(0, 0, p.top_k);
     at::Tensor w = r.scores[t].index_select(0, sel);
     if (p.renormalize) w = w / w.sum();

@@ -116,16 +116,7 @@ Trainer::Trainer(Config config, TrainerOptions options)
       std::make_unique<AdamW>(named, AdamWOptions{t.beta1, t.beta2, t.eps, t.weight_decay});
 
   if (!options_.resume.empty()) {
-    at::NoGradGuard no_grad;
-    auto params = model_->named_parameters();
-    for (auto& p : params) {
-      auto it = resumed.model.find(p.key());
-      HETMOE_CHECK(it != resumed.model.end(), "train", "checkpoint '", resumed.dir,
-                   "' has no tensor '", p.key(), "' (was it made with another model config?)");
-      HETMOE_CHECK(it->second.sizes() == p.value().sizes(), "train", "checkpoint tensor '", p.key(),
-                   "' has shape ", it->second.sizes(), ", the model needs ", p.value().sizes());
-      p.value().copy_(it->second);
-    }
+    model_->load_state_tensors(resumed.model, resumed.dir);
     optimizer_->load_state_dict(resumed.optimizer);
     state_ = resumed.state;
     truncate_metrics(out / "metrics.jsonl", state_.step);
@@ -175,6 +166,7 @@ int64_t Trainer::peak_memory() const {
 double Trainer::train_step() {
   const auto& t = config_.train;
   model_->train();
+  model_->set_step(state_.step + 1, static_cast<uint64_t>(t.seed));
   optimizer_->zero_grad();
   StepRecord stats;
   for (int64_t micro = 0; micro < t.grad_accum; ++micro) {
@@ -203,6 +195,7 @@ double Trainer::train_step() {
   const double grad_norm = clip_grad_norm(model_->parameters(), t.clip);
   if (std::isfinite(grad_norm)) {
     optimizer_->step(lr);
+    model_->update_expert_bias(stats.load);
   } else {
     ++skipped_;
     HETMOE_LOG_WARN("step %lld: non-finite gradient norm, update skipped",
@@ -236,8 +229,7 @@ double Trainer::evaluate() {
 }
 
 std::string Trainer::save() {
-  std::map<std::string, at::Tensor> weights;
-  for (const auto& p : model_->named_parameters()) weights.emplace(p.key(), p.value());
+  const std::map<std::string, at::Tensor> weights = model_->state_tensors();
   last_checkpoint_ =
       save_checkpoint(config_.run.out_dir, config_, state_, weights, optimizer_->state_dict());
   return last_checkpoint_;

@@ -101,3 +101,32 @@ INSTANTIATE_TEST_SUITE_P(
 
 }  // namespace
 }  // namespace hetmoe
+
+namespace hetmoe {
+namespace {
+
+// Expert bias and group-limited routing on the GPU router kernel against the CPU backend.
+TEST(GpuRouterTest, BiasAndGroupLimitedSelectionMatchTheCpuBackend) {
+  const Backend* gpu = first_gpu();
+  if (!gpu) GTEST_SKIP() << "no GPU visible to this build";
+  at::manual_seed(3);
+  const int64_t n = 500, e = 64;
+  for (const bool sigmoid : {false, true}) {
+    RouteParams p{6, sigmoid, true, 8, 3};
+    p.bias = at::randn({e}) * 0.05;
+    at::Tensor logits = at::randn({n, e});
+    at::Tensor lc = logits.clone().requires_grad_(true);
+    at::Tensor lg = logits.to(gpu->torch_device(0)).requires_grad_(true);
+    RouteResult c = ops::route(lc, p), g = ops::route(lg, p);
+    EXPECT_TRUE(at::equal(g.expert_index.cpu(), c.expert_index));
+    EXPECT_TRUE(at::equal(g.tokens_per_expert.cpu(), c.tokens_per_expert));
+    EXPECT_CLOSE(g.expert_weight, c.expert_weight, 1e-6);
+    at::Tensor gw = at::randn_like(c.expert_weight);
+    (c.expert_weight * gw).sum().backward();
+    (g.expert_weight * gw.to(lg.device())).sum().backward();
+    EXPECT_CLOSE(lg.grad(), lc.grad(), 1e-5);
+  }
+}
+
+}  // namespace
+}  // namespace hetmoe

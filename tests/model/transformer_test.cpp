@@ -92,6 +92,74 @@ TEST(MoELayerTest, CapacityDropsLowestWeightSlotsAndCountsThem) {
   EXPECT_GT(out[7].abs().sum().item<float>(), 0.0f);
 }
 
+TEST(MoELayerTest, RoutingWarmupBlendsNoiseThenSwitchesOff) {
+  ModelConfig m;
+  m.d_model = 16;
+  MoEConfig e;
+  e.num_experts = 4;
+  e.top_k = 2;
+  e.expert_hidden = 8;
+  e.routing_warmup_steps = 4;
+  MoELayer layer(m, e), plain(m, MoEConfig{e.num_experts, e.top_k, e.expert_hidden});
+  {
+    at::NoGradGuard g;
+    auto src = layer->named_parameters();
+    for (auto& p : plain->named_parameters()) p.value().copy_(src[p.key()]);
+  }
+  at::Tensor x = at::randn({32, 16});
+  layer->train();
+  plain->train();
+  const double alphas[] = {0.25, 0.5, 0.75, 1.0, 1.0};
+  for (int64_t step = 1; step <= 5; ++step) {
+    layer->set_step(step, 7);
+    EXPECT_DOUBLE_EQ(layer->warmup_alpha(), alphas[step - 1]);
+    at::Tensor out = layer->forward(x), ref = plain->forward(x);
+    if (step < 4) {
+      EXPECT_FALSE(at::allclose(out, ref)) << "step " << step;
+    } else {
+      EXPECT_TRUE(at::allclose(out, ref, 1e-6, 1e-6)) << "step " << step;
+    }
+  }
+  EXPECT_GT(layer->logit_updates.item<int64_t>(), 0);
+  layer->eval();
+  layer->set_step(1, 7);
+  EXPECT_TRUE(at::allclose(layer->forward(x), plain->forward(x), 1e-6, 1e-6));  // eval: no noise
+}
+
+TEST(MoELayerTest, ExpertBiasMovesTowardsBalance) {
+  ModelConfig m;
+  m.d_model = 8;
+  MoEConfig e;
+  e.num_experts = 4;
+  e.top_k = 1;
+  e.expert_hidden = 4;
+  e.bias_update_rate = 0.01;
+  MoELayer layer(m, e);
+  layer->update_expert_bias(at::tensor({10, 2, 4, 0}, at::kLong));  // mean 4
+  EXPECT_TRUE(at::allclose(layer->expert_bias, at::tensor({-0.01f, 0.01f, 0.0f, 0.01f})));
+}
+
+TEST(MoELayerTest, SequenceAuxLossIsTheMeanOfPerSequenceLosses) {
+  ModelConfig m;
+  m.d_model = 8;
+  MoEConfig e;
+  e.num_experts = 4;
+  e.top_k = 2;
+  e.expert_hidden = 4;
+  e.aux_loss_type = "sequence";
+  MoELayer layer(m, e);
+  at::Tensor x = at::randn({3 * 5, 8});
+  MoEStats all;
+  layer->forward(x, &all, 5);
+  double sum = 0;
+  for (int s = 0; s < 3; ++s) {
+    MoEStats one;
+    layer->forward(x.narrow(0, 5 * s, 5), &one, 5);
+    sum += one.aux_loss.item<double>();
+  }
+  EXPECT_NEAR(all.aux_loss.item<double>(), sum / 3, 1e-6);
+}
+
 TEST(TransformerTest, ShapesAndParameterCounts) {
   ModelConfig m = small_model();
   MoEConfig e = small_moe();

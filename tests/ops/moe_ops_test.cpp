@@ -76,6 +76,58 @@ INSTANTIATE_TEST_SUITE_P(
                                          Case{64, 32, 4, 3, 16}),  // larger
                        ::testing::Bool(), ::testing::Bool()));
 
+class RouteSelectionTest : public ::testing::TestWithParam<std::tuple<bool, bool, bool>> {};
+
+// Expert bias and group-limited routing change which experts are chosen, not how the weights
+// are computed: the weights stay the unbiased scores of the chosen experts.
+TEST_P(RouteSelectionTest, BiasAndGroupsMatchReference) {
+  const auto [with_bias, with_groups, sigmoid] = GetParam();
+  at::manual_seed(21);
+  const int64_t n = 40, e = 16;
+  RouteParams p{3, sigmoid, true};
+  if (with_groups) {
+    p.n_groups = 4;
+    p.topk_groups = 2;
+  }
+  if (with_bias) p.bias = at::randn({e}) * 0.2;
+  at::Tensor logits = at::randn({n, e});
+  at::Tensor l1 = logits.clone().requires_grad_(true), l2 = logits.clone().requires_grad_(true);
+  RouteResult a = ops::route(l1, p), b = ops::reference::route(l2, p);
+  EXPECT_TRUE(at::equal(a.expert_index, b.expert_index));
+  EXPECT_TRUE(at::equal(a.tokens_per_expert, b.tokens_per_expert));
+  EXPECT_CLOSE(a.expert_weight, b.expert_weight, 1e-6);
+  at::Tensor unbiased = a.scores.detach().gather(1, a.expert_index);
+  EXPECT_CLOSE(a.expert_weight, unbiased / unbiased.sum(-1, true), 1e-6);
+  if (with_groups) {
+    // Every token's experts lie in at most topk_groups groups.
+    at::Tensor groups = at::div(a.expert_index, e / p.n_groups, "floor");
+    for (int64_t t = 0; t < n; ++t)
+      EXPECT_LE(std::get<0>(at::_unique(groups[t])).numel(), p.topk_groups);
+  }
+  at::Tensor gw = at::randn_like(a.expert_weight), gs = at::randn_like(a.scores);
+  ((a.expert_weight * gw).sum() + (a.scores * gs).sum()).backward();
+  ((b.expert_weight * gw).sum() + (b.scores * gs).sum()).backward();
+  EXPECT_CLOSE(l1.grad(), l2.grad(), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Options, RouteSelectionTest,
+                         ::testing::Combine(::testing::Bool(), ::testing::Bool(),
+                                            ::testing::Bool()));
+
+TEST(RouteSelectionTest, ALargeBiasForcesAnExpertWithoutChangingWeights) {
+  at::Tensor logits = at::randn({12, 6});
+  RouteParams plain{2, false, true};
+  RouteParams biased = plain;
+  biased.bias = at::zeros({6});
+  biased.bias[5] = 10.0f;  // expert 5 wins every selection
+  RouteResult a = ops::route(logits, plain), b = ops::route(logits, biased);
+  EXPECT_TRUE(at::equal(b.expert_index.select(1, 0), at::full({12}, 5, at::kLong)));
+  EXPECT_EQ(b.tokens_per_expert[5].item<int64_t>(), 12);
+  EXPECT_CLOSE(b.scores, a.scores, 0.0);
+  at::Tensor raw = a.scores.gather(1, b.expert_index);
+  EXPECT_CLOSE(b.expert_weight, raw / raw.sum(-1, true), 1e-6);
+}
+
 TEST(PermuteTest, GroupsRowsByExpertStablyAndCounts) {
   at::Tensor x = at::arange(12, at::kFloat).view({6, 2});
   // token t -> experts (idx[t][0], idx[t][1]); expert 3 receives nothing.
@@ -122,6 +174,8 @@ TEST(MoEOpsTest, RejectsMismatchedShapes) {
   at::Tensor x = at::randn({4, 8});
   EXPECT_THROW(ops::route(at::randn({4}), RouteParams{1, false, true}), Error);
   EXPECT_THROW(ops::route(at::randn({4, 3}), RouteParams{4, false, true}), Error);
+  EXPECT_THROW(ops::route(at::randn({4, 6}), RouteParams{1, false, true, 4, 1}), Error);  // 4 ∤ 6
+  EXPECT_THROW(ops::route(at::randn({4, 8}), RouteParams{3, false, true, 4, 1}), Error);  // 3 > 2
   EXPECT_THROW(ops::permute(x, at::zeros({3, 2}, at::kLong), 4), Error);
   EXPECT_THROW(ops::expert_ffn(x, at::randn({2, 8, 6}), at::randn({2, 4, 8}), at::tensor({2, 2})),
                Error);

@@ -37,6 +37,12 @@ struct MoEConfig {
   double z_loss_coef = 1e-4;
   bool dropless = true;  // when false, capacity_factor bounds tokens per expert
   double capacity_factor = 1.25;
+  std::string aux_loss_type =
+      "micro_batch";            // micro_batch | sequence (balance within each sequence)
+  int64_t n_groups = 1;         // group-limited routing: experts in n_groups groups (1: off)
+  int64_t topk_groups = 1;      // ... a token picks its experts in its topk_groups best groups
+  double bias_update_rate = 0;  // aux-loss-free balancing: expert-bias step per update (0: off)
+  int64_t routing_warmup_steps = 0;  // Ling's stochastic routing warmup over the first W steps
 };
 
 struct TrainConfig {

@@ -15,6 +15,14 @@ struct RouteParams {
   int64_t top_k = 2;
   bool sigmoid = false;     // false: softmax scores; true: sigmoid scores
   bool renormalize = true;  // top-k weights divided by their sum
+  // Group-limited routing: the experts form n_groups contiguous groups, a group's score is the
+  // best (biased) score in it, and a token chooses its experts only in its topk_groups best
+  // groups. n_groups == 1 disables it.
+  int64_t n_groups = 1;
+  int64_t topk_groups = 1;
+  // [E] fp32 or undefined: added to the scores to choose the experts (aux-loss-free balancing)
+  // but not to the routing weights, which stay the unbiased scores of the chosen experts.
+  at::Tensor bias;
 };
 
 struct RouteResult {

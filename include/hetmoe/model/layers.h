@@ -61,18 +61,34 @@ struct MoEStats {
 class MoELayerImpl : public torch::nn::Module {
  public:
   MoELayerImpl(const ModelConfig& model, const MoEConfig& moe);
-  // x [N, D] -> [N, D]; `stats` (optional) receives the losses and load.
-  at::Tensor forward(const at::Tensor& x, MoEStats* stats = nullptr);
+  // x [N, D] -> [N, D] for N = sequences x seq_len tokens; `stats` (optional) receives the losses
+  // and load. seq_len is needed by the sequence-level balance loss (0: one sequence).
+  at::Tensor forward(const at::Tensor& x, MoEStats* stats = nullptr, int64_t seq_len = 0);
+
+  // The training step about to run (1-based) and the random stream of this layer's routing
+  // noise: Ling's stochastic routing warmup blends the logits with noise while step <= W.
+  void set_step(int64_t step, uint64_t noise_seed);
+  // Aux-loss-free balancing: nudges each expert's selection bias by bias_update_rate towards the
+  // mean load (up when the expert got fewer tokens than the mean, down when more).
+  void update_expert_bias(const at::Tensor& tokens_per_expert);
+  // alpha of the routing warmup at the current step (1 when it is off or over).
+  double warmup_alpha() const;
 
   at::Tensor router;       // [E, D] fp32
   at::Tensor w13;          // [E, D, 2F]
   at::Tensor w2;           // [E, F, D]
   SwiGLU shared{nullptr};  // num_shared_experts experts fused into one FFN of hidden S*F
+  // Buffers (checkpointed with the weights): the selection-only expert bias, and the running
+  // per-expert mean and variance of the router logits with the number of updates behind them.
+  at::Tensor expert_bias, logit_mean, logit_var, logit_updates;
 
   const MoEConfig& config() const { return moe_; }
 
  private:
+  at::Tensor warmup_logits(const at::Tensor& logits);
   MoEConfig moe_;
+  int64_t step_ = 0;
+  uint64_t noise_seed_ = 0;
 };
 TORCH_MODULE(MoELayer);
 

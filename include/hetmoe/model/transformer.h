@@ -6,6 +6,8 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/embedding.h>
 
+#include <map>
+#include <string>
 #include <vector>
 
 #include "hetmoe/config/config.h"
@@ -50,6 +52,18 @@ class TransformerImpl : public torch::nn::Module {
   ParameterCount parameter_count() const;
   // Normal(0, init_std) weights, residual-output projections scaled by 1/sqrt(2 n_layers), norms 1.
   void reset_parameters(uint64_t seed);
+
+  // The training step about to run (1-based) and the run's seed; MoE layers derive their routing
+  // noise stream from (seed, layer, step).
+  void set_step(int64_t step, uint64_t seed);
+  // One tokens-per-expert tensor per MoE layer, in layer order (aux-loss-free bias update).
+  void update_expert_bias(const std::vector<at::Tensor>& tokens_per_expert);
+  // Parameters and buffers by name: what a checkpoint holds.
+  std::map<std::string, at::Tensor> state_tensors() const;
+  // Copies a checkpoint's tensors in; throws hetmoe::Error naming `source` and the first tensor
+  // that is missing or has another shape.
+  void load_state_tensors(const std::map<std::string, at::Tensor>& tensors,
+                          const std::string& source);
 
   torch::nn::Embedding embed{nullptr};
   torch::nn::ModuleList blocks{nullptr};
