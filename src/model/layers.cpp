@@ -155,7 +155,7 @@ void MoELayerImpl::update_expert_bias(const at::Tensor& tokens_per_expert) {
 at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t seq_len) {
   const int64_t n = x.size(0), e = moe_.num_experts, k = moe_.top_k;
   // Router in fp32 whatever the compute dtype (Ling: routing decisions are precision-sensitive).
-  at::Tensor logits = at::linear(x.to(at::kFloat), router);
+  at::Tensor logits = at::linear(x.to(router.scalar_type()), router);
   if (is_training() && moe_.routing_warmup_steps > 0 && step_ >= 1 &&
       step_ <= moe_.routing_warmup_steps)
     logits = warmup_logits(logits);
