@@ -5,6 +5,7 @@
 //                       experts, index_add), the baseline every framework is compared with
 //   MoELayer/grouped_mm the same layer calling at::_grouped_mm directly (CUDA, bf16 only)
 //   Permute, Unpermute  the data-movement operators alone (GB/s, read + write)
+//   Kernel/<op>         each entry of the backend's kernel table alone, forward and backward
 //   DenseGemm, Copy     the device's GEMM rate and copy bandwidth (the ceilings)
 // HETMOE_BENCH_DEVICE (cpu | cuda | auto, default cpu) and HETMOE_BENCH_DTYPE (fp32 | bf16,
 // default fp32) choose where and in what precision everything runs. Rates use wall time.
@@ -143,6 +144,64 @@ void BM_Permute(benchmark::State& state, bool unpermute) {
       benchmark::Counter(bytes * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 
+// Each kernel of the backend's table alone, forward and backward, at the layer shapes.
+enum class Op {
+  RouteFwd,
+  RouteBwd,
+  PermuteFwd,
+  PermuteBwd,
+  ExpertsFwd,
+  ExpertsBwd,
+  UnpermuteFwd,
+  UnpermuteBwd
+};
+
+void BM_Kernel(benchmark::State& state, Op op) {
+  const Shape sh = shape_of(state);
+  Layer layer(sh, false);
+  const hetmoe::MoEKernels& k = hetmoe::backend_for(layer.x).kernels();
+  const hetmoe::RouteParams p{sh.top_k, false, true};
+  at::Tensor logits = at::linear(layer.x.to(at::kFloat), layer.router);
+  hetmoe::RouteResult r = k.route_forward(logits, p);
+  hetmoe::PermuteResult perm = k.permute_forward(layer.x, r.expert_index, sh.experts);
+  at::Tensor h;
+  at::Tensor y =
+      k.expert_ffn_forward(perm.permuted, layer.w13, layer.w2, perm.tokens_per_expert, &h);
+  at::Tensor grad_rows = at::randn_like(y), grad_out = at::randn_like(layer.x);
+  at::Tensor grad_weight = at::randn_like(r.expert_weight);
+  for (auto _ : state) {
+    at::Tensor out;
+    switch (op) {
+      case Op::RouteFwd:
+        out = k.route_forward(logits, p).scores;
+        break;
+      case Op::RouteBwd:
+        out = k.route_backward(at::Tensor(), grad_weight, r.scores, r.expert_index, p);
+        break;
+      case Op::PermuteFwd:
+        out = k.permute_forward(layer.x, r.expert_index, sh.experts).permuted;
+        break;
+      case Op::PermuteBwd:
+        out = k.permute_backward(grad_rows, perm.row_of_slot, sh.top_k);
+        break;
+      case Op::ExpertsFwd:
+        out = k.expert_ffn_forward(perm.permuted, layer.w13, layer.w2, perm.tokens_per_expert, &h);
+        break;
+      case Op::ExpertsBwd:
+        out = std::get<0>(k.expert_ffn_backward(grad_rows, perm.permuted, h, layer.w13, layer.w2,
+                                                perm.tokens_per_expert));
+        break;
+      case Op::UnpermuteFwd:
+        out = k.unpermute_forward(y, r.expert_weight, perm.row_of_slot);
+        break;
+      case Op::UnpermuteBwd:
+        out = k.unpermute_backward(grad_out, y, r.expert_weight, perm.row_of_slot, perm.slot).first;
+        break;
+    }
+    sync(out);
+  }
+}
+
 void BM_DenseGemm(benchmark::State& state) {
   const int64_t n = state.range(0);
   const at::TensorOptions o = bench_options();
@@ -180,6 +239,14 @@ BENCHMARK_CAPTURE(BM_MoELayer, eager_fwd_bwd, Variant::Eager, true)->Apply(layer
 BENCHMARK_CAPTURE(BM_MoELayer, grouped_mm_fwd_bwd, Variant::GroupedMm, true)->Apply(layer_shapes);
 BENCHMARK_CAPTURE(BM_Permute, permute, false)->Apply(layer_shapes);
 BENCHMARK_CAPTURE(BM_Permute, unpermute, true)->Apply(layer_shapes);
+BENCHMARK_CAPTURE(BM_Kernel, route_fwd, Op::RouteFwd)->Apply(layer_shapes);
+BENCHMARK_CAPTURE(BM_Kernel, route_bwd, Op::RouteBwd)->Apply(layer_shapes);
+BENCHMARK_CAPTURE(BM_Kernel, permute_fwd, Op::PermuteFwd)->Apply(layer_shapes);
+BENCHMARK_CAPTURE(BM_Kernel, permute_bwd, Op::PermuteBwd)->Apply(layer_shapes);
+BENCHMARK_CAPTURE(BM_Kernel, experts_fwd, Op::ExpertsFwd)->Apply(layer_shapes);
+BENCHMARK_CAPTURE(BM_Kernel, experts_bwd, Op::ExpertsBwd)->Apply(layer_shapes);
+BENCHMARK_CAPTURE(BM_Kernel, unpermute_fwd, Op::UnpermuteFwd)->Apply(layer_shapes);
+BENCHMARK_CAPTURE(BM_Kernel, unpermute_bwd, Op::UnpermuteBwd)->Apply(layer_shapes);
 BENCHMARK(BM_DenseGemm)->Arg(on_gpu() ? 8192 : 1024)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Copy)->Arg(on_gpu() ? 1024 : 128)->Unit(benchmark::kMillisecond)->UseRealTime();
 
