@@ -90,32 +90,19 @@ __global__ void gather_kernel(const V* __restrict__ x, int64_t units,
   }
 }
 
+// out[t] = sum_j w_j * y[row_of_slot[t*k + j]] with w = weight or 1 (the backward of permute).
 template <typename T>
-__global__ void sum_slot_rows_kernel(const T* __restrict__ g, int64_t hidden,
-                                     const int64_t* __restrict__ row_of_slot, int64_t n, int k,
-                                     T* __restrict__ out) {
-  const int64_t total = n * hidden;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t t = i / hidden, c = i - t * hidden;
-    float acc = 0.0f;
-    for (int j = 0; j < k; ++j) acc += to_float(g[row_of_slot[t * k + j] * hidden + c]);
-    from_float(acc, out + i);
-  }
-}
-
-template <typename T>
-__global__ void unpermute_forward_kernel(const T* __restrict__ y, int64_t hidden,
-                                         const float* __restrict__ weight,
-                                         const int64_t* __restrict__ row_of_slot, int64_t n, int k,
-                                         T* __restrict__ out) {
+__global__ void combine_kernel(const T* __restrict__ y, int64_t hidden,
+                               const float* __restrict__ weight,
+                               const int64_t* __restrict__ row_of_slot, int64_t n, int k,
+                               T* __restrict__ out) {
   const int64_t total = n * hidden;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = i / hidden, c = i - t * hidden;
     float acc = 0.0f;
     for (int j = 0; j < k; ++j)
-      acc += weight[t * k + j] * to_float(y[row_of_slot[t * k + j] * hidden + c]);
+      acc += (weight ? weight[t * k + j] : 1.0f) * to_float(y[row_of_slot[t * k + j] * hidden + c]);
     from_float(acc, out + i);
   }
 }
@@ -250,8 +237,9 @@ int sum_slot_rows(const void* grad_permuted, DType dtype, int64_t hidden,
                                                 static_cast<T*>(grad_x));
       return last_error();
     }
-    sum_slot_rows_kernel<<<blocks_for(n * hidden, kThreads), kThreads, 0, as_stream(stream)>>>(
-        static_cast<const T*>(grad_permuted), hidden, row_of_slot, n, k, static_cast<T*>(grad_x));
+    combine_kernel<<<blocks_for(n * hidden, kThreads), kThreads, 0, as_stream(stream)>>>(
+        static_cast<const T*>(grad_permuted), hidden, nullptr, row_of_slot, n, k,
+        static_cast<T*>(grad_x));
     return last_error();
   });
 }
@@ -267,7 +255,7 @@ int unpermute_forward(const void* y, DType dtype, int64_t hidden, const float* w
                                                 row_of_slot, n, k, static_cast<T*>(out));
       return last_error();
     }
-    unpermute_forward_kernel<<<blocks_for(n * hidden, kThreads), kThreads, 0, as_stream(stream)>>>(
+    combine_kernel<<<blocks_for(n * hidden, kThreads), kThreads, 0, as_stream(stream)>>>(
         static_cast<const T*>(y), hidden, weight, row_of_slot, n, k, static_cast<T*>(out));
     return last_error();
   });

@@ -184,19 +184,16 @@ std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
 }  // namespace
 
 const MoEKernels& cuda_moe_kernels() {
-  static const MoEKernels table = [] {
-    MoEKernels k;
-    k.route_forward = route_forward;
-    k.route_backward = route_backward;
-    k.permute_forward = permute_forward;
-    k.permute_backward = permute_backward;
-    k.expert_ffn_forward = expert_ffn_forward;
-    k.expert_ffn_backward = expert_ffn_backward;
-    k.unpermute_forward = unpermute_forward;
-    k.unpermute_backward = unpermute_backward;
-    k.implementation = "cuda (fused router, device permutation, _grouped_mm for bf16 on sm_90)";
-    return k;
-  }();
+  static const MoEKernels table{
+      route_forward,
+      route_backward,
+      permute_forward,
+      permute_backward,
+      expert_ffn_forward,
+      expert_ffn_backward,
+      unpermute_forward,
+      unpermute_backward,
+      "cuda (fused router, device permutation, _grouped_mm for bf16 on sm_90)"};
   return table;
 }
 
