@@ -161,9 +161,8 @@ at::Tensor unpermute_forward(const at::Tensor& y, const at::Tensor& weight,
   at::Tensor rows = y.index_select(0, row_of_slot).view({n, k, y.size(1)});
   // [N, 1, k] x [N, k, H]: the k-way weighted sum with fp32 weights and accumulation (as the GPU
   // kernel does), whatever the compute dtype.
-  return at::bmm(weight.to(at::kFloat).unsqueeze(1), rows.to(at::kFloat))
-      .squeeze(1)
-      .to(y.scalar_type());
+  const at::ScalarType acc = at::promote_types(y.scalar_type(), at::kFloat);
+  return at::bmm(weight.to(acc).unsqueeze(1), rows.to(acc)).squeeze(1).to(y.scalar_type());
 }
 
 std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
@@ -171,11 +170,11 @@ std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
                                                      const at::Tensor& row_of_slot,
                                                      const at::Tensor& slot) {
   const int64_t n = weight.size(0), k = weight.size(1), h = y.size(1);
-  at::Tensor grad_slots =
-      weight.to(at::kFloat).unsqueeze(-1) * grad_out.to(at::kFloat).unsqueeze(1);
+  const at::ScalarType acc = at::promote_types(y.scalar_type(), at::kFloat);
+  at::Tensor grad_slots = weight.to(acc).unsqueeze(-1) * grad_out.to(acc).unsqueeze(1);
   at::Tensor grad_y = grad_slots.view({n * k, h}).index_select(0, slot).to(y.scalar_type());
-  at::Tensor rows = y.index_select(0, row_of_slot).view({n, k, h}).to(at::kFloat);
-  at::Tensor grad_w = at::bmm(rows, grad_out.to(at::kFloat).unsqueeze(-1)).squeeze(-1);
+  at::Tensor rows = y.index_select(0, row_of_slot).view({n, k, h}).to(acc);
+  at::Tensor grad_w = at::bmm(rows, grad_out.to(acc).unsqueeze(-1)).squeeze(-1);
   return {grad_y, grad_w.to(weight.scalar_type())};
 }
 
