@@ -67,13 +67,17 @@ std::string torch_libraries() {
 
 int run_version() {
   std::printf("hetmoe %s (commit %s)\n", HETMOE_VERSION_STRING, HETMOE_GIT_COMMIT);
-  std::printf("  backends: cpu%s%s; transports: local%s%s\n", HETMOE_HAS_CUDA ? ", cuda" : "",
-              HETMOE_HAS_HIP ? ", rocm (kernel compile check)" : "", HETMOE_HAS_MPI ? ", mpi" : "",
-              HETMOE_HAS_NCCL ? ", nccl" : "");
+  std::printf("  backends: cpu%s%s\n", HETMOE_HAS_CUDA ? ", cuda" : "",
+              HETMOE_HAS_HIP ? " (GPU kernels also compile-checked with hipcc)" : "");
+  std::printf(
+      "  expert-parallel transports: single process only (toolkits found at build time:%s%s)\n",
+      HETMOE_HAS_MPI ? " MPI" : "", HETMOE_HAS_NCCL ? " NCCL" : "");
   std::printf("  libtorch %s\n%s", TORCH_VERSION, torch_libraries().c_str());
-  std::printf("  %s, nlohmann-json %d.%d.%d, CLI11 %s, yaml-cpp (Debian)\n",
+  std::printf("  %s, nlohmann-json %d.%d.%d, CLI11 %s, yaml-cpp %s, oneDNN (Debian) %s\n",
               logging_library_version().c_str(), NLOHMANN_JSON_VERSION_MAJOR,
-              NLOHMANN_JSON_VERSION_MINOR, NLOHMANN_JSON_VERSION_PATCH, CLI11_VERSION);
+              NLOHMANN_JSON_VERSION_MINOR, NLOHMANN_JSON_VERSION_PATCH, CLI11_VERSION,
+              *HETMOE_YAML_CPP_VERSION ? HETMOE_YAML_CPP_VERSION : "(unknown)",
+              *HETMOE_DNNL_VERSION ? HETMOE_DNNL_VERSION : "(not found)");
   std::printf("  compiler %s\n", __VERSION__);
   return 0;
 }
