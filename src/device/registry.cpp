@@ -50,17 +50,21 @@ const Backend& backend(BackendKind kind) {
 }
 
 const Backend& backend_for(const at::Tensor& t) {
-  switch (t.device().type()) {
+  return backend_for(t.device());
+}
+
+const Backend& backend_for(c10::Device device) {
+  switch (device.type()) {
     case c10::DeviceType::CPU:
       return backend(BackendKind::CPU);
     case c10::DeviceType::CUDA:
       // A ROCm build of LibTorch also reports CUDA-type devices.
       for (const Backend* b : backends())
         if (b->kind() == BackendKind::CUDA || b->kind() == BackendKind::ROCm) return *b;
-      HETMOE_FAIL("device", "tensor on ", t.device().str(),
+      HETMOE_FAIL("device", "tensor on ", device.str(),
                   " but this hetmoe has no CUDA or ROCm backend");
     default:
-      HETMOE_FAIL("device", "no hetmoe backend for tensors on ", t.device().str());
+      HETMOE_FAIL("device", "no hetmoe backend for tensors on ", device.str());
   }
 }
 

@@ -96,6 +96,7 @@ Trainer::Trainer(Config config, TrainerOptions options)
   HETMOE_CHECK(!ec, "train", "cannot create run directory '", out.string(), "': ", ec.message());
 
   device_ = resolve_device(config_.backend.device);
+  backend_ = &backend_for(device_);
   data_ = std::make_unique<TokenDataset>(config_.data.path);
   HETMOE_CHECK(data_->vocab_size() <= config_.model.vocab_size, "train", "dataset '",
                config_.data.path, "' has vocab_size ", data_->vocab_size(),
@@ -132,7 +133,7 @@ Trainer::Trainer(Config config, TrainerOptions options)
   if (config_.backend.peak_tflops > 0) {
     peak_flops_ = config_.backend.peak_tflops * 1e12;
   } else {
-    const auto devices = backend_for(at::empty({0}, at::TensorOptions().device(device_))).devices();
+    const auto devices = backend_->devices();
     const size_t index = device_.has_index() ? static_cast<size_t>(device_.index()) : 0;
     if (index < devices.size())
       peak_flops_ = config_.backend.dtype == "bf16" ? devices[index].peak_bf16_flops
@@ -159,8 +160,7 @@ Trainer::Trainer(Config config, TrainerOptions options)
 Trainer::~Trainer() = default;
 
 int64_t Trainer::peak_memory() const {
-  return backend_for(at::empty({0}, at::TensorOptions().device(device_)))
-      .peak_memory_bytes(device_.has_index() ? device_.index() : 0);
+  return backend_->peak_memory_bytes(device_.has_index() ? device_.index() : 0);
 }
 
 double Trainer::train_step() {
@@ -180,9 +180,14 @@ double Trainer::train_step() {
     at::Tensor loss =
         ce + config_.moe.aux_loss_coef * out.aux_loss + config_.moe.z_loss_coef * out.z_loss;
     (loss / static_cast<double>(t.grad_accum)).backward();
-    stats.loss += ce.item<double>() / t.grad_accum;
-    stats.aux += out.aux_loss.item<double>() / t.grad_accum;
-    stats.z += out.z_loss.item<double>() / t.grad_accum;
+    // One device-to-host copy for the three logged scalars, not three synchronisations.
+    at::Tensor logged = at::stack({ce.detach(), out.aux_loss.detach().to(ce.scalar_type()),
+                                   out.z_loss.detach().to(ce.scalar_type())})
+                            .to(at::kCPU, at::kDouble);
+    const double* v = logged.data_ptr<double>();
+    stats.loss += v[0] / t.grad_accum;
+    stats.aux += v[1] / t.grad_accum;
+    stats.z += v[2] / t.grad_accum;
     for (size_t i = 0; i < out.tokens_per_expert.size(); ++i) {
       at::Tensor l = out.tokens_per_expert[i].to(at::kCPU);
       if (stats.load.size() <= i)

@@ -21,6 +21,8 @@ const Backend& backend(BackendKind kind);
 // The backend that owns a tensor's device (a ROCm LibTorch reports CUDA-type tensors: those map
 // to the ROCm backend there).
 const Backend& backend_for(const at::Tensor& t);
+// The backend that owns a LibTorch device (backend_for(tensor) is this on tensor.device()).
+const Backend& backend_for(c10::Device device);
 
 // Resolves a config device string (auto | cpu | cuda[:i] | rocm[:i]) to a LibTorch device.
 // auto picks the first available GPU backend, else the CPU. Throws naming the string when the

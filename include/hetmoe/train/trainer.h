@@ -15,6 +15,7 @@
 namespace hetmoe {
 
 class TokenDataset;
+class Backend;
 class AdamW;
 
 struct TrainerOptions {
@@ -67,6 +68,7 @@ class Trainer {
   Config config_;
   TrainerOptions options_;
   c10::Device device_{c10::kCPU};
+  const Backend* backend_ = nullptr;  // the backend of device_
   std::unique_ptr<TokenDataset> data_;
   Transformer model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
