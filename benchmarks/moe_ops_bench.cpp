@@ -160,10 +160,11 @@ void BM_Kernel(benchmark::State& state, Op op) {
   const Shape sh = shape_of(state);
   Layer layer(sh, false);
   const hetmoe::MoEKernels& k = hetmoe::backend_for(layer.x).kernels();
-  const hetmoe::RouteParams p{sh.top_k, false, true};
+  hetmoe::RouteParams p;
+  p.top_k = sh.top_k;
   at::Tensor logits = at::linear(layer.x.to(at::kFloat), layer.router);
   hetmoe::RouteResult r = k.route_forward(logits, p);
-  hetmoe::PermuteResult perm = k.permute_forward(layer.x, r.expert_index, sh.experts);
+  hetmoe::PermuteResult perm = k.permute_forward(layer.x, r.expert_index, sh.experts, {});
   at::Tensor h;
   at::Tensor y =
       k.expert_ffn_forward(perm.permuted, layer.w13, layer.w2, perm.tokens_per_expert, &h);
@@ -179,7 +180,7 @@ void BM_Kernel(benchmark::State& state, Op op) {
         out = k.route_backward(at::Tensor(), grad_weight, r.scores, r.expert_index, p);
         break;
       case Op::PermuteFwd:
-        out = k.permute_forward(layer.x, r.expert_index, sh.experts).permuted;
+        out = k.permute_forward(layer.x, r.expert_index, sh.experts, {}).permuted;
         break;
       case Op::PermuteBwd:
         out = k.permute_backward(grad_rows, perm.row_of_slot, sh.top_k);

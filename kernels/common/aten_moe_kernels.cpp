@@ -7,6 +7,25 @@
 #include "hetmoe/device/kernels.h"
 
 namespace hetmoe {
+
+at::Tensor capacity_keep_mask(const at::Tensor& expert_index, const at::Tensor& priority,
+                              int64_t num_experts, int64_t capacity) {
+  at::Tensor flat = expert_index.reshape(-1);
+  const int64_t slots = flat.numel();
+  TORCH_CHECK(priority.defined() && priority.numel() == slots,
+              "a capacity needs a priority per routing slot");
+  // Slots ordered by expert, then priority (highest first), then slot: two stable sorts.
+  at::Tensor by_priority = std::get<1>(at::sort(priority.reshape(-1).to(at::kFloat),
+                                                /*stable=*/true, 0, /*descending=*/true));
+  at::Tensor by_expert = std::get<1>(
+      at::sort(flat.index_select(0, by_priority), /*stable=*/true, 0, /*descending=*/false));
+  at::Tensor order = by_priority.index_select(0, by_expert);
+  at::Tensor counts = at::bincount(flat, {}, num_experts);
+  at::Tensor starts = counts.cumsum(0) - counts;
+  at::Tensor rank = at::arange(slots, flat.options()) - starts.index_select(0, flat.index_select(0, order));
+  return at::zeros({slots}, flat.options().dtype(at::kBool)).index_put_({order}, rank < capacity);
+}
+
 namespace {
 
 RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
@@ -51,28 +70,47 @@ at::Tensor route_backward(const at::Tensor& grad_scores, const at::Tensor& grad_
 }
 
 PermuteResult permute_forward(const at::Tensor& x, const at::Tensor& expert_index,
-                              int64_t num_experts) {
+                              int64_t num_experts, const PermuteOptions& options) {
   const int64_t k = expert_index.size(1);
   at::Tensor flat = expert_index.reshape(-1);
+  const int64_t slots = flat.numel();
   PermuteResult r;
   r.slot = std::get<1>(at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+  if (options.capacity >= 0) {
+    at::Tensor keep = capacity_keep_mask(expert_index, options.priority, num_experts,
+                                         options.capacity);
+    r.slot = r.slot.masked_select(keep.index_select(0, r.slot));
+  }
   r.source_row = at::div(r.slot, k, "floor");
-  r.row_of_slot =
-      at::empty_like(r.slot).index_copy_(0, r.slot, at::arange(flat.numel(), r.slot.options()));
+  r.row_of_slot = at::full({slots}, -1, r.slot.options())
+                      .index_copy_(0, r.slot, at::arange(r.slot.numel(), r.slot.options()));
   r.permuted = x.index_select(0, r.source_row);
-  r.tokens_per_expert = at::bincount(flat, {}, num_experts);
+  r.tokens_per_expert = at::bincount(flat.index_select(0, r.slot), {}, num_experts);
+  r.dropped = at::scalar_tensor(slots - r.slot.numel(), r.slot.options());
   return r;
+}
+
+// Rows of y for each slot, with a zero row for dropped slots (row_of_slot -1): [N*k, H].
+at::Tensor rows_of_slots(const at::Tensor& y, const at::Tensor& row_of_slot) {
+  if (y.size(0) == row_of_slot.numel()) return y.index_select(0, row_of_slot);  // dropless
+  at::Tensor padded = at::cat({y, at::zeros({1, y.size(1)}, y.options())});
+  at::Tensor rows = at::where(row_of_slot < 0, y.size(0), row_of_slot);
+  return padded.index_select(0, rows);
 }
 
 at::Tensor permute_backward(const at::Tensor& grad_permuted, const at::Tensor& row_of_slot,
                             int64_t top_k) {
   const int64_t n = row_of_slot.numel() / top_k;
-  return grad_permuted.index_select(0, row_of_slot).view({n, top_k, -1}).sum(1);
+  return rows_of_slots(grad_permuted, row_of_slot).view({n, top_k, -1}).sum(1);
 }
 
-// out = a @ b into an existing view (mm_out wants an lvalue).
-void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
-  at::mm_out(out, a, b);
+// LibTorch's GEMM in the MatmulFn shape.
+void aten_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  at::Tensor o = out;  // mm_out and addmm_ want an lvalue
+  if (accumulate)
+    o.addmm_(a, b);
+  else
+    at::mm_out(o, a, b);
 }
 
 std::vector<int64_t> host_counts(const at::Tensor& tokens_per_expert) {
@@ -102,8 +140,11 @@ at::Tensor swiglu_backward(const at::Tensor& grad_a, const at::Tensor& h) {
   return grad_h;
 }
 
-at::Tensor expert_ffn_forward(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
-                              const at::Tensor& tokens_per_expert, at::Tensor* h_out) {
+}  // namespace
+
+at::Tensor grouped_swiglu_forward(MatmulFn mm, const at::Tensor& x, const at::Tensor& w13,
+                                  const at::Tensor& w2, const at::Tensor& tokens_per_expert,
+                                  at::Tensor* h_out) {
   const int64_t m = x.size(0), hidden = x.size(1), f2 = w13.size(2);
   const auto counts = host_counts(tokens_per_expert);
   at::Tensor h = at::empty({m, f2}, x.options());
@@ -111,23 +152,23 @@ at::Tensor expert_ffn_forward(const at::Tensor& x, const at::Tensor& w13, const 
   int64_t offset = 0;
   for (size_t e = 0; e < counts.size(); ++e) {
     if (counts[e] == 0) continue;
-    mm_into(h.narrow(0, offset, counts[e]), x.narrow(0, offset, counts[e]), w13[e]);
+    mm(h.narrow(0, offset, counts[e]), x.narrow(0, offset, counts[e]), w13[e], false);
     offset += counts[e];
   }
   at::Tensor a = swiglu(h);
   offset = 0;
   for (size_t e = 0; e < counts.size(); ++e) {
     if (counts[e] == 0) continue;
-    mm_into(y.narrow(0, offset, counts[e]), a.narrow(0, offset, counts[e]), w2[e]);
+    mm(y.narrow(0, offset, counts[e]), a.narrow(0, offset, counts[e]), w2[e], false);
     offset += counts[e];
   }
   if (h_out) *h_out = h;
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w13,
-    const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_swiglu_backward(
+    MatmulFn mm, const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h,
+    const at::Tensor& w13, const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
   const auto counts = host_counts(tokens_per_expert);
   at::Tensor a = swiglu(h);
 
@@ -138,8 +179,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
   for (size_t e = 0; e < counts.size(); ++e) {
     if (counts[e] == 0) continue;
     at::Tensor gy = grad_y.narrow(0, offset, counts[e]);
-    mm_into(grad_w2[e], a.narrow(0, offset, counts[e]).t(), gy);
-    mm_into(grad_a.narrow(0, offset, counts[e]), gy, w2[e].t());
+    mm(grad_w2[e], a.narrow(0, offset, counts[e]).t(), gy, false);
+    mm(grad_a.narrow(0, offset, counts[e]), gy, w2[e].t(), false);
     offset += counts[e];
   }
   at::Tensor grad_h = swiglu_backward(grad_a, h);
@@ -148,17 +189,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
   for (size_t e = 0; e < counts.size(); ++e) {
     if (counts[e] == 0) continue;
     at::Tensor gh = grad_h.narrow(0, offset, counts[e]);
-    mm_into(grad_w13[e], x.narrow(0, offset, counts[e]).t(), gh);
-    mm_into(grad_x.narrow(0, offset, counts[e]), gh, w13[e].t());
+    mm(grad_w13[e], x.narrow(0, offset, counts[e]).t(), gh, false);
+    mm(grad_x.narrow(0, offset, counts[e]), gh, w13[e].t(), false);
     offset += counts[e];
   }
   return {grad_x, grad_w13, grad_w2};
 }
 
+namespace {
+
+at::Tensor expert_ffn_forward(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
+                              const at::Tensor& tokens_per_expert, at::Tensor* h_out) {
+  return grouped_swiglu_forward(aten_matmul, x, w13, w2, tokens_per_expert, h_out);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w13,
+    const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
+  return grouped_swiglu_backward(aten_matmul, grad_y, x, h, w13, w2, tokens_per_expert);
+}
+
 at::Tensor unpermute_forward(const at::Tensor& y, const at::Tensor& weight,
                              const at::Tensor& row_of_slot) {
   const int64_t n = weight.size(0), k = weight.size(1);
-  at::Tensor rows = y.index_select(0, row_of_slot).view({n, k, y.size(1)});
+  at::Tensor rows = rows_of_slots(y, row_of_slot).view({n, k, y.size(1)});
   // [N, 1, k] x [N, k, H]: the k-way weighted sum with fp32 weights and accumulation (as the GPU
   // kernel does), whatever the compute dtype.
   const at::ScalarType acc = at::promote_types(y.scalar_type(), at::kFloat);
@@ -173,7 +227,7 @@ std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
   const at::ScalarType acc = at::promote_types(y.scalar_type(), at::kFloat);
   at::Tensor grad_slots = weight.to(acc).unsqueeze(-1) * grad_out.to(acc).unsqueeze(1);
   at::Tensor grad_y = grad_slots.view({n * k, h}).index_select(0, slot).to(y.scalar_type());
-  at::Tensor rows = y.index_select(0, row_of_slot).view({n, k, h}).to(acc);
+  at::Tensor rows = rows_of_slots(y, row_of_slot).view({n, k, h}).to(acc);
   at::Tensor grad_w = at::bmm(rows, grad_out.to(acc).unsqueeze(-1)).squeeze(-1);
   return {grad_y, grad_w.to(weight.scalar_type())};
 }
@@ -181,9 +235,10 @@ std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
 }  // namespace
 
 const MoEKernels& aten_moe_kernels() {
-  static const MoEKernels table{route_forward,     route_backward,     permute_forward,
-                                permute_backward,  expert_ffn_forward, expert_ffn_backward,
-                                unpermute_forward, unpermute_backward, "aten"};
+  static const MoEKernels table{route_forward,     route_backward,      permute_forward,
+                                permute_backward,  expert_ffn_forward,  expert_ffn_backward,
+                                unpermute_forward, unpermute_backward,  /*matmul=*/nullptr,
+                                "aten"};
   return table;
 }
 

@@ -41,7 +41,8 @@ int permute_map(const int64_t* index, int64_t n_slots, int e, int k, void* works
 int gather_rows(const void* x, DType dtype, int64_t hidden, const int64_t* rows, int64_t m,
                 void* out, Stream stream);
 
-// Backward of permute: grad_x[t] = sum_j grad_permuted[row_of_slot[t*k + j]] (fp32 accumulation).
+// Backward of permute: grad_x[t] = sum_j grad_permuted[row_of_slot[t*k + j]] (fp32 accumulation;
+// slots with row_of_slot -1, dropped over capacity, contribute nothing).
 int sum_slot_rows(const void* grad_permuted, DType dtype, int64_t hidden,
                   const int64_t* row_of_slot, int64_t n, int k, void* grad_x, Stream stream);
 

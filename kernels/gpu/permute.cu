@@ -101,8 +101,11 @@ __global__ void combine_kernel(const T* __restrict__ y, int64_t hidden,
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = i / hidden, c = i - t * hidden;
     float acc = 0.0f;
-    for (int j = 0; j < k; ++j)
-      acc += (weight ? weight[t * k + j] : 1.0f) * to_float(y[row_of_slot[t * k + j] * hidden + c]);
+    for (int j = 0; j < k; ++j) {
+      const int64_t row = row_of_slot[t * k + j];
+      if (row < 0) continue;  // dropped over capacity
+      acc += (weight ? weight[t * k + j] : 1.0f) * to_float(y[row * hidden + c]);
+    }
     from_float(acc, out + i);
   }
 }
@@ -126,9 +129,11 @@ __global__ void combine_vec_kernel(const T* __restrict__ y, int64_t hidden,
 #pragma unroll
       for (int i = 0; i < kPerVec; ++i) acc[i] = 0.0f;
       for (int j = 0; j < k; ++j) {
+        const int64_t row = row_of_slot[t * k + j];
+        if (row < 0) continue;  // dropped over capacity
         const float w = weight ? weight[t * k + j] : 1.0f;
         Vec in;
-        in.raw = reinterpret_cast<const uint4*>(y + row_of_slot[t * k + j] * hidden)[c];
+        in.raw = reinterpret_cast<const uint4*>(y + row * hidden)[c];
 #pragma unroll
         for (int i = 0; i < kPerVec; ++i) acc[i] += w * to_float(in.v[i]);
       }

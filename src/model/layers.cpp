@@ -66,7 +66,7 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
 at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   const int64_t b = x.size(0), t = x.size(1);
   auto proj = [&](torch::nn::Linear& l, int64_t heads) {
-    return at::linear(x, as_compute(l->weight, x)).view({b, t, heads, head_dim_}).transpose(1, 2);
+    return ops::linear(x, as_compute(l->weight, x)).view({b, t, heads, head_dim_}).transpose(1, 2);
   };
   at::Tensor q = proj(wq, n_heads_), k = proj(wk, n_kv_heads_), v = proj(wv, n_kv_heads_);
   auto [cos, sin] = rope_tables(t, q);
@@ -80,7 +80,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   at::Tensor o = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                                   /*is_causal=*/true);
   o = o.transpose(1, 2).reshape({b, t, n_heads_ * head_dim_});
-  return at::linear(o, as_compute(wo->weight, o));
+  return ops::linear(o, as_compute(wo->weight, o));
 }
 
 SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden) : hidden_(hidden) {
@@ -90,9 +90,9 @@ SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden) : hidden_(hidden) {
 }
 
 at::Tensor SwiGLUImpl::forward(const at::Tensor& x) {
-  at::Tensor h = at::linear(x, as_compute(w13->weight, x));
+  at::Tensor h = ops::linear(x, as_compute(w13->weight, x));
   at::Tensor a = at::silu(h.narrow(-1, 0, hidden_)) * h.narrow(-1, hidden_, hidden_);
-  return at::linear(a, as_compute(w2->weight, a));
+  return ops::linear(a, as_compute(w2->weight, a));
 }
 
 MoELayerImpl::MoELayerImpl(const ModelConfig& model, const MoEConfig& moe) : moe_(moe) {
@@ -155,35 +155,30 @@ void MoELayerImpl::update_expert_bias(const at::Tensor& tokens_per_expert) {
 at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t seq_len) {
   const int64_t n = x.size(0), e = moe_.num_experts, k = moe_.top_k;
   // Router in fp32 whatever the compute dtype (Ling: routing decisions are precision-sensitive).
-  at::Tensor logits = at::linear(x.to(router.scalar_type()), router);
+  at::Tensor logits = ops::linear(x.to(router.scalar_type()), router);
   if (is_training() && moe_.routing_warmup_steps > 0 && step_ >= 1 &&
       step_ <= moe_.routing_warmup_steps)
     logits = warmup_logits(logits);
-  RouteParams params{k, moe_.score_func == "sigmoid", moe_.renormalize, moe_.n_groups,
-                     moe_.topk_groups};
+  RouteParams params;
+  params.top_k = k;
+  params.sigmoid = moe_.score_func == "sigmoid";
+  params.renormalize = moe_.renormalize;
+  params.n_groups = moe_.n_groups;
+  params.topk_groups = moe_.topk_groups;
   if (moe_.bias_update_rate > 0) params.bias = expert_bias;
   RouteResult r = ops::route(logits, params);
-  at::Tensor weight = r.expert_weight;
-  at::Tensor dropped = at::zeros({}, at::TensorOptions().dtype(at::kLong).device(x.device()));
+  PermuteOptions capacity;
   if (!moe_.dropless) {
-    // Capacity C = ceil(cf * N * k / E) slots per expert; an expert over capacity keeps its
-    // highest-weight slots and the rest contribute nothing (weight 0).
-    const int64_t capacity =
+    // Capacity C = ceil(cf * N * k / E) slots per expert; an expert over capacity drops its
+    // lowest-scoring slots (they get no row and contribute nothing to their token's output).
+    capacity.capacity =
         static_cast<int64_t>(std::ceil(moe_.capacity_factor * static_cast<double>(n * k) / e));
-    at::Tensor flat_w = weight.detach().reshape(-1);
-    at::Tensor order = std::get<1>(flat_w.sort(/*stable=*/true, 0, /*descending=*/true));
-    at::Tensor experts_in_order = r.expert_index.reshape(-1).index_select(0, order);
-    at::Tensor onehot = at::one_hot(experts_in_order, e);
-    at::Tensor rank_in_order = (onehot.cumsum(0) * onehot).sum(1) - 1;
-    at::Tensor rank = at::empty_like(rank_in_order).index_copy_(0, order, rank_in_order);
-    at::Tensor keep = (rank < capacity).view(weight.sizes());
-    dropped = (~keep).sum();
-    weight = weight * keep.to(weight.scalar_type());
+    capacity.priority = r.scores.detach().gather(1, r.expert_index);
   }
-  PermuteResult perm = ops::permute(x, r.expert_index, e);
+  PermuteResult perm = ops::permute(x, r.expert_index, e, capacity);
   at::Tensor y =
       ops::expert_ffn(perm.permuted, as_compute(w13, x), as_compute(w2, x), perm.tokens_per_expert);
-  at::Tensor out = ops::unpermute(y, weight, perm);
+  at::Tensor out = ops::unpermute(y, r.expert_weight, perm);
   if (!shared.is_empty()) out = out + shared->forward(x);
   if (stats) {
     if (moe_.aux_loss_type == "sequence" && seq_len > 0 && n % seq_len == 0) {
@@ -200,7 +195,7 @@ at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t s
     }
     stats->z_loss = at::logsumexp(logits, -1).pow(2).mean();
     stats->tokens_per_expert = r.tokens_per_expert;
-    stats->dropped = dropped;
+    stats->dropped = perm.dropped;
   }
   return out;
 }

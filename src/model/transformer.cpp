@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "hetmoe/core/error.h"
+#include "hetmoe/ops/moe_ops.h"
 
 namespace hetmoe {
 
@@ -124,7 +125,7 @@ ForwardOutput TransformerImpl::forward(const at::Tensor& tokens) {
     // NormHead: unit-norm rows, no gradient through the norm itself.
     w = head / head.detach().norm(2, 1, /*keepdim=*/true).clamp_min(1e-6);
   }
-  out.logits = at::linear(x, w.to(x.scalar_type())).to(at::kFloat);
+  out.logits = ops::linear(x, w.to(x.scalar_type())).to(at::kFloat);
   auto zero = at::zeros({}, out.logits.options());
   out.aux_loss = aux.empty() ? zero : at::stack(aux).mean();
   out.z_loss = z.empty() ? zero : at::stack(z).mean();

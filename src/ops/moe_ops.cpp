@@ -32,7 +32,12 @@ struct RouteFn : torch::autograd::Function<RouteFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& logits,
                                const at::Tensor& bias, int64_t top_k, bool sigmoid,
                                bool renormalize, int64_t n_groups, int64_t topk_groups) {
-    RouteParams p{top_k, sigmoid, renormalize, n_groups, topk_groups};
+    RouteParams p;
+    p.top_k = top_k;
+    p.sigmoid = sigmoid;
+    p.renormalize = renormalize;
+    p.n_groups = n_groups;
+    p.topk_groups = topk_groups;
     if (bias.numel() > 0) p.bias = bias;
     RouteResult r = kernels_for(logits).route_forward(logits, p);
     ctx->saved_data["top_k"] = top_k;
@@ -51,19 +56,49 @@ struct RouteFn : torch::autograd::Function<RouteFn> {
 };
 
 struct PermuteFn : torch::autograd::Function<PermuteFn> {
+  // `priority` is empty without a capacity.
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
-                               const at::Tensor& expert_index, int64_t num_experts) {
-    PermuteResult r = kernels_for(x).permute_forward(x, expert_index, num_experts);
+                               const at::Tensor& expert_index, int64_t num_experts,
+                               int64_t capacity, const at::Tensor& priority) {
+    PermuteOptions options{capacity, priority.numel() > 0 ? priority : at::Tensor()};
+    PermuteResult r = kernels_for(x).permute_forward(x, expert_index, num_experts, options);
     ctx->saved_data["top_k"] = expert_index.size(1);
     ctx->save_for_backward({r.row_of_slot});
-    ctx->mark_non_differentiable({r.source_row, r.slot, r.row_of_slot, r.tokens_per_expert});
-    return {r.permuted, r.source_row, r.slot, r.row_of_slot, r.tokens_per_expert};
+    ctx->mark_non_differentiable(
+        {r.source_row, r.slot, r.row_of_slot, r.tokens_per_expert, r.dropped});
+    return {r.permuted, r.source_row, r.slot, r.row_of_slot, r.tokens_per_expert, r.dropped};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     at::Tensor row_of_slot = ctx->get_saved_variables()[0];
     at::Tensor g = kernels_for(grads[0]).permute_backward(grads[0].contiguous(), row_of_slot,
                                                           ctx->saved_data["top_k"].toInt());
-    return {g, at::Tensor(), at::Tensor()};
+    return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// y = x @ w^T for x [M, in] and w [out, in] through the backend's GEMM.
+struct LinearFn : torch::autograd::Function<LinearFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w) {
+    ctx->save_for_backward({x, w});
+    at::Tensor y = at::empty({x.size(0), w.size(0)}, x.options());
+    kernels_for(x).matmul(y, x, w.t(), false);
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    const at::Tensor &x = s[0], &w = s[1];
+    at::Tensor g = grads[0].contiguous();
+    const MatmulFn mm = kernels_for(x).matmul;
+    at::Tensor gx, gw;
+    if (ctx->needs_input_grad(0)) {
+      gx = at::empty_like(x);
+      mm(gx, g, w, false);
+    }
+    if (ctx->needs_input_grad(1)) {
+      gw = at::empty_like(w);
+      mm(gw, g.t(), x, false);
+    }
+    return {gx, gw};
   }
 };
 
@@ -121,12 +156,21 @@ RouteResult route(const at::Tensor& logits, const RouteParams& params) {
   return RouteResult{out[0], out[1], out[2], out[3]};
 }
 
-PermuteResult permute(const at::Tensor& x, const at::Tensor& expert_index, int64_t num_experts) {
+PermuteResult permute(const at::Tensor& x, const at::Tensor& expert_index, int64_t num_experts,
+                      const PermuteOptions& options) {
   HETMOE_CHECK(x.dim() == 2 && expert_index.dim() == 2 && expert_index.size(0) == x.size(0),
                "permute", "expected x [N, H] and expert_index [N, k], got ", x.sizes(), " and ",
                expert_index.sizes());
-  auto out = PermuteFn::apply(x.contiguous(), expert_index.to(at::kLong), num_experts);
-  return PermuteResult{out[0], out[1], out[2], out[3], out[4]};
+  at::Tensor priority = at::empty({0}, x.options().dtype(at::kFloat));
+  if (options.capacity >= 0) {
+    HETMOE_CHECK(options.priority.defined() &&
+                     options.priority.sizes() == expert_index.sizes(),
+                 "permute", "a capacity needs a priority of shape ", expert_index.sizes());
+    priority = options.priority.detach().to(at::kFloat).contiguous();
+  }
+  auto out = PermuteFn::apply(x.contiguous(), expert_index.to(at::kLong).contiguous(),
+                              num_experts, options.capacity, priority);
+  return PermuteResult{out[0], out[1], out[2], out[3], out[4], out[5]};
 }
 
 at::Tensor expert_ffn(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
@@ -140,10 +184,22 @@ at::Tensor expert_ffn(const at::Tensor& x, const at::Tensor& w13, const at::Tens
 }
 
 at::Tensor unpermute(const at::Tensor& y, const at::Tensor& weight, const PermuteResult& perm) {
-  HETMOE_CHECK(weight.dim() == 2 && y.size(0) == perm.slot.size(0) && weight.numel() == y.size(0),
-               "unpermute", "expected y [N*k, H] and weight [N, k] for ", perm.slot.size(0),
-               " rows, got ", y.sizes(), " and ", weight.sizes());
+  HETMOE_CHECK(weight.dim() == 2 && y.dim() == 2 && y.size(0) == perm.slot.size(0) &&
+                   weight.numel() == perm.row_of_slot.numel(),
+               "unpermute", "expected y [", perm.slot.size(0), ", H] and weight [N, k] for ",
+               perm.row_of_slot.numel(), " slots, got ", y.sizes(), " and ", weight.sizes());
   return UnpermuteFn::apply(y.contiguous(), weight.contiguous(), perm.row_of_slot, perm.slot);
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w) {
+  HETMOE_CHECK(w.dim() == 2 && x.dim() >= 1 && x.size(-1) == w.size(1), "linear",
+               "x ", x.sizes(), " does not fit weight ", w.sizes());
+  const MoEKernels& k = kernels_for(x);
+  if (!k.matmul || x.scalar_type() != w.scalar_type()) return at::linear(x, w);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = w.size(0);
+  at::Tensor y = LinearFn::apply(x.reshape({-1, x.size(-1)}).contiguous(), w.contiguous());
+  return y.view(out_shape);
 }
 
 }  // namespace hetmoe::ops

@@ -66,4 +66,22 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& expert_index,
   return at::stack(rows);
 }
 
+at::Tensor capacity_keep(const at::Tensor& expert_index, const at::Tensor& priority,
+                         int64_t num_experts, int64_t capacity) {
+  at::Tensor idx = expert_index.reshape(-1).to(at::kCPU, at::kLong).contiguous();
+  at::Tensor pr = priority.reshape(-1).to(at::kCPU, at::kFloat).contiguous();
+  at::Tensor keep = at::zeros({idx.numel()}, at::kBool);
+  for (int64_t e = 0; e < num_experts; ++e) {
+    std::vector<std::pair<float, int64_t>> mine;
+    for (int64_t s = 0; s < idx.numel(); ++s)
+      if (idx[s].item<int64_t>() == e) mine.emplace_back(pr[s].item<float>(), s);
+    std::sort(mine.begin(), mine.end(), [](const auto& a, const auto& b) {
+      return a.first != b.first ? a.first > b.first : a.second < b.second;
+    });
+    for (size_t i = 0; i < mine.size() && static_cast<int64_t>(i) < capacity; ++i)
+      keep[mine[i].second] = true;
+  }
+  return keep;
+}
+
 }  // namespace hetmoe::ops::reference

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 #include <string>
+#include <tuple>
+#include <utility>
 
 namespace hetmoe {
 
@@ -32,15 +34,31 @@ struct RouteResult {
   at::Tensor tokens_per_expert;  // [E] int64 number of (token, slot) pairs routed to each expert
 };
 
-// Row map of a permutation into expert-contiguous order. Routing slot s = token * k + j is the
-// j-th expert choice of a token; permuted row i holds one slot.
-struct PermuteResult {
-  at::Tensor permuted;           // [N*k, H] rows of x in expert order (stable within an expert)
-  at::Tensor source_row;         // [N*k] int64: permuted row i came from token source_row[i]
-  at::Tensor slot;               // [N*k] int64: permuted row i holds routing slot slot[i]
-  at::Tensor row_of_slot;        // [N*k] int64: the inverse map, slot s sits in row row_of_slot[s]
-  at::Tensor tokens_per_expert;  // [E] int64
+// Capacity limit of a permutation. Dropless (capacity < 0) by default.
+struct PermuteOptions {
+  // Slots an expert may take; the rest are dropped: they get no row, contribute nothing to their
+  // token's output and receive no gradient. -1: no limit.
+  int64_t capacity = -1;
+  // [N, k] fp32, needed with a capacity: an expert over capacity keeps its highest-priority
+  // slots (ties: the earlier slot) and drops the lowest-priority ones first.
+  at::Tensor priority;
 };
+
+// Row map of a permutation into expert-contiguous order. Routing slot s = token * k + j is the
+// j-th expert choice of a token; permuted row i holds one slot. R = N*k - dropped rows.
+struct PermuteResult {
+  at::Tensor permuted;           // [R, H] rows of x in expert order (stable within an expert)
+  at::Tensor source_row;         // [R] int64: permuted row i came from token source_row[i]
+  at::Tensor slot;               // [R] int64: permuted row i holds routing slot slot[i]
+  at::Tensor row_of_slot;        // [N*k] int64: slot s sits in row row_of_slot[s]; -1: dropped
+  at::Tensor tokens_per_expert;  // [E] int64 rows kept per expert (sums to R)
+  at::Tensor dropped;            // [] int64 slots dropped over capacity (0 when dropless)
+};
+
+// out = a @ b, or out += a @ b when accumulate; a [m, k], b [k, n] and out [m, n] are 2-D and may
+// be transposed views of contiguous tensors.
+using MatmulFn = void (*)(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                          bool accumulate);
 
 struct MoEKernels {
   // logits [N, E] fp32 -> scores, selection and weights.
@@ -52,8 +70,8 @@ struct MoEKernels {
 
   // x [N, H], expert_index [N, k] -> rows grouped by expert.
   PermuteResult (*permute_forward)(const at::Tensor& x, const at::Tensor& expert_index,
-                                   int64_t num_experts) = nullptr;
-  // grad_permuted [N*k, H] -> grad_x [N, H]: the sum of a token's k rows (a gather, so the
+                                   int64_t num_experts, const PermuteOptions& options) = nullptr;
+  // grad_permuted [R, H] -> grad_x [N, H]: the sum of a token's kept rows (a gather, so the
   // result does not depend on the order of floating-point additions across threads).
   at::Tensor (*permute_backward)(const at::Tensor& grad_permuted, const at::Tensor& row_of_slot,
                                  int64_t top_k) = nullptr;
@@ -69,16 +87,20 @@ struct MoEKernels {
       const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w13,
       const at::Tensor& w2, const at::Tensor& tokens_per_expert) = nullptr;
 
-  // y [N*k, H] in expert order, weight [N, k] -> out [N, H]:
-  // out[t] = sum_j weight[t, j] * y[row_of_slot[t*k + j]].
+  // y [R, H] in expert order, weight [N, k] -> out [N, H]:
+  // out[t] = sum over kept j of weight[t, j] * y[row_of_slot[t*k + j]].
   at::Tensor (*unpermute_forward)(const at::Tensor& y, const at::Tensor& weight,
                                   const at::Tensor& row_of_slot) = nullptr;
-  // Returns {grad_y [N*k, H], grad_weight [N, k] fp32}.
+  // Returns {grad_y [R, H], grad_weight [N, k] fp32, 0 for dropped slots}.
   std::pair<at::Tensor, at::Tensor> (*unpermute_backward)(const at::Tensor& grad_out,
                                                           const at::Tensor& y,
                                                           const at::Tensor& weight,
                                                           const at::Tensor& row_of_slot,
                                                           const at::Tensor& slot) = nullptr;
+
+  // Dense GEMM used by the model's linear layers and the grouped expert FFN. nullptr: the layers
+  // use at::linear with LibTorch's own autograd.
+  MatmulFn matmul = nullptr;
 
   // Name of the implementation, for `hetmoe devices` and benchmark records.
   std::string implementation;
@@ -89,8 +111,21 @@ struct MoEKernels {
   }
 };
 
-// The portable implementation: plain ATen calls, valid on any device ATen supports. The CPU
-// backend and (until it has its own kernels) the CUDA backend register it.
+// The portable implementation: plain ATen calls, valid on any device ATen supports. It is the
+// baseline the backends' own kernels are tested against, and what they fall back to.
 const MoEKernels& aten_moe_kernels();
+
+// Building blocks of the portable kernels that backends reuse.
+// Which routing slots ([N*k] bool) survive a capacity, by the PermuteOptions policy.
+at::Tensor capacity_keep_mask(const at::Tensor& expert_index, const at::Tensor& priority,
+                              int64_t num_experts, int64_t capacity);
+// The grouped SwiGLU FFN (expert_ffn_forward/backward above) over any GEMM: one call per expert
+// slice into preallocated outputs, no per-expert allocation.
+at::Tensor grouped_swiglu_forward(MatmulFn mm, const at::Tensor& x, const at::Tensor& w13,
+                                  const at::Tensor& w2, const at::Tensor& tokens_per_expert,
+                                  at::Tensor* h_out);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_swiglu_backward(
+    MatmulFn mm, const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h,
+    const at::Tensor& w13, const at::Tensor& w2, const at::Tensor& tokens_per_expert);
 
 }  // namespace hetmoe

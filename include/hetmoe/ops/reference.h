@@ -19,4 +19,9 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& expert_index,
                        const at::Tensor& expert_weight, const at::Tensor& w13,
                        const at::Tensor& w2);
 
+// Which routing slots ([N*k] bool) survive a capacity: each expert ranks its slots by priority
+// ([N, k], highest first, ties by slot) and keeps the first `capacity`.
+at::Tensor capacity_keep(const at::Tensor& expert_index, const at::Tensor& priority,
+                         int64_t num_experts, int64_t capacity);
+
 }  // namespace hetmoe::ops::reference

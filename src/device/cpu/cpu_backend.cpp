@@ -10,6 +10,8 @@
 #include <thread>
 
 #include "hetmoe/device/registry.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/dnnl_gemm.h"
 
 namespace hetmoe {
 namespace {
@@ -57,7 +59,7 @@ class CpuBackend final : public Backend {
     struct rusage usage;
     return getrusage(RUSAGE_SELF, &usage) == 0 ? static_cast<int64_t>(usage.ru_maxrss) * 1024 : 0;
   }
-  const MoEKernels& kernels() const override { return aten_moe_kernels(); }
+  const MoEKernels& kernels() const override { return cpu::cpu_moe_kernels(); }
 
   std::vector<DeviceInfo> devices() const override {
     DeviceInfo d;
@@ -99,6 +101,7 @@ class CpuBackend final : public Backend {
     std::string blas = torch_config_value(config, "BLAS_INFO");
     d.details["blas"] = blas.empty() ? "unknown" : blas;
     d.details["onednn"] = at::hasMKLDNN() ? "oneDNN (bundled with LibTorch)" : "no";
+    d.details["fp32_gemm"] = cpu::dnnl_status();
     const std::string parallel = at::get_parallel_info();
     const std::string tag = "ATen parallel backend: ";
     if (auto pos = parallel.find(tag); pos != std::string::npos)

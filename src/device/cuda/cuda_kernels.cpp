@@ -66,7 +66,11 @@ at::Tensor route_backward(const at::Tensor& grad_scores, const at::Tensor& grad_
 }
 
 PermuteResult permute_forward(const at::Tensor& x, const at::Tensor& expert_index,
-                              int64_t num_experts) {
+                              int64_t num_experts, const PermuteOptions& options) {
+  // Capacity dropping is rare and not the hot path: the portable kernels do it (the combine
+  // kernels below skip the dropped slots' -1 rows).
+  if (options.capacity >= 0)
+    return aten_moe_kernels().permute_forward(x, expert_index, num_experts, options);
   const int64_t k = expert_index.size(1), m = expert_index.numel();
   at::Tensor index = expert_index.contiguous();
   auto opts = index.options().dtype(at::kLong);
@@ -87,6 +91,7 @@ PermuteResult permute_forward(const at::Tensor& x, const at::Tensor& expert_inde
   check(gpu::gather_rows(x.data_ptr(), dtype_of(x), x.size(1), r.source_row.data_ptr<int64_t>(), m,
                          r.permuted.data_ptr(), stream()),
         "gather_rows");
+  r.dropped = at::zeros({}, opts);
   return r;
 }
 
@@ -173,7 +178,9 @@ std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
   // source_row of permuted row i is slot[i] / k.
   at::Tensor source_row = at::div(slot, weight.size(1), "floor");
   at::Tensor grad_y = at::empty_like(y);
-  at::Tensor grad_w = at::empty({weight.numel()}, w.options());
+  // Dropped slots have no row and keep a zero gradient.
+  at::Tensor grad_w = m == weight.numel() ? at::empty({weight.numel()}, w.options())
+                                          : at::zeros({weight.numel()}, w.options());
   check(gpu::unpermute_backward(go.data_ptr(), y.data_ptr(), dtype_of(y), h, w.data_ptr<float>(),
                                 source_row.data_ptr<int64_t>(), slot.data_ptr<int64_t>(), m,
                                 grad_y.data_ptr(), grad_w.data_ptr<float>(), stream()),
@@ -193,6 +200,7 @@ const MoEKernels& cuda_moe_kernels() {
       expert_ffn_backward,
       unpermute_forward,
       unpermute_backward,
+      /*matmul=*/nullptr,
       "cuda (fused router, device permutation, _grouped_mm for bf16 on sm_90)"};
   return table;
 }
