@@ -6,7 +6,8 @@
 //   MoELayer/grouped_mm the same layer calling at::_grouped_mm directly (CUDA, bf16 only)
 //   Permute, Unpermute  the data-movement operators alone (GB/s, read + write)
 //   Kernel/<op>         each entry of the backend's kernel table alone, forward and backward
-//   DenseGemm, Copy     the device's GEMM rate and copy bandwidth (the ceilings)
+//   DenseGemm, Copy     the device's GEMM rate (LibTorch's and the backend's own) and copy
+//                       bandwidth: the ceilings
 // HETMOE_BENCH_DEVICE (cpu | cuda | auto, default cpu) and HETMOE_BENCH_DTYPE (fp32 | bf16,
 // default fp32) choose where and in what precision everything runs. Rates use wall time.
 #include <ATen/ATen.h>
@@ -203,12 +204,22 @@ void BM_Kernel(benchmark::State& state, Op op) {
   }
 }
 
-void BM_DenseGemm(benchmark::State& state) {
+// The square GEMM rate through LibTorch (at::mm) or through the backend's own GEMM
+// (MoEKernels::matmul, oneDNN on the CPU), whichever the capture names.
+void BM_DenseGemm(benchmark::State& state, bool backend_gemm) {
   const int64_t n = state.range(0);
   const at::TensorOptions o = bench_options();
-  at::Tensor a = at::randn({n, n}, o), b = at::randn({n, n}, o);
+  at::Tensor a = at::randn({n, n}, o), b = at::randn({n, n}, o), c = at::empty({n, n}, o);
+  const hetmoe::MatmulFn mm = hetmoe::backend_for(a).kernels().matmul;
+  if (backend_gemm && !mm) {
+    state.SkipWithError("this backend has no GEMM of its own (it uses at::mm)");
+    return;
+  }
   for (auto _ : state) {
-    at::Tensor c = at::mm(a, b);
+    if (backend_gemm)
+      mm(c, a, b, false);
+    else
+      at::mm_out(c, a, b);
     sync(c);
   }
   state.counters["TFLOP/s"] =
@@ -248,7 +259,14 @@ BENCHMARK_CAPTURE(BM_Kernel, experts_fwd, Op::ExpertsFwd)->Apply(layer_shapes);
 BENCHMARK_CAPTURE(BM_Kernel, experts_bwd, Op::ExpertsBwd)->Apply(layer_shapes);
 BENCHMARK_CAPTURE(BM_Kernel, unpermute_fwd, Op::UnpermuteFwd)->Apply(layer_shapes);
 BENCHMARK_CAPTURE(BM_Kernel, unpermute_bwd, Op::UnpermuteBwd)->Apply(layer_shapes);
-BENCHMARK(BM_DenseGemm)->Arg(on_gpu() ? 8192 : 1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_DenseGemm, aten, false)
+    ->Arg(on_gpu() ? 8192 : 1024)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_DenseGemm, backend, true)
+    ->Arg(on_gpu() ? 8192 : 1024)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_Copy)->Arg(on_gpu() ? 1024 : 128)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace

@@ -17,7 +17,9 @@ def main():
     args = ap.parse_args()
     doc = json.load(open(args.bench))
     rows = [b for b in doc["benchmarks"] if not b.get("error_occurred")]
-    gemm = next((b["TFLOP/s"] for b in rows if b["name"].startswith("BM_DenseGemm")), None)
+    # The faster of LibTorch's GEMM and the backend's own is the ceiling.
+    gemm = max((b["TFLOP/s"] for b in rows
+                if b["name"].startswith("BM_DenseGemm") and "TFLOP/s" in b), default=None)
     copy = next((b["GB/s"] for b in rows if b["name"].startswith("BM_Copy")), None)
     out = {"context": {k: doc["context"].get(k) for k in ("date", "host_name", "num_cpus")},
            "dense_gemm_tflops": gemm, "copy_gbps": copy, "layers": [], "data_movement": []}
