@@ -494,6 +494,7 @@ void validate(const Config& c) {
   require_non_negative("train.clip", t.clip);
   require_non_negative("train.save_every", t.save_every);
   require_non_negative("backend.peak_tflops", c.backend.peak_tflops);
+  require_positive("comm.timeout_s", c.comm.timeout_s);
   require_non_negative("train.threads", t.threads);
 
   // data, parallel, run

@@ -117,7 +117,15 @@ std::vector<KeySpec> build_schema() {
       HETMOE_KEY(data, val_fraction,
                  "fraction of documents `hetmoe data prepare` holds out for validation"),
 
-      HETMOE_KEY(parallel, expert_parallel, "expert-parallel ranks; must divide moe.num_experts"),
+      HETMOE_KEY(parallel, expert_parallel,
+                 "expert-parallel ranks; must divide moe.num_experts and the world size"),
+
+      HETMOE_KEY(comm, backend,
+                 "collective transport (auto: NCCL for CUDA, else MPI under a launcher, else local)",
+                 {"auto", "mpi", "nccl", "local"}),
+      HETMOE_KEY(comm, strict, "an unavailable comm.backend is an error instead of a fallback"),
+      HETMOE_KEY(comm, timeout_s,
+                 "seconds a blocking collective waits before every rank fails with a named error"),
 
       HETMOE_KEY(backend, device, "compute device; cuda and rocm take an optional device index",
                  {"auto", "cpu", "cuda", "rocm"}, {"cuda", "rocm"}),
@@ -127,6 +135,8 @@ std::vector<KeySpec> build_schema() {
 
       HETMOE_KEY(run, out_dir, "directory for checkpoints, logs and metrics"),
       HETMOE_KEY(run, log_level, "minimum log level", {"trace", "debug", "info", "warn", "error"}),
+      HETMOE_KEY(run, log_all_ranks,
+                 "multi-rank runs: every rank logs, prefixed with its rank (default: rank 0 only)"),
   };
 }
 

@@ -102,11 +102,15 @@ const std::vector<std::string> kAllKeys = {
     "data.tokenizer",
     "data.val_fraction",
     "parallel.expert_parallel",
+    "comm.backend",
+    "comm.strict",
+    "comm.timeout_s",
     "backend.device",
     "backend.dtype",
     "backend.peak_tflops",
     "run.out_dir",
     "run.log_level",
+    "run.log_all_ranks",
 };
 
 // Field-by-field equality (Config has no operator==).
@@ -347,7 +351,7 @@ TEST(ConfigTest, UnknownKeyWithoutCloseMatchHasNoSuggestion) {
 }
 
 TEST(ConfigTest, UnknownKeyInEverySectionIsRejected) {
-  for (const char* section : {"model", "moe", "train", "data", "parallel", "backend", "run"}) {
+  for (const char* section : {"model", "moe", "train", "data", "parallel", "comm", "backend", "run"}) {
     EXPECT_EQ(parse_error(std::string(section) + ":\n  zzzzzzzzzzzz: 1\n"),
               std::string("[config] test.yaml:2: unknown key '") + section + ".zzzzzzzzzzzz'");
   }
@@ -452,10 +456,10 @@ TEST(ConfigTest, SectionThatIsNotAMap) {
 TEST(ConfigTest, DocumentThatIsNotAMap) {
   EXPECT_EQ(parse_error("- model\n- moe\n"),
             "[config] test.yaml:1: expected a map of sections (model, moe, train, data, parallel, "
-            "backend, run) at the top level, got a list");
+            "comm, backend, run) at the top level, got a list");
   EXPECT_EQ(parse_error("\nhello\n"),
             "[config] test.yaml:2: expected a map of sections (model, moe, train, data, parallel, "
-            "backend, run) at the top level, got 'hello'");
+            "comm, backend, run) at the top level, got 'hello'");
 }
 
 TEST(ConfigTest, NonScalarKeysAreRejected) {
@@ -881,7 +885,7 @@ TEST(ConfigTest, ToYamlIsGroupedAndListsEveryKey) {
   const std::string text = to_yaml(Config{});
   const YAML::Node root = YAML::Load(text);
   ASSERT_TRUE(root.IsMap());
-  EXPECT_EQ(root.size(), 7u);
+  EXPECT_EQ(root.size(), 8u);
   for (const std::string& key : kAllKeys) {
     const std::string section = key.substr(0, key.find('.'));
     const std::string name = key.substr(key.find('.') + 1);

@@ -79,6 +79,12 @@ struct ParallelConfig {
   int64_t expert_parallel = 1;
 };
 
+struct CommConfig {
+  std::string backend = "auto";  // auto | mpi | nccl | local
+  bool strict = false;           // a requested backend that is unavailable is an error
+  double timeout_s = 300;        // deadline of every blocking collective
+};
+
 struct BackendConfig {
   std::string device = "auto";  // auto | cpu | cuda | rocm (optionally ":index")
   std::string dtype = "fp32";   // fp32 | bf16 (compute dtype; master weights stay fp32)
@@ -88,6 +94,7 @@ struct BackendConfig {
 struct RunConfig {
   std::string out_dir = "runs/tiny";
   std::string log_level = "info";
+  bool log_all_ranks = false;  // multi-rank runs: every rank logs (prefixed), not only rank 0
 };
 
 struct Config {
@@ -96,6 +103,7 @@ struct Config {
   TrainConfig train;
   DataConfig data;
   ParallelConfig parallel;
+  CommConfig comm;
   BackendConfig backend;
   RunConfig run;
 };

@@ -1,0 +1,149 @@
+// The communicator base, the local (world size 1) transport, and the transport choice.
+#include "hetmoe/comm/communicator.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdlib>
+#include <numeric>
+
+#include "comm/transports.h"
+#include "hetmoe/core/logging.h"
+
+namespace hetmoe {
+
+void Communicator::fail(const std::string& op, const std::string& what) const {
+  throw CommError("comm", detail::concat(op, " on '", name_, "' (", backend(), ", rank ", rank(),
+                                         " of ", size(), ") at step ", step_, ": ", what));
+}
+
+void Communicator::check_splits(const char* op, const at::Tensor& input,
+                                const std::vector<int64_t>& send,
+                                const std::vector<int64_t>& recv) const {
+  const auto n = static_cast<size_t>(size());
+  if (send.size() != n || recv.size() != n)
+    fail(op, detail::concat("needs one send and one receive split per rank (", n, "), got ",
+                            send.size(), " and ", recv.size()));
+  if (input.dim() < 1) fail(op, "input must have a row dimension");
+  for (size_t r = 0; r < n; ++r)
+    if (send[r] < 0 || recv[r] < 0) fail(op, detail::concat("negative split for rank ", r));
+  const int64_t total = std::accumulate(send.begin(), send.end(), int64_t{0});
+  if (total != input.size(0))
+    fail(op, detail::concat("send splits sum to ", total, " rows but the input has ",
+                            input.size(0)));
+}
+
+namespace {
+
+int env_int(std::initializer_list<const char*> names, int fallback) {
+  for (const char* n : names)
+    if (const char* v = std::getenv(n); v && *v) return std::atoi(v);
+  return fallback;
+}
+
+// World size 1. Every operation still validates its arguments and returns fresh memory, so code
+// that is wrong for N ranks fails here too where it can.
+class LocalCommunicator final : public Communicator {
+ public:
+  LocalCommunicator(std::string name, double timeout_s) : Communicator(std::move(name), timeout_s) {}
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string backend() const override { return "local"; }
+  void all_reduce(at::Tensor& t, ReduceOp) override { (void)t; }
+  at::Tensor all_gather(const at::Tensor& t) override { return t.clone(); }
+  at::Tensor reduce_scatter(const at::Tensor& t, ReduceOp) override { return t.clone(); }
+  void broadcast(at::Tensor&, int root) override {
+    if (root != 0) fail("broadcast", detail::concat("root ", root, " outside [0, 1)"));
+  }
+  void barrier() override {}
+  at::Tensor all_to_all(const at::Tensor& input, const std::vector<int64_t>& send,
+                        const std::vector<int64_t>& recv) override {
+    check_splits("all_to_all", input, send, recv);
+    if (send[0] != recv[0])
+      fail("all_to_all", detail::concat("sends ", send[0], " rows to itself but expects ",
+                                        recv[0]));
+    return input.clone();
+  }
+  std::unique_ptr<Communicator> split(int, int, const std::string& name) override {
+    return std::make_unique<LocalCommunicator>(name, timeout_s());
+  }
+};
+
+}  // namespace
+
+namespace comm_detail {
+std::unique_ptr<Communicator> make_local(const std::string& name, double timeout_s) {
+  return std::make_unique<LocalCommunicator>(name, timeout_s);
+}
+}  // namespace comm_detail
+
+bool launched_by_mpi() {
+  return launcher_world_size() > 1;
+}
+
+int launcher_world_size() {
+  return env_int({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "MPI_WORLD_SIZE"},
+                 1);
+}
+
+int launcher_rank() {
+  return env_int({"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"}, 0);
+}
+
+std::unique_ptr<Communicator> make_world_communicator(const CommOptions& options,
+                                                      c10::DeviceType device_type) {
+  using namespace comm_detail;
+  HETMOE_CHECK(options.timeout_s > 0, "comm", "comm.timeout_s must be > 0, got ",
+               options.timeout_s);
+  const bool launched = launched_by_mpi();
+  const bool gpu = device_type == c10::DeviceType::CUDA;
+  auto automatic = [&]() -> std::unique_ptr<Communicator> {
+    if (launched && gpu && nccl_built() && mpi_built()) return make_nccl_world(options.timeout_s);
+    if (launched && mpi_built()) return make_mpi_world(options.timeout_s);
+    HETMOE_CHECK(!launched, "comm", "started by a parallel launcher with ", launcher_world_size(),
+                 " ranks, but this hetmoe was built without MPI (HETMOE_WITH_MPI)");
+    return make_local("world", options.timeout_s);
+  };
+  const std::string& b = options.backend;
+  std::string unavailable;
+  if (b == "auto") return automatic();
+  if (b == "local") {
+    HETMOE_CHECK(!launched, "comm", "comm.backend is local (one process) but the launcher started ",
+                 launcher_world_size(), " ranks");
+    return make_local("world", options.timeout_s);
+  }
+  if (b == "mpi") {
+    if (mpi_built()) return make_mpi_world(options.timeout_s);
+    unavailable = "MPI is not built in (configure with HETMOE_WITH_MPI=ON and libopenmpi-dev)";
+  } else if (b == "nccl") {
+    if (!nccl_built())
+      unavailable = "NCCL is not built in (a CUDA build with HETMOE_WITH_NCCL=ON)";
+    else if (!gpu)
+      unavailable = "NCCL carries CUDA tensors only and backend.device is not cuda";
+    else if (!mpi_built())
+      unavailable = "NCCL bootstraps over MPI, which is not built in";
+    else
+      return make_nccl_world(options.timeout_s);
+  } else {
+    HETMOE_FAIL("comm", "comm.backend '", b, "' is not one of auto, mpi, nccl, local");
+  }
+  HETMOE_CHECK(!options.strict, "comm", "comm.backend is ", b, " but ", unavailable,
+               " (comm.strict is on)");
+  auto chosen = automatic();
+  HETMOE_LOG_WARN("[comm] comm.backend %s unavailable: %s; using %s", b.c_str(),
+                  unavailable.c_str(), chosen->backend().c_str());
+  return chosen;
+}
+
+std::string comm_transports() {
+  using namespace comm_detail;
+  std::string s = "local";
+  s += mpi_built() ? ", mpi (" + mpi_version() + ")" : ", mpi (not built)";
+  s += nccl_built() ? ", nccl (" + nccl_version() + ")" : ", nccl (not built)";
+  return s;
+}
+
+void abort_job(int exit_code) {
+  if (comm_detail::mpi_active()) comm_detail::mpi_abort(exit_code);
+}
+
+}  // namespace hetmoe

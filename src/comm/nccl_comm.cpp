@@ -1,0 +1,231 @@
+// The NCCL transport for CUDA tensors. Rank 0's ncclUniqueId is broadcast over MPI; operations
+// run on LibTorch's current CUDA stream, and the wait polls a CUDA event and NCCL's async error
+// against the communicator's deadline, aborting the NCCL communicator on timeout so no kernel is
+// left spinning. Host tensors are staged through the device.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <cstring>
+#include <numeric>
+#include <thread>
+
+#include "comm/transports.h"
+
+namespace hetmoe {
+namespace {
+
+ncclDataType_t nccl_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return ncclFloat32;
+    case at::kDouble: return ncclFloat64;
+    case at::kHalf: return ncclFloat16;
+    case at::kBFloat16: return ncclBfloat16;
+    case at::kLong: return ncclInt64;
+    case at::kInt: return ncclInt32;
+    case at::kByte:
+    case at::kBool: return ncclUint8;
+    case at::kChar: return ncclInt8;
+    default: return ncclNumTypes;
+  }
+}
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(ncclComm_t comm, std::string name, double timeout_s)
+      : Communicator(std::move(name), timeout_s), comm_(comm) {
+    ncclCommUserRank(comm_, &rank_);
+    ncclCommCount(comm_, &size_);
+  }
+  ~NcclCommunicator() override {
+    if (comm_ && broken_.empty()) ncclCommDestroy(comm_);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "nccl"; }
+
+  void all_reduce(at::Tensor& t, ReduceOp op) override {
+    const char* name = "all_reduce";
+    at::Tensor d = staged(name, t);
+    check(name, ncclAllReduce(d.data_ptr(), d.data_ptr(), d.numel(), nccl_type(d.scalar_type()),
+                              reduction(op, d), comm_, stream()));
+    wait(name);
+    if (op == ReduceOp::Avg && !at::isFloatingType(d.scalar_type())) d.floor_divide_(size_);
+    if (!d.is_same(t)) t.copy_(d);
+  }
+
+  at::Tensor all_gather(const at::Tensor& t) override {
+    const char* name = "all_gather";
+    at::Tensor d = staged(name, t);
+    std::vector<int64_t> shape(d.sizes().begin(), d.sizes().end());
+    if (shape.empty()) shape.push_back(1);
+    shape[0] *= size_;
+    at::Tensor out = at::empty(shape, d.options());
+    check(name, ncclAllGather(d.data_ptr(), out.data_ptr(), d.numel(),
+                              nccl_type(d.scalar_type()), comm_, stream()));
+    wait(name);
+    return out.to(t.device());
+  }
+
+  at::Tensor reduce_scatter(const at::Tensor& t, ReduceOp op) override {
+    const char* name = "reduce_scatter";
+    if (t.dim() < 1 || t.size(0) % size_ != 0)
+      fail(name, detail::concat("dim 0 of ", t.sizes(), " is not divisible by ", size_, " ranks"));
+    at::Tensor d = staged(name, t);
+    std::vector<int64_t> shape(d.sizes().begin(), d.sizes().end());
+    shape[0] /= size_;
+    at::Tensor out = at::empty(shape, d.options());
+    check(name, ncclReduceScatter(d.data_ptr(), out.data_ptr(), out.numel(),
+                                  nccl_type(d.scalar_type()), reduction(op, d), comm_, stream()));
+    wait(name);
+    if (op == ReduceOp::Avg && !at::isFloatingType(d.scalar_type())) out.floor_divide_(size_);
+    return out.to(t.device());
+  }
+
+  void broadcast(at::Tensor& t, int root) override {
+    const char* name = "broadcast";
+    if (root < 0 || root >= size_) fail(name, detail::concat("root ", root, " outside [0, ", size_, ")"));
+    at::Tensor d = staged(name, t);
+    check(name, ncclBroadcast(d.data_ptr(), d.data_ptr(), d.numel(), nccl_type(d.scalar_type()),
+                              root, comm_, stream()));
+    wait(name);
+    if (!d.is_same(t)) t.copy_(d);
+  }
+
+  void barrier() override {
+    at::Tensor one = at::ones({1}, at::TensorOptions().dtype(at::kFloat).device(device()));
+    all_reduce(one, ReduceOp::Sum);
+  }
+
+  at::Tensor all_to_all(const at::Tensor& input, const std::vector<int64_t>& send,
+                        const std::vector<int64_t>& recv) override {
+    const char* name = "all_to_all";
+    check_splits(name, input, send, recv);
+    at::Tensor d = staged(name, input);
+    std::vector<int64_t> shape(d.sizes().begin(), d.sizes().end());
+    shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t{0});
+    at::Tensor out = at::empty(shape, d.options());
+    const size_t row_bytes = static_cast<size_t>(d.dim() > 1 ? d.numel() / std::max<int64_t>(1, d.size(0)) : 1) *
+                             d.element_size();
+    auto* src = static_cast<char*>(d.data_ptr());
+    auto* dst = static_cast<char*>(out.data_ptr());
+    // Grouped point-to-point: zero-row peers simply post nothing.
+    check(name, ncclGroupStart());
+    size_t so = 0, ro = 0;
+    for (int r = 0; r < size_; ++r) {
+      if (send[r] > 0)
+        check(name, ncclSend(src + so, send[r] * row_bytes, ncclUint8, r, comm_, stream()));
+      if (recv[r] > 0)
+        check(name, ncclRecv(dst + ro, recv[r] * row_bytes, ncclUint8, r, comm_, stream()));
+      so += send[r] * row_bytes;
+      ro += recv[r] * row_bytes;
+    }
+    check(name, ncclGroupEnd());
+    wait(name);
+    return out.to(input.device());
+  }
+
+  std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {
+    ncclComm_t sub = nullptr;
+    check("split", ncclCommSplit(comm_, color, key, &sub, nullptr));
+    return std::make_unique<NcclCommunicator>(sub, name, timeout_s());
+  }
+
+ private:
+  c10::Device device() const { return c10::Device(c10::kCUDA, c10::cuda::current_device()); }
+  cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+  ncclRedOp_t reduction(ReduceOp op, const at::Tensor& t) const {
+    if (op == ReduceOp::Max) return ncclMax;
+    return op == ReduceOp::Avg && at::isFloatingType(t.scalar_type()) ? ncclAvg : ncclSum;
+  }
+
+  at::Tensor staged(const char* op, const at::Tensor& t) const {
+    if (!broken_.empty()) fail(op, "communicator unusable after an earlier failure in " + broken_);
+    if (nccl_type(t.scalar_type()) == ncclNumTypes)
+      fail(op, detail::concat("unsupported dtype ", t.scalar_type()));
+    return t.to(device()).contiguous();
+  }
+
+  void check(const char* op, ncclResult_t r) {
+    if (r != ncclSuccess && r != ncclInProgress) {
+      broken_ = op;
+      fail(op, std::string("NCCL error: ") + ncclGetErrorString(r) + " (" +
+                   ncclGetLastError(comm_) + ")");
+    }
+  }
+
+  // Waits for the operation just enqueued on the stream, polling against the deadline.
+  void wait(const char* op) {
+    cudaEvent_t done;
+    cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
+    cudaEventRecord(done, stream());
+    using clock = std::chrono::steady_clock;
+    const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(
+                                             std::chrono::duration<double>(timeout_s()));
+    for (;;) {
+      const cudaError_t q = cudaEventQuery(done);
+      if (q == cudaSuccess) break;
+      ncclResult_t async = ncclSuccess;
+      ncclCommGetAsyncError(comm_, &async);
+      if (q != cudaErrorNotReady || (async != ncclSuccess && async != ncclInProgress)) {
+        cudaEventDestroy(done);
+        broken_ = op;
+        ncclCommAbort(comm_);
+        fail(op, std::string("failed: ") +
+                     (q != cudaErrorNotReady ? cudaGetErrorString(q) : ncclGetErrorString(async)));
+      }
+      if (clock::now() > deadline) {
+        cudaEventDestroy(done);
+        broken_ = op;
+        ncclCommAbort(comm_);  // frees the GPU from the kernel waiting for the missing peer
+        fail(op, detail::concat("timed out after ", timeout_s(),
+                                " s waiting for the other ranks (comm.timeout_s)"));
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+    cudaEventDestroy(done);
+  }
+
+  ncclComm_t comm_ = nullptr;
+  int rank_ = 0, size_ = 1;
+  std::string broken_;
+};
+
+}  // namespace
+
+namespace comm_detail {
+
+bool nccl_built() {
+  return true;
+}
+
+std::string nccl_version() {
+  int v = 0;
+  ncclGetVersion(&v);
+  return "NCCL " + std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." +
+         std::to_string(v % 100);
+}
+
+std::unique_ptr<Communicator> make_nccl_world(double timeout_s) {
+  // MPI carries the unique id and tells each process its rank.
+  std::unique_ptr<Communicator> mpi = make_mpi_world(timeout_s);
+  ncclUniqueId id;
+  if (mpi->rank() == 0 && ncclGetUniqueId(&id) != ncclSuccess)
+    HETMOE_FAIL("comm", "ncclGetUniqueId failed");
+  at::Tensor bytes = at::empty({static_cast<int64_t>(sizeof id)}, at::kByte);
+  if (mpi->rank() == 0) std::memcpy(bytes.data_ptr(), &id, sizeof id);
+  mpi->broadcast(bytes, 0);
+  std::memcpy(&id, bytes.data_ptr(), sizeof id);
+  ncclComm_t comm = nullptr;
+  const ncclResult_t r = ncclCommInitRank(&comm, mpi->size(), id, mpi->rank());
+  HETMOE_CHECK(r == ncclSuccess, "comm", "ncclCommInitRank on rank ", mpi->rank(), " of ",
+               mpi->size(), " failed: ", ncclGetErrorString(r));
+  return std::make_unique<NcclCommunicator>(comm, "world", timeout_s);
+}
+
+}  // namespace comm_detail
+}  // namespace hetmoe

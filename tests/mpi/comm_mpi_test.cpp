@@ -1,0 +1,188 @@
+// The communicator under mpirun (2 and 4 ranks): every operation against the same computation
+// done in one process, uneven all-to-all with zero splits, sub-communicators, and (in its own
+// run, HETMOE_TEST_WITHHOLD=1) the timeout path. Every rank runs every test; the exit code is
+// the same on all ranks.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "hetmoe/comm/communicator.h"
+
+namespace hetmoe {
+namespace {
+
+Communicator* world = nullptr;
+
+CommOptions mpi_options(double timeout_s = 60) {
+  CommOptions o;
+  o.backend = "mpi";
+  o.strict = true;
+  o.timeout_s = timeout_s;
+  return o;
+}
+
+// What rank r contributes in the reduction tests: a pure function of (r, shape).
+at::Tensor contribution(int r, at::ScalarType dtype) {
+  return (at::arange(12, at::kDouble).view({3, 4}) * (r + 1) + r).to(dtype);
+}
+
+TEST(MpiCommTest, AllReduceSumAvgMaxMatchOneProcess) {
+  const int n = world->size(), r = world->rank();
+  for (at::ScalarType dtype : {at::kFloat, at::kDouble, at::kLong, at::kBFloat16}) {
+    at::Tensor expect_sum = at::zeros({3, 4}, at::kDouble), expect_max = contribution(0, at::kDouble);
+    for (int q = 0; q < n; ++q) {
+      expect_sum += contribution(q, at::kDouble);
+      expect_max = at::maximum(expect_max, contribution(q, at::kDouble));
+    }
+    at::Tensor s = contribution(r, dtype), a = contribution(r, dtype), m = contribution(r, dtype);
+    world->all_reduce(s, ReduceOp::Sum);
+    world->all_reduce(a, ReduceOp::Avg);
+    world->all_reduce(m, ReduceOp::Max);
+    EXPECT_EQ(s.scalar_type(), dtype);
+    const double tol = dtype == at::kBFloat16 ? 0.5 : 1e-9;
+    EXPECT_TRUE(at::allclose(s.to(at::kDouble), expect_sum, 0, tol)) << dtype;
+    at::Tensor expect_avg = dtype == at::kLong ? at::floor_divide(expect_sum, n) : expect_sum / n;
+    EXPECT_TRUE(at::allclose(a.to(at::kDouble), expect_avg, 1e-2, tol)) << dtype;
+    EXPECT_TRUE(at::allclose(m.to(at::kDouble), expect_max, 0, tol)) << dtype;
+  }
+}
+
+TEST(MpiCommTest, AllGatherReduceScatterBroadcastBarrier) {
+  const int n = world->size(), r = world->rank();
+  at::Tensor mine = at::full({2, 3}, static_cast<float>(r));
+  at::Tensor all = world->all_gather(mine);
+  ASSERT_EQ(all.sizes(), (std::vector<int64_t>{2 * n, 3}));
+  for (int q = 0; q < n; ++q) EXPECT_TRUE(at::equal(all.narrow(0, 2 * q, 2), at::full({2, 3}, float(q))));
+
+  at::Tensor big = at::arange(2 * n * 3, at::kFloat).view({2 * n, 3}) + r;
+  at::Tensor part = world->reduce_scatter(big, ReduceOp::Sum);
+  at::Tensor full = at::arange(2 * n * 3, at::kFloat).view({2 * n, 3}) * n + n * (n - 1) / 2;
+  EXPECT_TRUE(at::equal(part, full.narrow(0, 2 * r, 2)));
+
+  at::Tensor b = r == n - 1 ? at::arange(5, at::kLong) : at::zeros({5}, at::kLong);
+  world->broadcast(b, n - 1);
+  EXPECT_TRUE(at::equal(b, at::arange(5, at::kLong)));
+  world->barrier();
+  EXPECT_THROW(world->broadcast(b, n), CommError);
+}
+
+// Rows rank `src` sends to rank `dst`: (src + 2 * dst) % 3 of them, so some pairs (including
+// rank to itself) exchange nothing. Each row says where it came from and where it goes.
+int64_t rows_between(int src, int dst) {
+  return (src + 2 * dst) % 3;
+}
+at::Tensor rows_for(int src, int dst) {
+  const int64_t k = rows_between(src, dst);
+  at::Tensor rows = at::empty({k, 3}, at::kFloat);
+  for (int64_t i = 0; i < k; ++i) {
+    rows[i][0] = src;
+    rows[i][1] = dst;
+    rows[i][2] = static_cast<float>(i);
+  }
+  return rows;
+}
+
+TEST(MpiCommTest, UnevenAllToAllWithZeroSplitsMatchesOneProcess) {
+  const int n = world->size(), r = world->rank();
+  std::vector<at::Tensor> blocks;
+  std::vector<int64_t> send(n), recv(n);
+  for (int q = 0; q < n; ++q) {
+    blocks.push_back(rows_for(r, q));
+    send[q] = rows_between(r, q);
+    recv[q] = rows_between(q, r);
+  }
+  at::Tensor out = world->all_to_all(at::cat(blocks), send, recv);
+  std::vector<at::Tensor> expect;
+  for (int q = 0; q < n; ++q) expect.push_back(rows_for(q, r));
+  EXPECT_TRUE(at::equal(out, at::cat(expect)));
+
+  // Integer rows and a rank that sends nothing at all.
+  std::vector<int64_t> none(n, 0);
+  at::Tensor empty = world->all_to_all(at::empty({0, 2}, at::kLong), none, none);
+  EXPECT_EQ(empty.size(0), 0);
+  // Splits that do not sum to the rows are refused before any communication.
+  send[0] += 1;
+  EXPECT_THROW(world->all_to_all(at::cat(blocks), send, recv), CommError);
+}
+
+TEST(MpiCommTest, SubCommunicatorsReduceWithinTheirColor) {
+  const int n = world->size(), r = world->rank();
+  auto sub = world->split(r % 2, r, "parity");
+  EXPECT_EQ(sub->name(), "parity");
+  EXPECT_EQ(sub->size(), (n + 1 - r % 2) / 2);
+  EXPECT_EQ(sub->rank(), r / 2);
+  at::Tensor t = at::full({1}, static_cast<double>(r), at::kDouble);
+  sub->all_reduce(t, ReduceOp::Sum);
+  double expect = 0;
+  for (int q = r % 2; q < n; q += 2) expect += q;
+  EXPECT_EQ(t.item<double>(), expect);
+  // The sub-communicator's all-to-all is independent of the world's.
+  std::vector<int64_t> one(sub->size(), 1);
+  at::Tensor back = sub->all_to_all(at::full({sub->size(), 1}, float(r)), one, one);
+  for (int q = 0; q < sub->size(); ++q) EXPECT_EQ(back[q].item<float>(), float(r % 2 + 2 * q));
+}
+
+TEST(MpiCommTest, ErrorsNameOperationCommunicatorRankAndStep) {
+  world->set_step(42);
+  try {
+    world->all_to_all(at::zeros({1, 1}), {1}, {1});  // wrong number of splits (size > 1)
+    FAIL() << "expected a CommError";
+  } catch (const CommError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("all_to_all on 'world' (mpi, rank " + std::to_string(world->rank()) + " of " +
+                     std::to_string(world->size()) + ") at step 42"),
+              std::string::npos)
+        << m;
+  }
+  world->set_step(0);
+}
+
+// Rank 1 withholds an all_reduce: every other rank must fail with the named error soon after
+// the 2 s deadline, then take the job down. Run by tests/mpi/timeout_test.sh, which checks the
+// message, the exit status and the time.
+int withhold_main() {
+  auto w = make_world_communicator(mpi_options(2.0), c10::DeviceType::CPU);
+  w->set_step(7);
+  at::Tensor t = at::ones({4});
+  if (w->rank() == 1) {
+    std::this_thread::sleep_for(std::chrono::seconds(60));  // a hung rank
+    return 0;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    w->all_reduce(t, ReduceOp::Sum);
+  } catch (const CommError& e) {
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::fprintf(stderr, "rank %d caught after %.1f s: %s\n", w->rank(), waited, e.what());
+    abort_job(3);
+    return 3;
+  }
+  std::fprintf(stderr, "rank %d: all_reduce returned without its peer\n", w->rank());
+  return 0;
+}
+
+}  // namespace
+}  // namespace hetmoe
+
+int main(int argc, char** argv) {
+  using namespace hetmoe;
+  if (const char* w = std::getenv("HETMOE_TEST_WITHHOLD"); w && std::string(w) == "1")
+    return withhold_main();
+  ::testing::InitGoogleTest(&argc, argv);
+  auto comm = make_world_communicator(mpi_options(), c10::DeviceType::CPU);
+  world = comm.get();
+  if (world->rank() != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  int failed = RUN_ALL_TESTS();
+  at::Tensor any = at::full({1}, failed, at::kInt);
+  world->all_reduce(any, ReduceOp::Max);
+  return any.item<int>();
+}
