@@ -4,10 +4,26 @@
 
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "cli/commands.h"
+#include "hetmoe/comm/communicator.h"
 #include "hetmoe/core/error.h"
 #include "hetmoe/core/logging.h"
+
+namespace {
+// A runtime error: said once, with the rank in multi-rank jobs, and then the whole job ends so
+// no other rank is left waiting in a collective.
+int fail(const std::string& what) {
+  if (hetmoe::launched_by_mpi())
+    std::fprintf(stderr, "hetmoe: error: rank %d: %s\n", hetmoe::launcher_rank(), what.c_str());
+  else
+    std::fprintf(stderr, "hetmoe: error: %s\n", what.c_str());
+  std::fflush(stderr);
+  hetmoe::abort_job(1);
+  return 1;
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"hetmoe: Mixture-of-Experts training on heterogeneous accelerators", "hetmoe"};
@@ -29,14 +45,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "hetmoe: error: %s\nRun with --help for usage.\n", e.what());
     return 2;
   } catch (const hetmoe::Error& e) {
-    std::fprintf(stderr, "hetmoe: error: %s\n", e.what());
-    return 1;
+    return fail(e.what());
   } catch (const c10::Error& e) {
-    std::fprintf(stderr, "hetmoe: error: [libtorch] %s\n", e.what_without_backtrace());
-    return 1;
+    return fail(std::string("[libtorch] ") + e.what_without_backtrace());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "hetmoe: error: %s\n", e.what());
-    return 1;
+    return fail(e.what());
   }
   return status;
 }

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <numeric>
 #include <thread>
 
@@ -60,6 +61,8 @@ MPI_Datatype element_type(at::ScalarType t) {
     default: return MPI_DATATYPE_NULL;
   }
 }
+
+constexpr int kAllToAllTag = 0x4d6f45;  // "MoE"
 
 class MpiCommunicator final : public Communicator {
  public:
@@ -152,33 +155,48 @@ class MpiCommunicator final : public Communicator {
     usable(name);
     check_splits(name, input, send, recv);
     at::Tensor host = staged(name, input, false);
-    const int64_t row_elems = host.dim() > 1 ? host.numel() / std::max<int64_t>(1, host.size(0))
-                                             : 1;
+    // Elements per row from the shape, not numel / rows: a rank may send no rows at all.
+    int64_t row_elems = 1;
+    for (int64_t d = 1; d < host.dim(); ++d) row_elems *= host.size(d);
     std::vector<int64_t> out_shape(host.sizes().begin(), host.sizes().end());
     out_shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t{0});
     at::Tensor out = at::empty(out_shape, host.options());
-    // One MPI element per row, so counts stay small integers whatever the row width.
-    MPI_Datatype row;
+    // Point-to-point with each peer that has rows to exchange, and a local copy for this rank's
+    // own block; the requests complete together under the one deadline. Messages of successive
+    // calls cannot cross: MPI keeps the order per (peer, tag, communicator), and every call ends
+    // before the next begins.
     const int64_t row_bytes = row_elems * static_cast<int64_t>(host.element_size());
-    check(name, MPI_Type_contiguous(count(name, std::max<int64_t>(1, row_bytes)), MPI_BYTE, &row));
-    MPI_Type_commit(&row);
-    std::vector<int> sc(size_), sd(size_), rc(size_), rd(size_);
+    const auto* src = static_cast<const char*>(host.data_ptr());
+    auto* dst = static_cast<char*>(out.data_ptr());
+    std::vector<MPI_Request> reqs;
+    reqs.reserve(2 * static_cast<size_t>(size_));
     int64_t so = 0, ro = 0;
+    std::vector<int64_t> send_off(size_), recv_off(size_);
     for (int r = 0; r < size_; ++r) {
-      sc[r] = count(name, send[r]);
-      sd[r] = count(name, so);
-      rc[r] = count(name, recv[r]);
-      rd[r] = count(name, ro);
-      so += send[r];
-      ro += recv[r];
+      send_off[r] = so;
+      recv_off[r] = ro;
+      so += send[r] * row_bytes;
+      ro += recv[r] * row_bytes;
     }
-    MPI_Request req;
-    const int rc_call = MPI_Ialltoallv(host.data_ptr(), sc.data(), sd.data(), row, out.data_ptr(),
-                                       rc.data(), rd.data(), row, comm_, &req);
-    if (rc_call != MPI_SUCCESS) MPI_Type_free(&row);
-    check(name, rc_call);
-    wait(name, req);  // on a timeout the datatype stays with the pending request
-    MPI_Type_free(&row);
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_ || recv[r] == 0) continue;
+      reqs.emplace_back();
+      check(name, MPI_Irecv(dst + recv_off[r], count(name, recv[r] * row_bytes), MPI_BYTE, r,
+                            kAllToAllTag, comm_, &reqs.back()));
+    }
+    for (int k = 1; k <= size_; ++k) {  // staggered: rank r sends to r+1 first
+      const int r = (rank_ + k) % size_;
+      if (r == rank_ || send[r] == 0) continue;
+      reqs.emplace_back();
+      check(name, MPI_Isend(src + send_off[r], count(name, send[r] * row_bytes), MPI_BYTE, r,
+                            kAllToAllTag, comm_, &reqs.back()));
+    }
+    if (send[rank_] != recv[rank_])
+      fail(name, detail::concat("sends ", send[rank_], " rows to itself but expects ", recv[rank_]));
+    if (send[rank_] > 0)
+      std::memcpy(dst + recv_off[rank_], src + send_off[rank_],
+                  static_cast<size_t>(send[rank_] * row_bytes));
+    wait_all(name, reqs);
     return out.to(input.device());
   }
 
@@ -229,14 +247,19 @@ class MpiCommunicator final : public Communicator {
 
   // Polls the request until it completes or the deadline passes. Spins briefly (latency), then
   // yields the core (ranks may share cores), then sleeps in short naps.
-  void wait(const char* op, MPI_Request& req) {
+  void wait(const char* op, MPI_Request& req) { wait_all(op, std::vector<MPI_Request>{req}); }
+
+  void wait_all(const char* op, std::vector<MPI_Request> reqs) {
     using clock = std::chrono::steady_clock;
     const auto start = clock::now();
     const auto deadline = start + std::chrono::duration_cast<clock::duration>(
                                       std::chrono::duration<double>(timeout_s()));
     for (uint64_t polls = 0;; ++polls) {
       int done = 0;
-      const int code = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+      const int code = reqs.empty() ? MPI_SUCCESS
+                                    : MPI_Testall(static_cast<int>(reqs.size()), reqs.data(),
+                                                  &done, MPI_STATUSES_IGNORE);
+      if (reqs.empty()) done = 1;
       if (code != MPI_SUCCESS) {
         broken_ = op;
         fail(op, mpi_error_string(code));

@@ -108,8 +108,10 @@ class NcclCommunicator final : public Communicator {
     std::vector<int64_t> shape(d.sizes().begin(), d.sizes().end());
     shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t{0});
     at::Tensor out = at::empty(shape, d.options());
-    const size_t row_bytes = static_cast<size_t>(d.dim() > 1 ? d.numel() / std::max<int64_t>(1, d.size(0)) : 1) *
-                             d.element_size();
+    // Elements per row from the shape, not numel / rows: a rank may send no rows at all.
+    int64_t row_elems = 1;
+    for (int64_t i = 1; i < d.dim(); ++i) row_elems *= d.size(i);
+    const size_t row_bytes = static_cast<size_t>(row_elems) * d.element_size();
     auto* src = static_cast<char*>(d.data_ptr());
     auto* dst = static_cast<char*>(out.data_ptr());
     // Grouped point-to-point: zero-row peers simply post nothing.

@@ -15,7 +15,7 @@ namespace {
 std::atomic<int> g_rank{0};
 }
 
-void init_logging(int rank, const std::string& level) {
+void init_logging(int rank, const std::string& level, bool all_ranks) {
   g_rank = rank;
   auto logger = std::make_shared<spdlog::logger>(
       "hetmoe", std::make_shared<spdlog::sinks::stdout_color_sink_mt>());
@@ -23,7 +23,7 @@ void init_logging(int rank, const std::string& level) {
                                 : "[%H:%M:%S] [rank " + std::to_string(rank) + "] %^%l%$ %v");
   auto lvl = spdlog::level::from_str(level);
   // Ranks other than 0 only speak when something is wrong.
-  if (rank != 0 && lvl < spdlog::level::warn) lvl = spdlog::level::warn;
+  if (rank != 0 && !all_ranks && lvl < spdlog::level::warn) lvl = spdlog::level::warn;
   logger->set_level(lvl);
   spdlog::set_default_logger(logger);
 }

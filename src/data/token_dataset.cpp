@@ -328,7 +328,8 @@ int32_t TokenDataset::token(int64_t pos) const {
 }
 
 void TokenDataset::sample_windows(Split split, int64_t batch, int64_t len, uint64_t seed,
-                                  uint64_t step, int32_t* out) const {
+                                  uint64_t step, int32_t* out, int64_t first) const {
+  HETMOE_CHECK(first >= 0, kComponent, dir_, ": first window must be >= 0, got ", first);
   HETMOE_CHECK(batch >= 0, kComponent, dir_, ": batch must be >= 0, got ", batch);
   HETMOE_CHECK(len >= 1, kComponent, dir_, ": window length must be >= 1, got ", len);
   const int64_t size = split_size(split);
@@ -343,7 +344,7 @@ void TokenDataset::sample_windows(Split split, int64_t batch, int64_t len, uint6
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t start =
         begin +
-        static_cast<int64_t>(window_hash(seed, split, step, static_cast<uint64_t>(b)) % positions);
+        static_cast<int64_t>(window_hash(seed, split, step, static_cast<uint64_t>(first + b)) % positions);
     const unsigned char* src = bytes + 2 * start;
     int32_t* dst = out + b * len;
     int32_t worst = 0;

@@ -95,13 +95,19 @@ at::Tensor SwiGLUImpl::forward(const at::Tensor& x) {
   return ops::linear(a, as_compute(w2->weight, a));
 }
 
-MoELayerImpl::MoELayerImpl(const ModelConfig& model, const MoEConfig& moe) : moe_(moe) {
+MoELayerImpl::MoELayerImpl(const ModelConfig& model, const MoEConfig& moe, ExpertShard shard)
+    : moe_(moe), shard_(shard) {
   const int64_t e = moe.num_experts, d = model.d_model, f = moe.expert_hidden;
+  if (shard_.count < 0) shard_ = ExpertShard{0, e};
+  HETMOE_CHECK(shard_.first >= 0 && shard_.count >= 1 && shard_.first + shard_.count <= e, "model",
+               "expert shard [", shard_.first, ", ", shard_.first + shard_.count,
+               ") outside the ", e, " experts");
+  const int64_t local = shard_.count;
   // Usable on its own (embedded in a user's model): normal(0, init_std) like the transformer's
   // reset_parameters, which re-draws them from its seed.
   router = register_parameter("router", at::randn({e, d}) * model.init_std);
-  w13 = register_parameter("w13", at::randn({e, d, 2 * f}) * model.init_std);
-  w2 = register_parameter("w2", at::randn({e, f, d}) * model.init_std);
+  w13 = register_parameter("w13", at::randn({local, d, 2 * f}) * model.init_std);
+  w2 = register_parameter("w2", at::randn({local, f, d}) * model.init_std);
   if (moe.num_shared_experts > 0)
     shared = register_module("shared", SwiGLU(d, moe.num_shared_experts * f));
   expert_bias = register_buffer("expert_bias", at::zeros({e}));
@@ -176,11 +182,23 @@ at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t s
     capacity.priority = r.scores.detach().gather(1, r.expert_index);
   }
   PermuteResult perm = ops::permute(x, r.expert_index, e, capacity);
-  at::Tensor y =
-      ops::expert_ffn(perm.permuted, as_compute(w13, x), as_compute(w2, x), perm.tokens_per_expert);
+  at::Tensor y;
+  if (exchange_) {
+    // Expert parallelism: rows travel to the ranks that own their experts and back.
+    ExpertExchange::Dispatched d = exchange_->dispatch(perm.permuted, perm.tokens_per_expert);
+    y = exchange_->combine(
+        ops::expert_ffn(d.rows, as_compute(w13, x), as_compute(w2, x), d.tokens_per_expert), d);
+  } else {
+    y = ops::expert_ffn(perm.permuted, as_compute(w13, x), as_compute(w2, x),
+                        perm.tokens_per_expert);
+  }
   at::Tensor out = ops::unpermute(y, r.expert_weight, perm);
   if (!shared.is_empty()) out = out + shared->forward(x);
   if (stats) {
+    // Load over all ranks' tokens: what the balance loss and the bias update must see, and the
+    // same on every rank.
+    at::Tensor global_counts =
+        exchange_ ? exchange_->sum_over_token_ranks(r.tokens_per_expert) : r.tokens_per_expert;
     if (moe_.aux_loss_type == "sequence" && seq_len > 0 && n % seq_len == 0) {
       // Balance within each sequence: f and P per sequence, the loss averaged over sequences.
       const int64_t seqs = n / seq_len;
@@ -190,11 +208,14 @@ at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t s
       at::Tensor fraction = counts / static_cast<double>(seq_len * k);
       stats->aux_loss = e * (fraction * r.scores.view({seqs, seq_len, e}).mean(1)).sum(1).mean();
     } else {
-      at::Tensor fraction = r.tokens_per_expert.to(at::kFloat) / static_cast<double>(n * k);
+      // f_i over the whole global batch (every rank's tokens), P_i over this rank's: the mean
+      // of this loss over ranks is then exactly the single-process loss of the global batch.
+      const int64_t ranks = exchange_ ? exchange_->token_ranks() : 1;
+      at::Tensor fraction = global_counts.to(at::kFloat) / static_cast<double>(n * k * ranks);
       stats->aux_loss = e * (fraction * r.scores.mean(0)).sum();
     }
     stats->z_loss = at::logsumexp(logits, -1).pow(2).mean();
-    stats->tokens_per_expert = r.tokens_per_expert;
+    stats->tokens_per_expert = global_counts;
     stats->dropped = perm.dropped;
   }
   return out;

@@ -10,14 +10,15 @@
 
 namespace hetmoe {
 
-BlockImpl::BlockImpl(const ModelConfig& model, const MoEConfig& moe_config, bool dense) {
+BlockImpl::BlockImpl(const ModelConfig& model, const MoEConfig& moe_config, bool dense,
+                     ExpertShard shard) {
   attn_norm = register_module("attn_norm", RMSNorm(model.d_model, model.norm_eps));
   attn = register_module("attn", Attention(model));
   ffn_norm = register_module("ffn_norm", RMSNorm(model.d_model, model.norm_eps));
   if (dense)
     ffn = register_module("ffn", SwiGLU(model.d_model, model.dense_ffn_hidden));
   else
-    moe = register_module("moe", MoELayer(model, moe_config));
+    moe = register_module("moe", MoELayer(model, moe_config, shard));
 }
 
 at::Tensor BlockImpl::forward(const at::Tensor& x, MoEStats* stats) {
@@ -28,12 +29,13 @@ at::Tensor BlockImpl::forward(const at::Tensor& x, MoEStats* stats) {
   return h + moe->forward(n.reshape({b * t, d}), stats, t).view({b, t, d});
 }
 
-TransformerImpl::TransformerImpl(const ModelConfig& model, const MoEConfig& moe)
-    : model_(model), moe_(moe) {
+TransformerImpl::TransformerImpl(const ModelConfig& model, const MoEConfig& moe, ExpertShard shard)
+    : model_(model), moe_(moe), shard_(shard) {
+  if (shard_.count < 0) shard_ = ExpertShard{0, moe.num_experts};
   embed = register_module("embed", torch::nn::Embedding(model.vocab_size, model.d_model));
   blocks = register_module("blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < model.n_layers; ++i)
-    blocks->push_back(Block(model, moe, /*dense=*/i < model.first_k_dense));
+    blocks->push_back(Block(model, moe, /*dense=*/i < model.first_k_dense, shard_));
   final_norm = register_module("final_norm", RMSNorm(model.d_model, model.norm_eps));
   // Tied: the LM head is the embedding matrix itself (one parameter, registered once).
   head = model.tie_embeddings
@@ -56,9 +58,32 @@ void TransformerImpl::reset_parameters(uint64_t seed) {
     } else {
       const bool residual_out =
           name.find(".wo.") != std::string::npos || name.find(".w2") != std::string::npos;
-      init = at::normal(0.0, residual_out ? out_std : std, p.sizes(), gen);
+      if (is_expert_parameter(name) && shard_.count != moe_.num_experts) {
+        // Draw all experts, keep this shard's: the same numbers as an unsharded model.
+        std::vector<int64_t> full(p.sizes().begin(), p.sizes().end());
+        full[0] = moe_.num_experts;
+        init = at::normal(0.0, residual_out ? out_std : std, full, gen)
+                   .narrow(0, shard_.first, shard_.count);
+      } else {
+        init = at::normal(0.0, residual_out ? out_std : std, p.sizes(), gen);
+      }
     }
     p.copy_(init);
+  }
+}
+
+bool TransformerImpl::is_expert_parameter(const std::string& name) const {
+  auto ends_with = [&](const char* tail) {
+    const std::string t(tail);
+    return name.size() >= t.size() && name.compare(name.size() - t.size(), t.size(), t) == 0;
+  };
+  return ends_with(".moe.w13") || ends_with(".moe.w2");
+}
+
+void TransformerImpl::set_expert_exchange(const std::shared_ptr<ExpertExchange>& exchange) {
+  for (const auto& m : *blocks) {
+    auto* block = m->as<BlockImpl>();
+    if (block->is_moe()) block->moe->set_expert_exchange(exchange);
   }
 }
 
@@ -170,7 +195,9 @@ ParameterCount TransformerImpl::parameter_count() const {
     auto* block = m->as<BlockImpl>();
     if (!block->is_moe()) continue;
     const auto& moe = block->moe;
-    const int64_t per_expert = (moe->w13.numel() + moe->w2.numel()) / moe->config().num_experts;
+    // A shard holds shard().count experts; the count is of the whole model.
+    const int64_t per_expert = (moe->w13.numel() + moe->w2.numel()) / moe->shard().count;
+    c.total += (moe->config().num_experts - moe->shard().count) * per_expert;
     inactive += (moe->config().num_experts - moe->config().top_k) * per_expert;
   }
   c.active_per_token = c.total - inactive;

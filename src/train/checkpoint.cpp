@@ -80,6 +80,17 @@ void fsync_dir(const fs::path& dir) {
   }
 }
 
+std::string shard_file(const char* stem, const CheckpointShard& shard) {
+  if (shard.world <= 1) return std::string(stem) + ".safetensors";
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%s-rank%05d-of-%05d.safetensors", stem, shard.rank, shard.world);
+  return buf;
+}
+
+void barrier(const CheckpointShard& shard) {
+  if (shard.world > 1) shard.comm->barrier();
+}
+
 std::string step_name(int64_t step) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));
@@ -120,41 +131,65 @@ std::map<std::string, at::Tensor> load_tensors(const std::string& path) {
 std::string save_checkpoint(const std::string& out_dir, const Config& config,
                             const TrainState& state,
                             const std::map<std::string, at::Tensor>& model_state,
-                            const std::map<std::string, at::Tensor>& optimizer_state) {
+                            const std::map<std::string, at::Tensor>& optimizer_state,
+                            const CheckpointShard& shard) {
+  HETMOE_CHECK(shard.world <= 1 || shard.comm, "checkpoint",
+               "a sharded checkpoint needs the world communicator");
   const fs::path root = fs::path(out_dir) / "checkpoints";
   const fs::path final_dir = root / step_name(state.step);
+  // One temporary directory per job: rank 0's pid names it for every rank.
+  at::Tensor pid = at::full({1}, static_cast<int64_t>(::getpid()), at::kLong);
+  if (shard.world > 1) shard.comm->broadcast(pid, 0);
   const fs::path tmp_dir =
-      root / (".tmp-" + step_name(state.step) + "-" + std::to_string(::getpid()));
+      root / (".tmp-" + step_name(state.step) + "-" + std::to_string(pid.item<int64_t>()));
   std::error_code ec;
-  fs::create_directories(tmp_dir, ec);
-  HETMOE_CHECK(!ec, "checkpoint", "cannot create '", tmp_dir.string(), "': ", ec.message());
+  if (shard.rank == 0) {
+    fs::create_directories(tmp_dir, ec);
+    HETMOE_CHECK(!ec, "checkpoint", "cannot create '", tmp_dir.string(), "': ", ec.message());
+  }
+  barrier(shard);
 
-  save_tensors((tmp_dir / "model.safetensors").string(), model_state);
+  save_tensors((tmp_dir / shard_file("model", shard)).string(), model_state);
   if (!optimizer_state.empty())
-    save_tensors((tmp_dir / "optimizer.safetensors").string(), optimizer_state);
-  nlohmann::json j = {{"format", "hetmoe-checkpoint"},
-                      {"version", 1},
-                      {"step", state.step},
-                      {"tokens_seen", state.tokens_seen},
-                      {"last_val_loss", state.last_val_loss},
-                      {"seed", config.train.seed},
-                      {"data_sampler", "stateless: windows are a function of (seed, step)"}};
-  write_text_file((tmp_dir / "state.json").string(), j.dump(2) + "\n");
-  write_text_file((tmp_dir / "resolved.yaml").string(), to_yaml(config));
-  fsync_dir(tmp_dir);
+    save_tensors((tmp_dir / shard_file("optimizer", shard)).string(), optimizer_state);
+  barrier(shard);  // every shard is on disk before the manifest says so
+  if (shard.rank == 0) {
+    nlohmann::json j = {{"format", "hetmoe-checkpoint"},
+                        {"version", 1},
+                        {"step", state.step},
+                        {"tokens_seen", state.tokens_seen},
+                        {"last_val_loss", state.last_val_loss},
+                        {"seed", config.train.seed},
+                        {"world_size", shard.world},
+                        {"expert_parallel", shard.expert_parallel},
+                        {"data_sampler", "stateless: windows are a function of (seed, step)"}};
+    nlohmann::json files = nlohmann::json::array();
+    for (int r = 0; r < shard.world; ++r) {
+      CheckpointShard s = shard;
+      s.rank = r;
+      files.push_back({{"rank", r},
+                       {"model", shard_file("model", s)},
+                       {"optimizer", optimizer_state.empty() ? "" : shard_file("optimizer", s)}});
+    }
+    j["shards"] = files;
+    write_text_file((tmp_dir / "state.json").string(), j.dump(2) + "\n");
+    write_text_file((tmp_dir / "resolved.yaml").string(), to_yaml(config));
+    fsync_dir(tmp_dir);
 
-  std::string why;
-  HETMOE_CHECK(remove_tree(final_dir.string(), &why), "checkpoint", "cannot replace '",
-               final_dir.string(), "': ", why);
-  fs::rename(tmp_dir, final_dir, ec);
-  HETMOE_CHECK(!ec, "checkpoint", "cannot move checkpoint into '", final_dir.string(),
-               "': ", ec.message());
-  // The pointer changes last, by rename, so it always names a complete checkpoint.
-  const fs::path latest_tmp = root / ".latest.tmp";
-  write_text_file(latest_tmp.string(), step_name(state.step) + "\n");
-  fs::rename(latest_tmp, root / "latest", ec);
-  HETMOE_CHECK(!ec, "checkpoint", "cannot update '", (root / "latest").string(), "'");
-  fsync_dir(root);
+    std::string why;
+    HETMOE_CHECK(remove_tree(final_dir.string(), &why), "checkpoint", "cannot replace '",
+                 final_dir.string(), "': ", why);
+    fs::rename(tmp_dir, final_dir, ec);
+    HETMOE_CHECK(!ec, "checkpoint", "cannot move checkpoint into '", final_dir.string(),
+                 "': ", ec.message());
+    // The pointer changes last, by rename, so it always names a complete checkpoint.
+    const fs::path latest_tmp = root / ".latest.tmp";
+    write_text_file(latest_tmp.string(), step_name(state.step) + "\n");
+    fs::rename(latest_tmp, root / "latest", ec);
+    HETMOE_CHECK(!ec, "checkpoint", "cannot update '", (root / "latest").string(), "'");
+    fsync_dir(root);
+  }
+  barrier(shard);
   return final_dir.string();
 }
 
@@ -174,7 +209,8 @@ std::string find_checkpoint(const std::string& path) {
   return dir.string();
 }
 
-LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer) {
+LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
+                                 const CheckpointShard& shard) {
   LoadedCheckpoint c;
   c.dir = find_checkpoint(path);
   const fs::path dir(c.dir);
@@ -187,11 +223,18 @@ LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer) {
     c.state.step = j.at("step").get<int64_t>();
     c.state.tokens_seen = j.at("tokens_seen").get<int64_t>();
     c.state.last_val_loss = j.value("last_val_loss", -1.0);
+    const int world = j.value("world_size", 1);
+    const int64_t ep = j.value("expert_parallel", int64_t{1});
+    HETMOE_CHECK(world == shard.world && ep == shard.expert_parallel, "checkpoint", "'", c.dir,
+                 "' was written by a grid of ", world, " rank", world == 1 ? "" : "s",
+                 " with expert_parallel ", ep, "; this run has ", shard.world, " rank",
+                 shard.world == 1 ? "" : "s", " with expert_parallel ", shard.expert_parallel,
+                 ". Resume with the same grid (resharding is not supported yet)");
   } catch (const nlohmann::json::exception& e) {
     HETMOE_FAIL("checkpoint", (dir / "state.json").string(), ": ", e.what());
   }
-  c.model = load_tensors((dir / "model.safetensors").string());
-  if (load_optimizer) c.optimizer = load_tensors((dir / "optimizer.safetensors").string());
+  c.model = load_tensors((dir / shard_file("model", shard)).string());
+  if (load_optimizer) c.optimizer = load_tensors((dir / shard_file("optimizer", shard)).string());
   return c;
 }
 

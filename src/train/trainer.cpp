@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <chrono>
 #include <cmath>
@@ -15,6 +16,8 @@
 #include "hetmoe/core/logging.h"
 #include "hetmoe/data/dataset.h"
 #include "hetmoe/device/registry.h"
+#include "hetmoe/parallel/expert_parallel.h"
+#include "hetmoe/parallel/grid.h"
 #include "hetmoe/train/optimizer.h"
 #include "hetmoe/train/schedule.h"
 
@@ -60,11 +63,12 @@ void truncate_metrics(const fs::path& path, int64_t step) {
   std::ofstream(path, std::ios::trunc) << kept;
 }
 
-at::Tensor window_batch(const TokenDataset& data, Split split, int64_t batch, int64_t len,
-                        uint64_t seed, uint64_t step, c10::Device device) {
-  at::Tensor buf = at::empty({batch, len}, at::kInt);
-  data.sample_windows(split, batch, len, seed, step, buf.data_ptr<int32_t>());
-  return buf.to(at::kLong).to(device);
+// The launcher's local rank (ranks on this node), for choosing a GPU; 0 when not launched.
+int local_rank() {
+  for (const char* n : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID",
+                        "LOCAL_RANK"})
+    if (const char* v = std::getenv(n); v && *v) return std::atoi(v);
+  return 0;
 }
 
 }  // namespace
@@ -77,11 +81,32 @@ Trainer::Trainer(Config config, TrainerOptions options)
                                     : static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(std::max(1, threads));
 
+  device_ = resolve_device(config_.backend.device);
+  backend_ = &backend_for(device_);
+  const bool explicit_index = config_.backend.device.find(':') != std::string::npos;
+  if (device_.is_cuda() && !explicit_index && launched_by_mpi()) {
+    // One GPU per rank on a node, unless the config names one.
+    const auto& guard = *c10::impl::getDeviceGuardImpl(device_.type());
+    device_ = c10::Device(device_.type(),
+                          static_cast<c10::DeviceIndex>(local_rank() % guard.deviceCount()));
+  }
+  if (device_.is_cuda()) c10::impl::getDeviceGuardImpl(device_.type())->setDevice(device_);
+  CommOptions comm_options{config_.comm.backend, config_.comm.strict, config_.comm.timeout_s};
+  grid_ = std::make_unique<ProcessGrid>(make_world_communicator(comm_options, device_.type()),
+                                        config_.parallel.expert_parallel,
+                                        config_.moe.num_experts);
+  const int world = grid_->world_size();
+  if (world > 1) init_logging(grid_->rank(), config_.run.log_level, config_.run.log_all_ranks);
+  HETMOE_CHECK(t.micro_batch % world == 0, "train", "train.micro_batch ", t.micro_batch,
+               " is the global micro-batch and must split evenly over the ", world,
+               " ranks; use a multiple of ", world);
+  local_batch_ = t.micro_batch / world;
+
   LoadedCheckpoint resumed;
   const fs::path out(config_.run.out_dir);
   if (!options_.resume.empty()) {
-    resumed = load_checkpoint(options_.resume);
-  } else if (fs::exists(out) && holds_run(out)) {
+    resumed = load_checkpoint(options_.resume, true, checkpoint_shard());
+  } else if (is_rank0() && fs::exists(out) && holds_run(out)) {
     HETMOE_CHECK(options_.overwrite, "train", "run directory '", out.string(),
                  "' already holds a run; pass --resume ", out.string(),
                  " to continue it or --overwrite to replace it");
@@ -95,8 +120,6 @@ Trainer::Trainer(Config config, TrainerOptions options)
   fs::create_directories(out, ec);
   HETMOE_CHECK(!ec, "train", "cannot create run directory '", out.string(), "': ", ec.message());
 
-  device_ = resolve_device(config_.backend.device);
-  backend_ = &backend_for(device_);
   data_ = std::make_unique<TokenDataset>(config_.data.path);
   HETMOE_CHECK(data_->vocab_size() <= config_.model.vocab_size, "train", "dataset '",
                config_.data.path, "' has vocab_size ", data_->vocab_size(),
@@ -107,12 +130,19 @@ Trainer::Trainer(Config config, TrainerOptions options)
                  data_->split_size(s), " tokens, fewer than train.seq_len + 1 = ", t.seq_len + 1);
   }
 
-  model_ = Transformer(config_.model, config_.moe);
+  model_ = Transformer(config_.model, config_.moe, grid_->expert_shard());
   model_->reset_parameters(static_cast<uint64_t>(t.seed));
   model_->to(device_);
+  if (world > 1) {
+    exchange_ = std::make_shared<AllToAllExchange>(*grid_, config_.moe.num_experts);
+    model_->set_expert_exchange(exchange_);
+  }
   model_->set_compute_dtype(config_.backend.dtype == "bf16" ? at::kBFloat16 : at::kFloat);
   std::vector<std::pair<std::string, at::Tensor>> named;
-  for (auto& p : model_->named_parameters()) named.emplace_back(p.key(), p.value());
+  for (auto& p : model_->named_parameters()) {
+    named.emplace_back(p.key(), p.value());
+    (model_->is_expert_parameter(p.key()) ? expert_params_ : shared_params_).push_back(p.value());
+  }
   optimizer_ =
       std::make_unique<AdamW>(named, AdamWOptions{t.beta1, t.beta2, t.eps, t.weight_decay});
 
@@ -120,12 +150,12 @@ Trainer::Trainer(Config config, TrainerOptions options)
     model_->load_state_tensors(resumed.model, resumed.dir);
     optimizer_->load_state_dict(resumed.optimizer);
     state_ = resumed.state;
-    truncate_metrics(out / "metrics.jsonl", state_.step);
+    if (is_rank0()) truncate_metrics(out / "metrics.jsonl", state_.step);
     HETMOE_LOG_INFO("resumed from %s at step %lld", resumed.dir.c_str(),
                     static_cast<long long>(state_.step));
   }
   const std::string resolved = to_yaml(config_);
-  std::ofstream(out / "resolved.yaml") << resolved;
+  if (is_rank0()) std::ofstream(out / "resolved.yaml") << resolved;
   HETMOE_LOG_INFO("resolved config (also in %s):\n%s", (out / "resolved.yaml").string().c_str(),
                   resolved.c_str());
 
@@ -150,6 +180,13 @@ Trainer::Trainer(Config config, TrainerOptions options)
   HETMOE_LOG_INFO("%.3f GFLOP per training token; device peak %.1f TFLOP/s (%s)",
                   flops_per_token_ / 1e9, peak_flops_ / 1e12,
                   config_.backend.peak_tflops > 0 ? "backend.peak_tflops" : "device table");
+  if (world > 1)
+    HETMOE_LOG_INFO("grid: %s; %lld of the %lld sequences of each micro-batch per rank; "
+                    "this rank holds experts [%lld, %lld)",
+                    grid_->describe().c_str(), static_cast<long long>(local_batch_),
+                    static_cast<long long>(t.micro_batch),
+                    static_cast<long long>(grid_->expert_shard().first),
+                    static_cast<long long>(grid_->expert_shard().first + grid_->expert_shard().count));
   HETMOE_LOG_INFO("device %s, dtype %s, %d threads, data %s (%lld train / %lld val tokens)",
                   device_.str().c_str(), config_.backend.dtype.c_str(), at::get_num_threads(),
                   config_.data.path.c_str(),
@@ -159,6 +196,23 @@ Trainer::Trainer(Config config, TrainerOptions options)
 
 Trainer::~Trainer() = default;
 
+bool Trainer::is_rank0() const {
+  return grid_->rank() == 0;
+}
+
+CheckpointShard Trainer::checkpoint_shard() const {
+  return CheckpointShard{grid_->rank(), grid_->world_size(), grid_->expert_parallel(),
+                         grid_->world_size() > 1 ? &grid_->world() : nullptr};
+}
+
+at::Tensor Trainer::local_batch(Split split, uint64_t stream_step) const {
+  const int64_t len = config_.train.seq_len + 1;
+  at::Tensor buf = at::empty({local_batch_, len}, at::kInt);
+  data_->sample_windows(split, local_batch_, len, static_cast<uint64_t>(config_.train.seed),
+                        stream_step, buf.data_ptr<int32_t>(), grid_->rank() * local_batch_);
+  return buf.to(at::kLong).to(device_);
+}
+
 int64_t Trainer::peak_memory() const {
   return backend_->peak_memory_bytes(device_.has_index() ? device_.index() : 0);
 }
@@ -167,12 +221,12 @@ double Trainer::train_step() {
   const auto& t = config_.train;
   model_->train();
   model_->set_step(state_.step + 1, static_cast<uint64_t>(t.seed));
+  grid_->set_step(state_.step + 1);
   optimizer_->zero_grad();
   StepRecord stats;
   for (int64_t micro = 0; micro < t.grad_accum; ++micro) {
     const uint64_t stream_step = static_cast<uint64_t>(state_.step * t.grad_accum + micro);
-    at::Tensor batch = window_batch(*data_, Split::Train, t.micro_batch, t.seq_len + 1,
-                                    static_cast<uint64_t>(t.seed), stream_step, device_);
+    at::Tensor batch = local_batch(Split::Train, stream_step);
     at::Tensor inputs = batch.narrow(1, 0, t.seq_len), targets = batch.narrow(1, 1, t.seq_len);
     ForwardOutput out = model_->forward(inputs);
     at::Tensor ce =
@@ -184,6 +238,8 @@ double Trainer::train_step() {
     at::Tensor logged = at::stack({ce.detach(), out.aux_loss.detach().to(ce.scalar_type()),
                                    out.z_loss.detach().to(ce.scalar_type())})
                             .to(at::kCPU, at::kDouble);
+    // The global batch's means: every rank holds the same number of tokens.
+    if (grid_->world_size() > 1) grid_->world().all_reduce(logged, ReduceOp::Avg);
     const double* v = logged.data_ptr<double>();
     stats.loss += v[0] / t.grad_accum;
     stats.aux += v[1] / t.grad_accum;
@@ -197,7 +253,13 @@ double Trainer::train_step() {
     }
   }
   const double lr = learning_rate(t, state_.step);
-  const double grad_norm = clip_grad_norm(model_->parameters(), t.clip);
+  double grad_norm = 0;
+  if (grid_->world_size() > 1) {
+    synchronize_gradients(*grid_, shared_params_, expert_params_);
+    grad_norm = clip_grad_norm_sharded(*grid_, shared_params_, expert_params_, t.clip);
+  } else {
+    grad_norm = clip_grad_norm(model_->parameters(), t.clip);
+  }
   if (std::isfinite(grad_norm)) {
     optimizer_->step(lr);
     model_->update_expert_bias(stats.load);
@@ -221,13 +283,14 @@ double Trainer::evaluate() {
   double total = 0;
   for (int64_t i = 0; i < t.eval_batches; ++i) {
     // The same fixed windows every evaluation, so val losses are comparable across steps.
-    at::Tensor batch =
-        window_batch(*data_, Split::Val, t.micro_batch, t.seq_len + 1,
-                     static_cast<uint64_t>(t.seed), static_cast<uint64_t>(i), device_);
+    at::Tensor batch = local_batch(Split::Val, static_cast<uint64_t>(i));
     ForwardOutput out = model_->forward(batch.narrow(1, 0, t.seq_len));
-    total += at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}),
-                                    batch.narrow(1, 1, t.seq_len).reshape(-1))
-                 .item<double>();
+    at::Tensor loss = at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}),
+                                             batch.narrow(1, 1, t.seq_len).reshape(-1))
+                          .to(at::kCPU, at::kDouble)
+                          .reshape({1});
+    if (grid_->world_size() > 1) grid_->world().all_reduce(loss, ReduceOp::Avg);
+    total += loss.item<double>();
   }
   model_->train();
   return total / static_cast<double>(t.eval_batches);
@@ -235,8 +298,8 @@ double Trainer::evaluate() {
 
 std::string Trainer::save() {
   const std::map<std::string, at::Tensor> weights = model_->state_tensors();
-  last_checkpoint_ =
-      save_checkpoint(config_.run.out_dir, config_, state_, weights, optimizer_->state_dict());
+  last_checkpoint_ = save_checkpoint(config_.run.out_dir, config_, state_, weights,
+                                     optimizer_->state_dict(), checkpoint_shard());
   return last_checkpoint_;
 }
 
@@ -258,7 +321,10 @@ void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, i
   const int64_t done = state_.step - first_step;
   const double eta = done > 0 ? elapsed / done * static_cast<double>(t.steps - state_.step) : 0;
 
-  const double mfu = peak_flops_ > 0 ? tokens_per_s * flops_per_token_ / peak_flops_ : 0.0;
+  // MFU of the whole job against the peak of all its devices.
+  const double mfu = peak_flops_ > 0 ? tokens_per_s * flops_per_token_ /
+                                           (peak_flops_ * grid_->world_size())
+                                     : 0.0;
   HETMOE_LOG_INFO(
       "step %lld/%lld | loss %.4f | aux %.4f | z %.4f | lr %.2e | gnorm %.3f | "
       "%.0f tok/s | mfu %.1f%% | imbalance %.2f | eta %s",
@@ -281,6 +347,8 @@ void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, i
                       {"elapsed_s", elapsed}};
   if (!std::isfinite(r.grad_norm)) j["grad_norm"] = nullptr;
   if (val_loss >= 0) j["val_loss"] = val_loss;
+  if (exchange_) j["all_to_all_s"] = exchange_->take_comm_seconds();
+  if (!is_rank0()) return;
   std::ofstream(fs::path(config_.run.out_dir) / "metrics.jsonl", std::ios::app) << j.dump() << "\n";
 }
 
@@ -325,7 +393,9 @@ TrainResult Trainer::run() {
                                   result.seconds
                             : 0;
   result.peak_memory_bytes = peak_memory();
-  result.mfu = peak_flops_ > 0 ? result.tokens_per_s * flops_per_token_ / peak_flops_ : 0.0;
+  result.mfu = peak_flops_ > 0 ? result.tokens_per_s * flops_per_token_ /
+                                     (peak_flops_ * grid_->world_size())
+                               : 0.0;
   result.skipped_steps = skipped_;
   result.checkpoint = last_checkpoint_;
   return result;

@@ -101,6 +101,23 @@ TEST(MpiCommTest, UnevenAllToAllWithZeroSplitsMatchesOneProcess) {
   for (int q = 0; q < n; ++q) expect.push_back(rows_for(q, r));
   EXPECT_TRUE(at::equal(out, at::cat(expect)));
 
+  // Rank 0 sends nothing (an empty [0, 3] input) but receives two rows from every other rank:
+  // an expert with no local tokens still gets remote ones.
+  std::vector<int64_t> s0(n, 0), r0(n, 0);
+  if (r == 0) {
+    for (int q = 1; q < n; ++q) r0[q] = 2;
+  } else {
+    s0[0] = 2;
+  }
+  at::Tensor in = r == 0 ? at::empty({0, 3}) : at::full({2, 3}, float(r));
+  at::Tensor got = world->all_to_all(in, s0, r0);
+  if (r == 0) {
+    ASSERT_EQ(got.size(0), 2 * (n - 1));
+    for (int q = 1; q < n; ++q) EXPECT_TRUE(at::equal(got.narrow(0, 2 * (q - 1), 2), at::full({2, 3}, float(q))));
+  } else {
+    EXPECT_EQ(got.size(0), 0);
+  }
+
   // Integer rows and a rank that sends nothing at all.
   std::vector<int64_t> none(n, 0);
   at::Tensor empty = world->all_to_all(at::empty({0, 2}, at::kLong), none, none);

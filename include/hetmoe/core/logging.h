@@ -9,8 +9,9 @@ namespace hetmoe {
 
 enum class LogLevel { Debug, Info, Warn, Error };
 
-// Configures the process-wide logger. level: trace|debug|info|warn|error. Safe to call again.
-void init_logging(int rank = 0, const std::string& level = "info");
+// Configures the process-wide logger. level: trace|debug|info|warn|error. Ranks other than 0 log
+// warnings and errors only, unless all_ranks. Safe to call again.
+void init_logging(int rank = 0, const std::string& level = "info", bool all_ranks = false);
 
 // The rank set by init_logging (0 before any call).
 int log_rank();

@@ -59,9 +59,11 @@ class TokenDataset {
   // Fills out[b*(len)+i] for b in [0,batch) with `batch` windows of `len` consecutive tokens of
   // the split. Window starts are a pure function of (seed, stream, step, b): the same arguments
   // always give the same batch, which is what makes resume exact without loader state.
+  // Windows first .. first+batch-1 of the step: a data-parallel rank takes its slice of the
+  // global batch this way, and the union over ranks is the single-process batch.
   // Throws when the split is shorter than len.
   void sample_windows(Split split, int64_t batch, int64_t len, uint64_t seed, uint64_t step,
-                      int32_t* out) const;
+                      int32_t* out, int64_t first = 0) const;
 
   // Token at absolute position (for tests and tools).
   int32_t token(int64_t pos) const;

@@ -5,6 +5,8 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
 
+#include <memory>
+
 #include "hetmoe/config/config.h"
 
 namespace hetmoe {
@@ -58,9 +60,36 @@ struct MoEStats {
   at::Tensor dropped;            // scalar int64: slots dropped by the capacity limit
 };
 
+// How an MoE layer reaches experts that live on other ranks (expert parallelism). hetmoe/parallel
+// implements it over a communicator; without one, every expert is local.
+class ExpertExchange {
+ public:
+  virtual ~ExpertExchange() = default;
+  // The rows a rank's own experts receive, in local-expert-major order, and how many each gets.
+  struct Dispatched {
+    at::Tensor rows;               // [R_local, D]
+    at::Tensor tokens_per_expert;  // [local experts] int64
+    std::shared_ptr<void> plan;    // what combine needs to send the results back
+  };
+  // rows [R, D] in global expert order with tokens_per_expert [E] -> this rank's experts' rows.
+  // Differentiable in rows.
+  virtual Dispatched dispatch(const at::Tensor& rows, const at::Tensor& tokens_per_expert) = 0;
+  // The inverse: expert outputs in dispatched order -> [R, D] in the caller's order.
+  virtual at::Tensor combine(const at::Tensor& rows, const Dispatched& dispatched) = 0;
+  // Sum of `t` over every rank that holds tokens (routing statistics; no gradient).
+  virtual at::Tensor sum_over_token_ranks(const at::Tensor& t) = 0;
+  virtual int64_t token_ranks() const = 0;
+};
+
+// Which experts a layer holds: [first, first + count) of moe.num_experts (count -1: all).
+struct ExpertShard {
+  int64_t first = 0;
+  int64_t count = -1;
+};
+
 class MoELayerImpl : public torch::nn::Module {
  public:
-  MoELayerImpl(const ModelConfig& model, const MoEConfig& moe);
+  MoELayerImpl(const ModelConfig& model, const MoEConfig& moe, ExpertShard shard = {});
   // x [N, D] -> [N, D] for N = sequences x seq_len tokens; `stats` (optional) receives the losses
   // and load. seq_len is needed by the sequence-level balance loss (0: one sequence).
   at::Tensor forward(const at::Tensor& x, MoEStats* stats = nullptr, int64_t seq_len = 0);
@@ -73,10 +102,13 @@ class MoELayerImpl : public torch::nn::Module {
   void update_expert_bias(const at::Tensor& tokens_per_expert);
   // alpha of the routing warmup at the current step (1 when it is off or over).
   double warmup_alpha() const;
+  // Routes rows through `exchange` to experts on other ranks (expert parallelism).
+  void set_expert_exchange(std::shared_ptr<ExpertExchange> exchange) { exchange_ = std::move(exchange); }
+  const ExpertShard& shard() const { return shard_; }
 
   at::Tensor router;       // [E, D] fp32
-  at::Tensor w13;          // [E, D, 2F]
-  at::Tensor w2;           // [E, F, D]
+  at::Tensor w13;          // [E_local, D, 2F]: this rank's experts (all E without parallelism)
+  at::Tensor w2;           // [E_local, F, D]
   SwiGLU shared{nullptr};  // num_shared_experts experts fused into one FFN of hidden S*F
   // Buffers (checkpointed with the weights): the selection-only expert bias, and the running
   // per-expert mean and variance of the router logits with the number of updates behind them.
@@ -87,6 +119,8 @@ class MoELayerImpl : public torch::nn::Module {
  private:
   at::Tensor warmup_logits(const at::Tensor& logits);
   MoEConfig moe_;
+  ExpertShard shard_;
+  std::shared_ptr<ExpertExchange> exchange_;
   int64_t step_ = 0;
   uint64_t noise_seed_ = 0;
 };

@@ -17,7 +17,7 @@ namespace hetmoe {
 
 class BlockImpl : public torch::nn::Module {
  public:
-  BlockImpl(const ModelConfig& model, const MoEConfig& moe, bool dense);
+  BlockImpl(const ModelConfig& model, const MoEConfig& moe, bool dense, ExpertShard shard = {});
   at::Tensor forward(const at::Tensor& x, MoEStats* stats);
   bool is_moe() const { return !moe.is_empty(); }
 
@@ -43,7 +43,8 @@ struct ParameterCount {
 
 class TransformerImpl : public torch::nn::Module {
  public:
-  TransformerImpl(const ModelConfig& model, const MoEConfig& moe);
+  // `shard`: the experts this rank holds under expert parallelism (default: all of them).
+  TransformerImpl(const ModelConfig& model, const MoEConfig& moe, ExpertShard shard = {});
   // tokens [B, T] int64 -> logits and router statistics.
   ForwardOutput forward(const at::Tensor& tokens);
   // Weights for compute in `dtype` (fp32 or bf16); master weights stay fp32.
@@ -51,7 +52,13 @@ class TransformerImpl : public torch::nn::Module {
   at::ScalarType compute_dtype() const { return compute_dtype_; }
   ParameterCount parameter_count() const;
   // Normal(0, init_std) weights, residual-output projections scaled by 1/sqrt(2 n_layers), norms 1.
+  // A shard's expert weights are its slice of the full draw, so every grid starts from the same
+  // model.
   void reset_parameters(uint64_t seed);
+  // Every MoE layer sends rows to remote experts through `exchange` (expert parallelism).
+  void set_expert_exchange(const std::shared_ptr<ExpertExchange>& exchange);
+  // Names of the parameters that are this rank's expert shard (w13, w2 of the MoE layers).
+  bool is_expert_parameter(const std::string& name) const;
 
   // The training step about to run (1-based) and the run's seed; MoE layers derive their routing
   // noise stream from (seed, layer, step).
@@ -73,6 +80,7 @@ class TransformerImpl : public torch::nn::Module {
  private:
   ModelConfig model_;
   MoEConfig moe_;
+  ExpertShard shard_;
   at::ScalarType compute_dtype_ = at::kFloat;
 };
 TORCH_MODULE(Transformer);

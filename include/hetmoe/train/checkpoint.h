@@ -9,6 +9,7 @@
 #include <map>
 #include <string>
 
+#include "hetmoe/comm/communicator.h"
 #include "hetmoe/config/config.h"
 
 namespace hetmoe {
@@ -25,11 +26,23 @@ struct TrainState {
 void save_tensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors);
 std::map<std::string, at::Tensor> load_tensors(const std::string& path);
 
+// Which part of a multi-rank run's state this process holds. With world > 1 every rank writes
+// its own model-rankRRRRR-of-WWWWW.safetensors and optimizer-... into the same checkpoint
+// directory, and rank 0 writes state.json (the manifest: grid and shard files), resolved.yaml
+// and the latest pointer once every shard is on disk. `comm` is the world communicator.
+struct CheckpointShard {
+  int rank = 0;
+  int world = 1;
+  int64_t expert_parallel = 1;
+  Communicator* comm = nullptr;  // required when world > 1
+};
+
 // Writes a checkpoint for state.step; returns its directory.
 std::string save_checkpoint(const std::string& out_dir, const Config& config,
                             const TrainState& state,
                             const std::map<std::string, at::Tensor>& model_state,
-                            const std::map<std::string, at::Tensor>& optimizer_state);
+                            const std::map<std::string, at::Tensor>& optimizer_state,
+                            const CheckpointShard& shard = {});
 
 // Resolves a user-given path to a checkpoint directory: a checkpoint directory itself, or a run
 // directory (its checkpoints/latest). Throws hetmoe::Error("[checkpoint] ...") when none exists.
@@ -43,6 +56,9 @@ struct LoadedCheckpoint {
   std::map<std::string, at::Tensor> optimizer;  // empty when load_optimizer is false
 };
 
-LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer = true);
+// Loads this rank's shard. A checkpoint written by another grid (world size or expert_parallel)
+// is refused with a message naming both grids.
+LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer = true,
+                                 const CheckpointShard& shard = {});
 
 }  // namespace hetmoe

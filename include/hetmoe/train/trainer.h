@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "hetmoe/config/config.h"
+#include "hetmoe/data/dataset.h"
 #include "hetmoe/model/transformer.h"
 #include "hetmoe/train/checkpoint.h"
 
@@ -17,6 +18,8 @@ namespace hetmoe {
 class TokenDataset;
 class Backend;
 class AdamW;
+class ProcessGrid;
+class AllToAllExchange;
 
 struct TrainerOptions {
   std::string resume;      // run or checkpoint directory to continue from ("" = fresh run)
@@ -52,6 +55,8 @@ class Trainer {
   std::string save();
 
   const Config& config() const { return config_; }
+  // The process grid (world 1 for a single-process run).
+  ProcessGrid& grid() { return *grid_; }
   const TrainState& state() const { return state_; }
   Transformer& model() { return model_; }
 
@@ -62,6 +67,10 @@ class Trainer {
     std::vector<at::Tensor> load;  // tokens per expert, per MoE layer
   };
   int64_t peak_memory() const;
+  bool is_rank0() const;
+  CheckpointShard checkpoint_shard() const;
+  // Rows first .. first+local_batch of the global micro-batch `stream_step` of the split.
+  at::Tensor local_batch(Split split, uint64_t stream_step) const;
   void record(const StepRecord& r, double step_seconds, double elapsed, int64_t first_step,
               double val_loss);
 
@@ -69,6 +78,10 @@ class Trainer {
   TrainerOptions options_;
   c10::Device device_{c10::kCPU};
   const Backend* backend_ = nullptr;  // the backend of device_
+  std::unique_ptr<ProcessGrid> grid_;
+  std::shared_ptr<AllToAllExchange> exchange_;  // set when the world has more than one rank
+  std::vector<at::Tensor> shared_params_, expert_params_;
+  int64_t local_batch_ = 0;  // this rank's share of train.micro_batch
   std::unique_ptr<TokenDataset> data_;
   Transformer model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
