@@ -150,7 +150,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   at::Tensor all_to_all(const at::Tensor& input, const std::vector<int64_t>& send,
-                        const std::vector<int64_t>& recv) override {
+                        const std::vector<int64_t>& recv, const at::Tensor& given) override {
     const char* name = "all_to_all";
     usable(name);
     check_splits(name, input, send, recv);
@@ -158,9 +158,10 @@ class MpiCommunicator final : public Communicator {
     // Elements per row from the shape, not numel / rows: a rank may send no rows at all.
     int64_t row_elems = 1;
     for (int64_t d = 1; d < host.dim(); ++d) row_elems *= host.size(d);
-    std::vector<int64_t> out_shape(host.sizes().begin(), host.sizes().end());
-    out_shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t{0});
-    at::Tensor out = at::empty(out_shape, host.options());
+    const int64_t total = std::accumulate(recv.begin(), recv.end(), int64_t{0});
+    at::Tensor result = output_rows(name, input, total, given);
+    // Device tensors land in host memory first.
+    at::Tensor out = result.device().is_cpu() ? result : output_rows(name, host, total, {});
     // Point-to-point with each peer that has rows to exchange, and a local copy for this rank's
     // own block; the requests complete together under the one deadline. Messages of successive
     // calls cannot cross: MPI keeps the order per (peer, tag, communicator), and every call ends
@@ -197,7 +198,8 @@ class MpiCommunicator final : public Communicator {
       std::memcpy(dst + recv_off[rank_], src + send_off[rank_],
                   static_cast<size_t>(send[rank_] * row_bytes));
     wait_all(name, reqs);
-    return out.to(input.device());
+    if (!out.is_same(result)) result.copy_(out);
+    return result;
   }
 
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {

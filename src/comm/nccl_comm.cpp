@@ -101,13 +101,13 @@ class NcclCommunicator final : public Communicator {
   }
 
   at::Tensor all_to_all(const at::Tensor& input, const std::vector<int64_t>& send,
-                        const std::vector<int64_t>& recv) override {
+                        const std::vector<int64_t>& recv, const at::Tensor& given) override {
     const char* name = "all_to_all";
     check_splits(name, input, send, recv);
     at::Tensor d = staged(name, input);
-    std::vector<int64_t> shape(d.sizes().begin(), d.sizes().end());
-    shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t{0});
-    at::Tensor out = at::empty(shape, d.options());
+    const int64_t total = std::accumulate(recv.begin(), recv.end(), int64_t{0});
+    at::Tensor result = output_rows(name, input, total, given);
+    at::Tensor out = result.is_cuda() ? result : output_rows(name, d, total, {});
     // Elements per row from the shape, not numel / rows: a rank may send no rows at all.
     int64_t row_elems = 1;
     for (int64_t i = 1; i < d.dim(); ++i) row_elems *= d.size(i);
@@ -127,7 +127,8 @@ class NcclCommunicator final : public Communicator {
     }
     check(name, ncclGroupEnd());
     wait(name);
-    return out.to(input.device());
+    if (!out.is_same(result)) result.copy_(out);
+    return result;
   }
 
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {

@@ -18,18 +18,29 @@ using torch::autograd::variable_list;
 
 struct AllToAllFn : torch::autograd::Function<AllToAllFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, Communicator* comm,
-                            std::vector<int64_t> send, std::vector<int64_t> recv) {
+                            std::vector<int64_t> send, std::vector<int64_t> recv,
+                            double* forward_seconds, double* backward_seconds) {
     ctx->saved_data["comm"] = reinterpret_cast<int64_t>(comm);
     ctx->saved_data["send"] = send;
     ctx->saved_data["recv"] = recv;
-    return comm->all_to_all(input, send, recv);
+    ctx->saved_data["bwd_s"] = reinterpret_cast<int64_t>(backward_seconds);
+    const auto start = std::chrono::steady_clock::now();
+    at::Tensor out = comm->all_to_all(input, send, recv);
+    if (forward_seconds) *forward_seconds += seconds_since(start);
+    return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto* comm = reinterpret_cast<Communicator*>(ctx->saved_data["comm"].toInt());
+    auto* seconds = reinterpret_cast<double*>(ctx->saved_data["bwd_s"].toInt());
+    const auto start = std::chrono::steady_clock::now();
     // Gradient rows go back where their rows came from: the splits swap.
     at::Tensor g = comm->all_to_all(grads[0].contiguous(), ctx->saved_data["recv"].toIntVector(),
                                     ctx->saved_data["send"].toIntVector());
-    return {g, at::Tensor(), at::Tensor(), at::Tensor()};
+    if (seconds) *seconds += seconds_since(start);
+    return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+  static double seconds_since(std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
 };
 
@@ -47,8 +58,10 @@ std::vector<int64_t> host_longs(const at::Tensor& t) {
 
 at::Tensor differentiable_all_to_all(Communicator& comm, const at::Tensor& input,
                                      const std::vector<int64_t>& send_splits,
-                                     const std::vector<int64_t>& recv_splits) {
-  return AllToAllFn::apply(input.contiguous(), &comm, send_splits, recv_splits);
+                                     const std::vector<int64_t>& recv_splits,
+                                     double* forward_seconds, double* backward_seconds) {
+  return AllToAllFn::apply(input.contiguous(), &comm, send_splits, recv_splits, forward_seconds,
+                           backward_seconds);
 }
 
 AllToAllExchange::AllToAllExchange(ProcessGrid& grid, int64_t num_experts)
@@ -61,6 +74,7 @@ ExpertExchange::Dispatched AllToAllExchange::dispatch(const at::Tensor& rows,
   const int64_t l = local_experts_;
   HETMOE_CHECK(tokens_per_expert.numel() == num_experts_, "parallel", "dispatch got ",
                tokens_per_expert.numel(), " expert counts for ", num_experts_, " experts");
+  if (p == 1) return Dispatched{rows, tokens_per_expert, nullptr};  // every expert is local
   const auto start = std::chrono::steady_clock::now();
   auto plan = std::make_shared<Plan>();
   const std::vector<int64_t> counts = host_longs(tokens_per_expert);
@@ -74,7 +88,9 @@ ExpertExchange::Dispatched AllToAllExchange::dispatch(const at::Tensor& rows,
   plan->recv.assign(p, 0);
   for (int q = 0; q < p; ++q)
     for (int64_t e = 0; e < l; ++e) plan->recv[q] += from[q * l + e];
-  at::Tensor received = differentiable_all_to_all(ep, rows, plan->send, plan->recv);
+  // (its forward time is inside this whole call's, added below)
+  at::Tensor received = differentiable_all_to_all(ep, rows, plan->send, plan->recv,
+                                                 /*forward_seconds=*/nullptr, &from_experts_s_);
 
   // Received rows are grouped by source rank, then by expert; the experts want them grouped by
   // expert, then by source rank (stable, so the order inside an expert is the same on any grid).
@@ -98,20 +114,16 @@ ExpertExchange::Dispatched AllToAllExchange::dispatch(const at::Tensor& rows,
   d.rows = received.index_select(0, index);
   d.tokens_per_expert = at::tensor(local_counts, at::kLong).to(tokens_per_expert.device());
   d.plan = plan;
-  comm_seconds_ +=
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // The counts exchange and the regrouping count as dispatch time too.
+  to_experts_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return d;
 }
 
 at::Tensor AllToAllExchange::combine(const at::Tensor& rows, const Dispatched& dispatched) {
-  const auto start = std::chrono::steady_clock::now();
+  if (!dispatched.plan) return rows;
   const auto& plan = *std::static_pointer_cast<Plan>(dispatched.plan);
-  at::Tensor back = differentiable_all_to_all(grid_.expert_group(),
-                                              rows.index_select(0, plan.ungroup), plan.recv,
-                                              plan.send);
-  comm_seconds_ +=
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return back;
+  return differentiable_all_to_all(grid_.expert_group(), rows.index_select(0, plan.ungroup),
+                                   plan.recv, plan.send, &from_experts_s_, &to_experts_s_);
 }
 
 at::Tensor AllToAllExchange::sum_over_token_ranks(const at::Tensor& t) {
@@ -120,9 +132,9 @@ at::Tensor AllToAllExchange::sum_over_token_ranks(const at::Tensor& t) {
   return s;
 }
 
-double AllToAllExchange::take_comm_seconds() {
-  const double s = comm_seconds_;
-  comm_seconds_ = 0;
+std::pair<double, double> AllToAllExchange::take_comm_seconds() {
+  const std::pair<double, double> s{to_experts_s_, from_experts_s_};
+  to_experts_s_ = from_experts_s_ = 0;
   return s;
 }
 

@@ -347,7 +347,12 @@ void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, i
                       {"elapsed_s", elapsed}};
   if (!std::isfinite(r.grad_norm)) j["grad_norm"] = nullptr;
   if (val_loss >= 0) j["val_loss"] = val_loss;
-  if (exchange_) j["all_to_all_s"] = exchange_->take_comm_seconds();
+  if (exchange_) {
+    // Expert-parallel exchange time since the last record, forward and backward.
+    const auto [to, from] = exchange_->take_comm_seconds();
+    j["dispatch_s"] = to;
+    j["combine_s"] = from;
+  }
   if (!is_rank0()) return;
   std::ofstream(fs::path(config_.run.out_dir) / "metrics.jsonl", std::ios::app) << j.dump() << "\n";
 }

@@ -60,8 +60,11 @@ class Communicator {
   // Uneven all-to-all along dim 0: the first send_splits[0] rows of `input` go to rank 0, the
   // next send_splits[1] to rank 1, ...; returns the rows received, recv_splits[r] from rank r,
   // in rank order. Zero splits are fine. Both split lists must agree with the peers' lists.
+  // `out`, when given, receives the rows (shape [sum(recv_splits), ...], input's dtype and
+  // device) and is returned: a caller that exchanges every step can reuse one buffer.
   virtual at::Tensor all_to_all(const at::Tensor& input, const std::vector<int64_t>& send_splits,
-                                const std::vector<int64_t>& recv_splits) = 0;
+                                const std::vector<int64_t>& recv_splits,
+                                const at::Tensor& out = {}) = 0;
   // Collective over this communicator: ranks passing the same color form a new communicator,
   // ordered by key (then by rank here). `name` is what its errors call it.
   virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name) = 0;
@@ -73,6 +76,9 @@ class Communicator {
   // Checks shared by the transports (dtype, contiguity, split sums).
   void check_splits(const char* op, const at::Tensor& input, const std::vector<int64_t>& send,
                     const std::vector<int64_t>& recv) const;
+  // The all_to_all result buffer: `out` after checking it, or a new tensor.
+  at::Tensor output_rows(const char* op, const at::Tensor& input, int64_t rows,
+                         const at::Tensor& out) const;
 
  private:
   std::string name_;

@@ -14,10 +14,13 @@
 namespace hetmoe {
 
 // Uneven all-to-all along dim 0 (Communicator::all_to_all) as an autograd function: its backward
-// is the all-to-all with the splits swapped.
+// is the all-to-all with the splits swapped. When given, the seconds spent in the forward and in
+// the backward exchange are added to *forward_seconds and *backward_seconds.
 at::Tensor differentiable_all_to_all(Communicator& comm, const at::Tensor& input,
                                      const std::vector<int64_t>& send_splits,
-                                     const std::vector<int64_t>& recv_splits);
+                                     const std::vector<int64_t>& recv_splits,
+                                     double* forward_seconds = nullptr,
+                                     double* backward_seconds = nullptr);
 
 // The token dispatcher. dispatch: exchange tokens-per-expert counts with an all-to-all, send each
 // row to the rank owning its expert (uneven all-to-all), and regroup the received rows by local
@@ -30,13 +33,14 @@ class AllToAllExchange final : public ExpertExchange {
   at::Tensor sum_over_token_ranks(const at::Tensor& t) override;
   int64_t token_ranks() const override { return grid_.world_size(); }
 
-  // Seconds spent in the dispatch and combine all-to-alls since the last take_comm_seconds().
-  double take_comm_seconds();
+  // Seconds spent moving rows towards the experts (dispatch forward, combine backward) and back
+  // (combine forward, dispatch backward) since the last call; resets both.
+  std::pair<double, double> take_comm_seconds();
 
  private:
   ProcessGrid& grid_;
   int64_t num_experts_, local_experts_;
-  double comm_seconds_ = 0;
+  double to_experts_s_ = 0, from_experts_s_ = 0;
 };
 
 // Averages gradients so that every rank holds the gradient of the global batch's mean loss:
