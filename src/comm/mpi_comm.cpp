@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -161,7 +162,7 @@ class MpiCommunicator final : public Communicator {
     const int64_t total = std::accumulate(recv.begin(), recv.end(), int64_t{0});
     at::Tensor result = output_rows(name, input, total, given);
     // Device tensors land in host memory first.
-    at::Tensor out = result.device().is_cpu() ? result : output_rows(name, host, total, {});
+    at::Tensor out = result.is_cpu() ? result : output_rows(name, host, total, {});
     // Point-to-point with each peer that has rows to exchange, and a local copy for this rank's
     // own block; the requests complete together under the one deadline. Messages of successive
     // calls cannot cross: MPI keeps the order per (peer, tag, communicator), and every call ends
@@ -194,12 +195,21 @@ class MpiCommunicator final : public Communicator {
     }
     if (send[rank_] != recv[rank_])
       fail(name, detail::concat("sends ", send[rank_], " rows to itself but expects ", recv[rank_]));
-    if (send[rank_] > 0)
-      std::memcpy(dst + recv_off[rank_], src + send_off[rank_],
-                  static_cast<size_t>(send[rank_] * row_bytes));
+    // This rank's own rows, copied in slices with MPI progress in between: shared-memory
+    // transfers move only while both sides drive them.
+    const int64_t self_bytes = send[rank_] * row_bytes;
+    constexpr int64_t kSlice = 256 << 10;
+    for (int64_t off = 0; off < self_bytes; off += kSlice) {
+      std::memcpy(dst + recv_off[rank_] + off, src + send_off[rank_] + off,
+                  static_cast<size_t>(std::min(kSlice, self_bytes - off)));
+      int flag = 0;
+      if (!reqs.empty())
+        check(name, MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &flag,
+                                MPI_STATUSES_IGNORE));
+    }
     wait_all(name, reqs);
     if (!out.is_same(result)) result.copy_(out);
-    return result;
+    return result;  // (device tensors: copied back from the host buffer)
   }
 
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {
@@ -237,6 +247,7 @@ class MpiCommunicator final : public Communicator {
     if (reduce && (t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf))
       h = h.to(at::kFloat);
     if (reduce && t.scalar_type() == at::kBool) fail(op, "cannot reduce bool tensors");
+    if (h.is_cpu() && h.is_contiguous()) return h;  // the common case, without a dispatch
     return h.to(at::kCPU).contiguous();
   }
 
@@ -277,7 +288,7 @@ class MpiCommunicator final : public Communicator {
         }
         if (now - start > std::chrono::milliseconds(200))
           std::this_thread::sleep_for(std::chrono::microseconds(50));
-        else if (now - start > std::chrono::microseconds(200))
+        else if (now - start > std::chrono::milliseconds(2))
           std::this_thread::yield();
       }
     }
