@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "hetmoe/comm/communicator.h"
 #include "hetmoe/core/logging.h"
 #include "hetmoe/core/version.h"
 #include "hetmoe/device/registry.h"
@@ -69,9 +70,7 @@ int run_version() {
   std::printf("hetmoe %s (commit %s)\n", HETMOE_VERSION_STRING, HETMOE_GIT_COMMIT);
   std::printf("  backends: cpu%s%s\n", HETMOE_HAS_CUDA ? ", cuda" : "",
               HETMOE_HAS_HIP ? " (GPU kernels also compile-checked with hipcc)" : "");
-  std::printf(
-      "  expert-parallel transports: single process only (toolkits found at build time:%s%s)\n",
-      HETMOE_HAS_MPI ? " MPI" : "", HETMOE_HAS_NCCL ? " NCCL" : "");
+  std::printf("  communication: %s\n", comm_transports().c_str());
   std::printf("  libtorch %s\n%s", TORCH_VERSION, torch_libraries().c_str());
   std::printf("  %s, nlohmann-json %d.%d.%d, CLI11 %s, yaml-cpp %s, oneDNN (Debian) %s\n",
               logging_library_version().c_str(), NLOHMANN_JSON_VERSION_MAJOR,
