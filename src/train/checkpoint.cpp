@@ -10,9 +10,13 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <vector>
+#include <algorithm>
 
 #include "hetmoe/core/error.h"
 #include "hetmoe/core/fs.h"
+#include "hetmoe/core/logging.h"
+#include "hetmoe/data/dataset.h"
 #include "hetmoe/train/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -91,13 +95,98 @@ void barrier(const CheckpointShard& shard) {
   if (shard.world > 1) shard.comm->barrier();
 }
 
+// Size and FNV-1a 64 of a file, read in 1 MiB blocks.
+struct Digest {
+  int64_t bytes = 0;
+  uint64_t hash = 0xcbf29ce484222325ULL;
+};
+
+Digest file_digest(const fs::path& path) {
+  Digest d;
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  HETMOE_CHECK(f, "checkpoint", "cannot read '", path.string(), "'");
+  std::vector<unsigned char> buf(1 << 20);
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), f)) > 0) {
+    d.hash = fnv1a64(buf.data(), n, d.hash);
+    d.bytes += static_cast<int64_t>(n);
+  }
+  const bool ok = !std::ferror(f);
+  std::fclose(f);
+  HETMOE_CHECK(ok, "checkpoint", "failed reading '", path.string(), "'");
+  return d;
+}
+
+std::string hex64(uint64_t v) {
+  char buf[20];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
 std::string step_name(int64_t step) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));
   return buf;
 }
 
+// Keeps the newest `keep` step directories (0: all) and clears temporaries of saves that died.
+void rotate_checkpoints(const fs::path& root, const fs::path& current, int64_t keep) {
+  std::vector<fs::path> steps;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("step_", 0) == 0 && entry.is_directory()) steps.push_back(entry.path());
+    if (name.rfind(".tmp-", 0) == 0 && entry.is_directory()) {
+      std::string why;
+      if (!remove_tree(entry.path().string(), &why))
+        HETMOE_LOG_WARN("[checkpoint] cannot remove stale '%s': %s", entry.path().c_str(),
+                        why.c_str());
+    }
+  }
+  if (keep <= 0) return;
+  std::sort(steps.begin(), steps.end());
+  for (size_t i = 0; i + static_cast<size_t>(keep) < steps.size(); ++i) {
+    if (steps[i] == current) continue;
+    std::string why;
+    if (!remove_tree(steps[i].string(), &why))
+      HETMOE_LOG_WARN("[checkpoint] keep_last: cannot remove '%s': %s", steps[i].c_str(),
+                      why.c_str());
+  }
+}
+
+// Throws hetmoe::Error naming the first file of `dir` that is missing, truncated or corrupt by
+// the manifest's sizes and checksums.
+void verify_files(const fs::path& dir, const nlohmann::json& manifest) {
+  if (!manifest.contains("files")) return;  // written before checksums existed
+  for (const auto& [name, want] : manifest.at("files").items()) {
+    const fs::path file = dir / name;
+    HETMOE_CHECK(fs::exists(file), "checkpoint", "'", file.string(), "' is missing");
+    const Digest got = file_digest(file);
+    const int64_t bytes = want.at("bytes").get<int64_t>();
+    HETMOE_CHECK(got.bytes == bytes, "checkpoint", "'", file.string(), "' is truncated: ",
+                 got.bytes, " bytes, the manifest says ", bytes);
+    HETMOE_CHECK(hex64(got.hash) == want.at("fnv1a64").get<std::string>(), "checkpoint", "'",
+                 file.string(), "' is corrupt: its checksum differs from the manifest's");
+  }
+}
+
+nlohmann::json read_manifest(const fs::path& dir) {
+  const fs::path path = dir / "state.json";
+  try {
+    nlohmann::json j = nlohmann::json::parse(read_text_file(path.string()));
+    HETMOE_CHECK(j.value("format", "") == "hetmoe-checkpoint", "checkpoint", path.string(),
+                 ": not a hetmoe checkpoint state");
+    return j;
+  } catch (const nlohmann::json::exception& e) {
+    HETMOE_FAIL("checkpoint", path.string(), ": ", e.what());
+  }
+}
+
 }  // namespace
+
+void verify_checkpoint(const std::string& dir) {
+  verify_files(fs::path(dir), read_manifest(fs::path(dir)));
+}
 
 void save_tensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors) {
   std::vector<at::Tensor> keep;  // owns the CPU copies while the views point at them
@@ -152,6 +241,19 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
   save_tensors((tmp_dir / shard_file("model", shard)).string(), model_state);
   if (!optimizer_state.empty())
     save_tensors((tmp_dir / shard_file("optimizer", shard)).string(), optimizer_state);
+  // Each rank checksums its own files; rank 0 collects them for the manifest.
+  at::Tensor digests = at::zeros({4}, at::kLong);
+  {
+    const Digest m = file_digest(tmp_dir / shard_file("model", shard));
+    digests[0] = m.bytes;
+    digests[1] = static_cast<int64_t>(m.hash);
+    if (!optimizer_state.empty()) {
+      const Digest o = file_digest(tmp_dir / shard_file("optimizer", shard));
+      digests[2] = o.bytes;
+      digests[3] = static_cast<int64_t>(o.hash);
+    }
+  }
+  if (shard.world > 1) digests = shard.comm->all_gather(digests);
   barrier(shard);  // every shard is on disk before the manifest says so
   if (shard.rank == 0) {
     nlohmann::json j = {{"format", "hetmoe-checkpoint"},
@@ -162,18 +264,30 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
                         {"seed", config.train.seed},
                         {"world_size", shard.world},
                         {"expert_parallel", shard.expert_parallel},
+                        {"health", state.health.empty() ? nlohmann::json::object()
+                                                        : nlohmann::json::parse(state.health)},
                         {"data_sampler", "stateless: windows are a function of (seed, step)"}};
     nlohmann::json files = nlohmann::json::array();
+    nlohmann::json sums = nlohmann::json::object();
+    const int64_t* dg = digests.data_ptr<int64_t>();
     for (int r = 0; r < shard.world; ++r) {
       CheckpointShard s = shard;
       s.rank = r;
       files.push_back({{"rank", r},
                        {"model", shard_file("model", s)},
                        {"optimizer", optimizer_state.empty() ? "" : shard_file("optimizer", s)}});
+      sums[shard_file("model", s)] = {{"bytes", dg[4 * r]},
+                                      {"fnv1a64", hex64(static_cast<uint64_t>(dg[4 * r + 1]))}};
+      if (!optimizer_state.empty())
+        sums[shard_file("optimizer", s)] = {
+            {"bytes", dg[4 * r + 2]}, {"fnv1a64", hex64(static_cast<uint64_t>(dg[4 * r + 3]))}};
     }
     j["shards"] = files;
-    write_text_file((tmp_dir / "state.json").string(), j.dump(2) + "\n");
     write_text_file((tmp_dir / "resolved.yaml").string(), to_yaml(config));
+    const Digest y = file_digest(tmp_dir / "resolved.yaml");
+    sums["resolved.yaml"] = {{"bytes", y.bytes}, {"fnv1a64", hex64(y.hash)}};
+    j["files"] = sums;
+    write_text_file((tmp_dir / "state.json").string(), j.dump(2) + "\n");
     fsync_dir(tmp_dir);
 
     std::string why;
@@ -188,6 +302,7 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
     fs::rename(latest_tmp, root / "latest", ec);
     HETMOE_CHECK(!ec, "checkpoint", "cannot update '", (root / "latest").string(), "'");
     fsync_dir(root);
+    rotate_checkpoints(root, final_dir, config.train.keep_last);
   }
   barrier(shard);
   return final_dir.string();
@@ -212,17 +327,49 @@ std::string find_checkpoint(const std::string& path) {
 LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
                                  const CheckpointShard& shard) {
   LoadedCheckpoint c;
+  const fs::path given(path);
+  const bool run_dir = fs::exists(given) && !fs::exists(given / "state.json");
   c.dir = find_checkpoint(path);
+  if (run_dir) {
+    // A run directory: the newest checkpoint that verifies, newest first after `latest`.
+    std::vector<fs::path> candidates{c.dir};
+    std::vector<fs::path> steps;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(given / "checkpoints", ec))
+      if (e.is_directory() && e.path().filename().string().rfind("step_", 0) == 0)
+        steps.push_back(e.path());
+    std::sort(steps.rbegin(), steps.rend());
+    for (const auto& p : steps)
+      if (p != fs::path(c.dir)) candidates.push_back(p);
+    std::string problems;
+    bool found = false;
+    for (const auto& dir : candidates) {
+      try {
+        verify_checkpoint(dir.string());
+      } catch (const Error& e) {
+        problems += std::string(problems.empty() ? "" : "; ") + e.what();
+        HETMOE_LOG_WARN("%s; trying an older checkpoint", e.what());
+        continue;
+      }
+      if (dir != fs::path(c.dir))
+        HETMOE_LOG_WARN("[checkpoint] resuming from %s, the newest checkpoint that verifies",
+                        dir.c_str());
+      c.dir = dir.string();
+      found = true;
+      break;
+    }
+    HETMOE_CHECK(found, "checkpoint", "no valid checkpoint under '", path, "': ", problems);
+  } else {
+    verify_checkpoint(c.dir);  // an explicitly named checkpoint must itself be sound
+  }
   const fs::path dir(c.dir);
   c.config = load_config((dir / "resolved.yaml").string());
-  nlohmann::json j;
+  const nlohmann::json j = read_manifest(dir);
   try {
-    j = nlohmann::json::parse(read_text_file((dir / "state.json").string()));
-    HETMOE_CHECK(j.value("format", "") == "hetmoe-checkpoint", "checkpoint",
-                 (dir / "state.json").string(), ": not a hetmoe checkpoint state");
     c.state.step = j.at("step").get<int64_t>();
     c.state.tokens_seen = j.at("tokens_seen").get<int64_t>();
     c.state.last_val_loss = j.value("last_val_loss", -1.0);
+    c.state.health = j.value("health", nlohmann::json::object()).dump();
     const int world = j.value("world_size", 1);
     const int64_t ep = j.value("expert_parallel", int64_t{1});
     HETMOE_CHECK(world == shard.world && ep == shard.expert_parallel, "checkpoint", "'", c.dir,

@@ -20,6 +20,7 @@
 #include "hetmoe/parallel/grid.h"
 #include "hetmoe/train/optimizer.h"
 #include "hetmoe/train/schedule.h"
+#include "hetmoe/train/signals.h"
 
 namespace fs = std::filesystem;
 
@@ -77,6 +78,8 @@ Trainer::Trainer(Config config, TrainerOptions options)
     : config_(std::move(config)), options_(std::move(options)) {
   validate(config_);
   const auto& t = config_.train;
+  health_ = HealthMonitor(HealthOptions{t.max_bad_steps, t.spike_threshold, t.spike_window,
+                                        t.spike_lr_scale, t.spike_replay_after});
   const int threads = t.threads > 0 ? static_cast<int>(t.threads)
                                     : static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(std::max(1, threads));
@@ -150,6 +153,7 @@ Trainer::Trainer(Config config, TrainerOptions options)
     model_->load_state_tensors(resumed.model, resumed.dir);
     optimizer_->load_state_dict(resumed.optimizer);
     state_ = resumed.state;
+    health_.load(state_.health);
     if (is_rank0()) truncate_metrics(out / "metrics.jsonl", state_.step);
     HETMOE_LOG_INFO("resumed from %s at step %lld", resumed.dir.c_str(),
                     static_cast<long long>(state_.step));
@@ -213,27 +217,73 @@ at::Tensor Trainer::local_batch(Split split, uint64_t stream_step) const {
   return buf.to(at::kLong).to(device_);
 }
 
+bool Trainer::stop_requested() {
+  int stop = StopSignals::received() != 0 ? 1 : 0;
+  if (grid_->world_size() > 1) {
+    // A launcher may signal the ranks at slightly different moments: stop together.
+    at::Tensor flag = at::full({1}, stop, at::kInt);
+    grid_->world().all_reduce(flag, ReduceOp::Max);
+    stop = flag.item<int>();
+  }
+  return stop != 0;
+}
+
 int64_t Trainer::peak_memory() const {
   return backend_->peak_memory_bytes(device_.has_index() ? device_.index() : 0);
 }
 
 double Trainer::train_step() {
+  try {
+    return train_step_unguarded();
+  } catch (const c10::OutOfMemoryError& e) {
+    throw out_of_memory(e.what_without_backtrace());
+  } catch (const std::bad_alloc&) {
+    throw out_of_memory("std::bad_alloc");
+  } catch (const c10::Error& e) {
+    const std::string what = e.what_without_backtrace();
+    if (what.find("can't allocate memory") != std::string::npos ||
+        what.find("out of memory") != std::string::npos)
+      throw out_of_memory(what.substr(0, what.find('\n')));
+    throw;
+  }
+}
+
+Error Trainer::out_of_memory(const std::string& what) const {
   const auto& t = config_.train;
+  return Error("train",
+               detail::concat("out of memory at step ", state_.step + 1, " on ", device_.str(),
+                              " (", what, "); lower train.micro_batch (", t.micro_batch,
+                              "), train.seq_len (", t.seq_len, ") or moe.expert_hidden (",
+                              config_.moe.expert_hidden, "), use backend.dtype bf16, or spread "
+                              "the experts over more ranks (parallel.expert_parallel ",
+                              config_.parallel.expert_parallel, ")"));
+}
+
+double Trainer::train_step_unguarded() {
+  const auto& t = config_.train;
+  const int64_t step = state_.step + 1;
   model_->train();
-  model_->set_step(state_.step + 1, static_cast<uint64_t>(t.seed));
-  grid_->set_step(state_.step + 1);
+  model_->set_step(step, static_cast<uint64_t>(t.seed));
+  grid_->set_step(step);
   optimizer_->zero_grad();
+  // This step's micro-batches: its own stream indices, then any deferred batch now due.
+  std::vector<int64_t> streams;
+  for (int64_t micro = 0; micro < t.grad_accum; ++micro)
+    streams.push_back(state_.step * t.grad_accum + micro);
+  const std::vector<int64_t> replay = health_.due(step);
+  streams.insert(streams.end(), replay.begin(), replay.end());
+  const double n_micro = static_cast<double>(streams.size());
   StepRecord stats;
-  for (int64_t micro = 0; micro < t.grad_accum; ++micro) {
-    const uint64_t stream_step = static_cast<uint64_t>(state_.step * t.grad_accum + micro);
-    at::Tensor batch = local_batch(Split::Train, stream_step);
+  for (int64_t stream : streams) {
+    at::Tensor batch = local_batch(Split::Train, static_cast<uint64_t>(stream));
     at::Tensor inputs = batch.narrow(1, 0, t.seq_len), targets = batch.narrow(1, 1, t.seq_len);
     ForwardOutput out = model_->forward(inputs);
     at::Tensor ce =
         at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}), targets.reshape(-1));
+    if (options_.loss_hook) ce = options_.loss_hook(step, ce);
     at::Tensor loss =
         ce + config_.moe.aux_loss_coef * out.aux_loss + config_.moe.z_loss_coef * out.z_loss;
-    (loss / static_cast<double>(t.grad_accum)).backward();
+    (loss / n_micro).backward();
     // One device-to-host copy for the three logged scalars, not three synchronisations.
     at::Tensor logged = at::stack({ce.detach(), out.aux_loss.detach().to(ce.scalar_type()),
                                    out.z_loss.detach().to(ce.scalar_type())})
@@ -241,9 +291,9 @@ double Trainer::train_step() {
     // The global batch's means: every rank holds the same number of tokens.
     if (grid_->world_size() > 1) grid_->world().all_reduce(logged, ReduceOp::Avg);
     const double* v = logged.data_ptr<double>();
-    stats.loss += v[0] / t.grad_accum;
-    stats.aux += v[1] / t.grad_accum;
-    stats.z += v[2] / t.grad_accum;
+    stats.loss += v[0] / n_micro;
+    stats.aux += v[1] / n_micro;
+    stats.z += v[2] / n_micro;
     for (size_t i = 0; i < out.tokens_per_expert.size(); ++i) {
       at::Tensor l = out.tokens_per_expert[i].to(at::kCPU);
       if (stats.load.size() <= i)
@@ -252,6 +302,7 @@ double Trainer::train_step() {
         stats.load[i] += l;
     }
   }
+  if (options_.after_backward) options_.after_backward(step, model_);
   const double lr = learning_rate(t, state_.step);
   double grad_norm = 0;
   if (grid_->world_size() > 1) {
@@ -260,20 +311,68 @@ double Trainer::train_step() {
   } else {
     grad_norm = clip_grad_norm(model_->parameters(), t.clip);
   }
-  if (std::isfinite(grad_norm)) {
-    optimizer_->step(lr);
-    model_->update_expert_bias(stats.load);
-  } else {
+  // Every rank sees the same global loss and norm, so every rank decides the same.
+  const HealthMonitor::Verdict verdict = health_.judge(step, stats.loss, grad_norm);
+  if (verdict.action == HealthMonitor::Action::Skip) {
     ++skipped_;
-    HETMOE_LOG_WARN("step %lld: non-finite gradient norm, update skipped",
-                    static_cast<long long>(state_.step + 1));
+    if (std::isfinite(stats.loss) && std::isfinite(grad_norm)) {
+      // A spike: see these batches again later (not the replayed ones a second time).
+      health_.defer(step, std::vector<int64_t>(streams.begin(), streams.begin() + t.grad_accum));
+    }
+    HETMOE_LOG_WARN("step %lld: %s", static_cast<long long>(step), verdict.why.c_str());
+  } else {
+    if (verdict.action == HealthMonitor::Action::ScaledUpdate)
+      HETMOE_LOG_WARN("step %lld: %s", static_cast<long long>(step), verdict.why.c_str());
+    optimizer_->step(lr * verdict.lr_scale);
+    model_->update_expert_bias(stats.load);
   }
+  watch_experts(step, stats.load);
   state_.step += 1;
-  state_.tokens_seen += t.grad_accum * t.micro_batch * t.seq_len;
+  state_.tokens_seen += static_cast<int64_t>(streams.size()) * t.micro_batch * t.seq_len;
   stats.grad_norm = grad_norm;
-  stats.lr = lr;
+  stats.lr = lr * verdict.lr_scale;
   last_ = std::move(stats);
   return last_.loss;
+}
+
+void Trainer::watch_experts(int64_t step, const std::vector<at::Tensor>& load) {
+  const auto& m = config_.moe;
+  if (idle_steps_.size() != load.size()) idle_steps_.assign(load.size(), {});
+  for (size_t layer = 0; layer < load.size(); ++layer) {
+    at::Tensor l = load[layer].to(at::kDouble);
+    const int64_t e = l.numel();
+    const double* c = l.data_ptr<double>();
+    double total = 0, most = 0;
+    int64_t busiest = 0;
+    for (int64_t i = 0; i < e; ++i) {
+      total += c[i];
+      if (c[i] > most) most = c[i], busiest = i;
+    }
+    const double ratio = total > 0 ? most / (total / static_cast<double>(e)) : 0;
+    if (m.imbalance_warn > 0 && ratio > m.imbalance_warn &&
+        step - last_imbalance_warning_ >= config_.train.log_every) {
+      last_imbalance_warning_ = step;
+      HETMOE_LOG_WARN("step %lld: MoE layer %zu is imbalanced: expert %lld got %.0f tokens, "
+                      "%.1fx the mean (moe.imbalance_warn %.1f); consider moe.aux_loss_coef or "
+                      "moe.bias_update_rate",
+                      static_cast<long long>(step), layer, static_cast<long long>(busiest), most,
+                      ratio, m.imbalance_warn);
+    }
+    auto& idle = idle_steps_[layer];
+    idle.resize(static_cast<size_t>(e), 0);
+    std::vector<int64_t> dead;
+    for (int64_t i = 0; i < e; ++i) {
+      idle[i] = c[i] > 0 ? 0 : idle[i] + 1;
+      if (m.dead_expert_steps > 0 && idle[i] == m.dead_expert_steps) dead.push_back(i);
+    }
+    if (!dead.empty()) {
+      std::string list;
+      for (int64_t i : dead) list += (list.empty() ? "" : ", ") + std::to_string(i);
+      HETMOE_LOG_WARN("step %lld: MoE layer %zu: expert(s) %s received no tokens for %lld steps",
+                      static_cast<long long>(step), layer, list.c_str(),
+                      static_cast<long long>(m.dead_expert_steps));
+    }
+  }
 }
 
 double Trainer::evaluate() {
@@ -298,6 +397,7 @@ double Trainer::evaluate() {
 
 std::string Trainer::save() {
   const std::map<std::string, at::Tensor> weights = model_->state_tensors();
+  state_.health = health_.save();
   last_checkpoint_ = save_checkpoint(config_.run.out_dir, config_, state_, weights,
                                      optimizer_->state_dict(), checkpoint_shard());
   return last_checkpoint_;
@@ -344,6 +444,10 @@ void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, i
                       {"expert_imbalance", imbalance},
                       {"expert_load", load},
                       {"skipped_steps", skipped_},
+                      {"bad_steps", health_.bad_steps()},
+                      {"loss_spikes", health_.spikes()},
+                      {"spike_lr_scaled", health_.scaled_updates()},
+                      {"replayed_batches", health_.replayed()},
                       {"elapsed_s", elapsed}};
   if (!std::isfinite(r.grad_norm)) j["grad_norm"] = nullptr;
   if (val_loss >= 0) j["val_loss"] = val_loss;
@@ -365,6 +469,7 @@ TrainResult Trainer::run() {
   TrainResult result;
   double train_loss_window = 0;
   int64_t window = 0;
+  StopSignals signals;
   while (state_.step < t.steps) {
     const auto step_start = clock::now();
     const double loss = train_step();
@@ -388,6 +493,15 @@ TrainResult Trainer::run() {
       window = 0;
     }
     if ((t.save_every > 0 && state_.step % t.save_every == 0) || (last && t.save_final)) save();
+    if (!last && stop_requested()) {
+      // SIGINT/SIGTERM: the step is done; keep it and stop cleanly.
+      const std::string where = save();
+      HETMOE_LOG_WARN("stopped by signal %d after step %lld; saved %s; continue with --resume %s",
+                      StopSignals::received(), static_cast<long long>(state_.step),
+                      where.c_str(), config_.run.out_dir.c_str());
+      result.interrupted = true;
+      break;
+    }
   }
   result.seconds = std::chrono::duration<double>(clock::now() - start).count();
   result.steps = state_.step;

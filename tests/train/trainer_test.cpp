@@ -11,6 +11,7 @@
 #include "hetmoe/train/optimizer.h"
 #include "hetmoe/train/trainer.h"
 #include "support/temp_dir.h"
+#include "support/train_fixture.h"
 
 namespace fs = std::filesystem;
 
@@ -19,44 +20,8 @@ namespace {
 
 using test_support::TempDir;
 
-Config tiny_config(const TempDir& dir) {
-  Config c;
-  c.model.d_model = 32;
-  c.model.n_layers = 2;
-  c.model.n_heads = 4;
-  c.model.n_kv_heads = 2;
-  c.model.max_seq_len = 32;
-  c.model.first_k_dense = 1;
-  c.model.dense_ffn_hidden = 48;
-  c.moe.num_experts = 4;
-  c.moe.top_k = 2;
-  c.moe.expert_hidden = 16;
-  c.train.steps = 6;
-  c.train.micro_batch = 4;
-  c.train.seq_len = 16;
-  c.train.grad_accum = 2;
-  c.train.warmup = 2;
-  c.train.eval_every = 3;
-  c.train.eval_batches = 2;
-  c.train.log_every = 1;
-  c.train.threads = 1;
-  c.data.path = dir.str("data");
-  c.run.out_dir = dir.str("run");
-  return c;
-}
-
-void prepare_corpus(const TempDir& dir) {
-  std::string text;
-  for (int i = 0; i < 400; ++i)
-    text += "fortune " + std::to_string(i) + ": the quick brown fox jumps over the lazy dog\n%\n";
-  dir.write("corpus.txt", text);
-  PrepareOptions o;
-  o.inputs = {dir.str("corpus.txt")};
-  o.out_dir = dir.str("data");
-  o.separator = "%";
-  o.val_fraction = 0.1;
-  prepare_dataset(o);
-}
+using test_support::prepare_corpus;
+using test_support::tiny_config;
 
 TEST(TrainerTest, LossOnAFixedBatchFallsByHalfWithin100Steps) {
   at::manual_seed(0);

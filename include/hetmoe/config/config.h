@@ -43,6 +43,8 @@ struct MoEConfig {
   int64_t topk_groups = 1;      // ... a token picks its experts in its topk_groups best groups
   double bias_update_rate = 0;  // aux-loss-free balancing: expert-bias step per update (0: off)
   int64_t routing_warmup_steps = 0;  // Ling's stochastic routing warmup over the first W steps
+  double imbalance_warn = 4.0;      // warn when a layer's max/mean expert load exceeds this; 0: off
+  int64_t dead_expert_steps = 100;  // warn when an expert gets no tokens this many steps; 0: off
 };
 
 struct TrainConfig {
@@ -64,6 +66,13 @@ struct TrainConfig {
   int64_t eval_every = 100;
   int64_t eval_batches = 8;
   int64_t save_every = 0;  // 0: only at the end
+  int64_t keep_last = 0;   // checkpoints kept (newest); 0: all
+  // Training health (hetmoe/train/health.h).
+  int64_t max_bad_steps = 5;        // consecutive non-finite steps before stopping; 0: never
+  double spike_threshold = 6.0;     // loss spike: > mean + threshold * std of recent; 0: off
+  int64_t spike_window = 50;        // recent losses the spike test looks at
+  double spike_lr_scale = 0.1;      // a spike right after a spike updates with lr * this
+  int64_t spike_replay_after = 100; // a spike's batch is trained again this many steps later
   bool save_final = true;  // checkpoint when the run ends (off for throughput measurements)
   int64_t log_every = 10;
   int64_t threads = 0;  // intra-op threads; 0: all cores

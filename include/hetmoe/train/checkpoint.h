@@ -20,6 +20,9 @@ struct TrainState {
   int64_t step = 0;         // optimizer steps completed
   int64_t tokens_seen = 0;  // training tokens consumed
   double last_val_loss = -1;
+  // The training-health monitor's state (recent losses, deferred batches, counters) as JSON,
+  // so a resumed run makes the same skip decisions; "" when there is none.
+  std::string health;
 };
 
 // Tensors <-> safetensors files (moved to CPU; fp32, bf16, fp16, int64, int32, uint8, bool).
@@ -44,6 +47,10 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
                             const std::map<std::string, at::Tensor>& optimizer_state,
                             const CheckpointShard& shard = {});
 
+// Checks every file the checkpoint's manifest lists against its recorded size and checksum;
+// throws hetmoe::Error("[checkpoint] '<file>' is truncated/corrupt/missing ...").
+void verify_checkpoint(const std::string& dir);
+
 // Resolves a user-given path to a checkpoint directory: a checkpoint directory itself, or a run
 // directory (its checkpoints/latest). Throws hetmoe::Error("[checkpoint] ...") when none exists.
 std::string find_checkpoint(const std::string& path);
@@ -56,8 +63,10 @@ struct LoadedCheckpoint {
   std::map<std::string, at::Tensor> optimizer;  // empty when load_optimizer is false
 };
 
-// Loads this rank's shard. A checkpoint written by another grid (world size or expert_parallel)
-// is refused with a message naming both grids.
+// Loads this rank's shard after verifying the checkpoint's checksums. Given a run directory, a
+// checkpoint that does not verify is skipped, with a warning, for the newest one that does.
+// Given a checkpoint directory, it must verify. A checkpoint written by another grid (world size
+// or expert_parallel) is refused with a message naming both grids.
 LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer = true,
                                  const CheckpointShard& shard = {});
 

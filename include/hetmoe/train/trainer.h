@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,7 +12,9 @@
 #include "hetmoe/config/config.h"
 #include "hetmoe/data/dataset.h"
 #include "hetmoe/model/transformer.h"
+#include "hetmoe/core/error.h"
 #include "hetmoe/train/checkpoint.h"
+#include "hetmoe/train/health.h"
 
 namespace hetmoe {
 
@@ -24,6 +27,11 @@ class AllToAllExchange;
 struct TrainerOptions {
   std::string resume;      // run or checkpoint directory to continue from ("" = fresh run)
   bool overwrite = false;  // allow a fresh run into an out_dir that already holds a run
+  // Test and research hooks. loss_hook may replace a micro-batch's cross-entropy before the
+  // backward pass (inject a spike or a NaN); after_backward runs once the step's gradients exist
+  // and before they are synchronised and clipped (poison or inspect them). `step` is 1-based.
+  std::function<at::Tensor(int64_t step, const at::Tensor& loss)> loss_hook;
+  std::function<void(int64_t step, Transformer& model)> after_backward;
 };
 
 struct TrainResult {
@@ -34,7 +42,8 @@ struct TrainResult {
   double mfu = 0;           // model FLOP utilisation at that rate (0 when the peak is unknown)
   int64_t peak_memory_bytes = 0;  // device memory high-water mark (host RSS on the CPU)
   double seconds = 0;
-  int64_t skipped_steps = 0;  // updates skipped for non-finite gradients
+  int64_t skipped_steps = 0;  // updates skipped (non-finite loss or gradients, loss spikes)
+  bool interrupted = false;   // stopped early by SIGINT/SIGTERM, after saving a checkpoint
   std::string checkpoint;     // the last checkpoint written
 };
 
@@ -67,6 +76,12 @@ class Trainer {
     std::vector<at::Tensor> load;  // tokens per expert, per MoE layer
   };
   int64_t peak_memory() const;
+  double train_step_unguarded();
+  Error out_of_memory(const std::string& what) const;
+  // Imbalance and idle-expert warnings from this step's tokens per expert (per MoE layer).
+  void watch_experts(int64_t step, const std::vector<at::Tensor>& load);
+  // Whether a stop signal arrived (on any rank).
+  bool stop_requested();
   bool is_rank0() const;
   CheckpointShard checkpoint_shard() const;
   // Rows first .. first+local_batch of the global micro-batch `stream_step` of the split.
@@ -87,6 +102,9 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   TrainState state_;
   int64_t skipped_ = 0;
+  HealthMonitor health_;
+  std::vector<std::vector<int64_t>> idle_steps_;  // per MoE layer, per expert
+  int64_t last_imbalance_warning_ = -1000000;
   double flops_per_token_ = 0;  // training FLOPs per token, for MFU
   double peak_flops_ = 0;       // the device's peak in the compute dtype (0: unknown)
   std::string last_checkpoint_;

@@ -1,0 +1,316 @@
+// Robust training: checksummed checkpoints and the fallback to the newest valid one, keep_last
+// rotation, kill -9 during saves, SIGTERM/SIGINT handling, NaN and loss-spike handling, and the
+// imbalance warning.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "hetmoe/core/error.h"
+#include "hetmoe/train/health.h"
+#include "hetmoe/train/signals.h"
+#include "hetmoe/train/trainer.h"
+#include "support/temp_dir.h"
+#include "support/train_fixture.h"
+
+extern char** environ;
+
+namespace fs = std::filesystem;
+
+namespace hetmoe {
+namespace {
+
+using test_support::prepare_corpus;
+using test_support::TempDir;
+using test_support::tiny_config;
+
+std::string step_dir(const Config& c, int step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step_%08d", step);
+  return (fs::path(c.run.out_dir) / "checkpoints" / buf).string();
+}
+
+void damage(const std::string& path, bool truncate) {
+  if (truncate) {
+    fs::resize_file(path, fs::file_size(path) / 2);
+  } else {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(path) - 3));
+    f.put('\x5a');
+  }
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(CheckpointTest, TruncatedOrCorruptFilesAreRefusedByName) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.steps = 2;
+  c.train.warmup = 1;
+  c.train.save_every = 2;
+  Trainer(c).run();
+  const std::string ckpt = step_dir(c, 2);
+  EXPECT_NO_THROW(verify_checkpoint(ckpt));
+  damage(ckpt + "/optimizer.safetensors", /*truncate=*/false);
+  EXPECT_NE(error_of([&] { load_checkpoint(ckpt); }).find("optimizer.safetensors' is corrupt"),
+            std::string::npos);
+  damage(ckpt + "/model.safetensors", /*truncate=*/true);
+  EXPECT_NE(error_of([&] { load_checkpoint(ckpt); }).find("model.safetensors' is truncated"),
+            std::string::npos);
+}
+
+TEST(CheckpointTest, ResumeFallsBackToTheNewestValidCheckpoint) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.steps = 4;
+  c.train.save_every = 2;
+  Trainer(c).run();
+  damage(step_dir(c, 4) + "/model.safetensors", false);
+  Trainer resumed(c, TrainerOptions{c.run.out_dir});  // the run directory: falls back
+  EXPECT_EQ(resumed.state().step, 2);
+  // Named explicitly, the damaged checkpoint is an error, not a silent substitute.
+  EXPECT_THROW(Trainer(c, TrainerOptions{step_dir(c, 4)}), Error);
+  // Nothing valid at all: an error listing what is wrong.
+  damage(step_dir(c, 2) + "/model.safetensors", true);
+  EXPECT_NE(error_of([&] { Trainer(c, TrainerOptions{c.run.out_dir}); }).find("no valid checkpoint"),
+            std::string::npos);
+}
+
+TEST(CheckpointTest, KeepLastRotatesOldCheckpointsAway) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.steps = 5;
+  c.train.save_every = 1;
+  c.train.keep_last = 2;
+  Trainer(c).run();
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(fs::path(c.run.out_dir) / "checkpoints"))
+    names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"latest", "step_00000004", "step_00000005"}));
+}
+
+// The CLI as a child process (so kill -9 and signals hit a real training run).
+pid_t spawn_train(const TempDir& dir, const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {HETMOE_CLI_PATH, "train", "--config", dir.str("cfg.yaml")};
+  args.insert(args.end(), extra.begin(), extra.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, dir.str("out.log").c_str(),
+                                   O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  pid_t pid = 0;
+  EXPECT_EQ(posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+void write_cli_config(const TempDir& dir, int steps) {
+  dir.write("cfg.yaml", "model: {d_model: 64, n_layers: 2, n_heads: 4, n_kv_heads: 2, "
+                        "max_seq_len: 32, first_k_dense: 1, dense_ffn_hidden: 64}\n"
+                        "moe: {num_experts: 4, top_k: 2, expert_hidden: 64}\n"
+                        "train: {steps: " + std::to_string(steps) +
+                            ", micro_batch: 4, seq_len: 16, warmup: 2, eval_every: 100000, "
+                            "log_every: 1, save_every: 1, threads: 1}\n"
+                            "data: {path: " + dir.str("data") + "}\nbackend: {device: cpu}\n"
+                            "run: {out_dir: " + dir.str("run") + "}\n");
+}
+
+int64_t logged_steps(const TempDir& dir) {
+  std::ifstream in(dir.str("run/metrics.jsonl"));
+  int64_t n = 0;
+  std::string line;
+  while (std::getline(in, line)) ++n;
+  return n;
+}
+
+TEST(CheckpointTest, KillNineDuringSavesLeavesALoadableCheckpoint) {
+  TempDir dir;
+  prepare_corpus(dir);
+  write_cli_config(dir, 100000);
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 6; ++trial) {
+    const pid_t pid = spawn_train(dir, trial == 0 ? std::vector<std::string>{"--overwrite"}
+                                                  : std::vector<std::string>{"--resume",
+                                                                             dir.str("run")});
+    // Wait for training to be under way (every step saves), then kill at a random moment.
+    for (int i = 0; i < 600 && logged_steps(dir) < 2 * (trial + 1); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<>(0, 60)(rng)));
+    kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "trial " << trial;
+    LoadedCheckpoint c;
+    ASSERT_NO_THROW(c = load_checkpoint(dir.str("run"))) << "trial " << trial;
+    EXPECT_GE(c.state.step, 1);
+  }
+}
+
+TEST(SignalTest, SigtermFinishesTheStepSavesAndExitsZero) {
+  TempDir dir;
+  prepare_corpus(dir);
+  write_cli_config(dir, 100000);
+  const pid_t pid = spawn_train(dir, {"--overwrite", "--set", "train.save_every=0"});
+  for (int i = 0; i < 600 && logged_steps(dir) < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  LoadedCheckpoint c = load_checkpoint(dir.str("run"));
+  EXPECT_EQ(c.state.step, logged_steps(dir));  // the last finished step, saved
+  std::ifstream log(dir.str("out.log"));
+  std::string text((std::istreambuf_iterator<char>(log)), {});
+  EXPECT_NE(text.find("stopped by signal 15"), std::string::npos) << text.substr(text.size() - 500);
+}
+
+TEST(SignalTest, TheFirstSignalIsNotedAndASecondQuitsAtOnce) {
+  {
+    StopSignals handlers;
+    StopSignals::reset();
+    raise(SIGTERM);
+    EXPECT_EQ(StopSignals::received(), SIGTERM);  // noted, the process goes on
+    StopSignals::reset();
+  }
+  EXPECT_EXIT(
+      {
+        StopSignals handlers;
+        raise(SIGINT);
+        raise(SIGINT);
+      },
+      ::testing::ExitedWithCode(128 + SIGINT), "stopping after this step");
+}
+
+// ---- training health ------------------------------------------------------------------------
+
+TEST(HealthTest, PoisonedGradientsSkipTheUpdateAndCount) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.steps = 4;
+  TrainerOptions o;
+  at::Tensor before;
+  o.after_backward = [&](int64_t step, Transformer& m) {
+    if (step == 3) {
+      before = m->head.detach().clone();
+      m->head.mutable_grad().fill_(std::nan(""));
+    }
+  };
+  Trainer t(c, o);
+  t.train_step();
+  t.train_step();
+  t.train_step();
+  EXPECT_TRUE(at::equal(t.model()->head.detach(), before)) << "a poisoned step changed weights";
+  t.train_step();
+  EXPECT_FALSE(at::equal(t.model()->head.detach(), before));
+  TrainerOptions again = o;
+  again.overwrite = true;
+  TrainResult r = Trainer(c, again).run();  // the run records it too
+  EXPECT_EQ(r.skipped_steps, 1);
+}
+
+TEST(HealthTest, TooManyConsecutiveNonFiniteStepsStopTheRun) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.max_bad_steps = 3;
+  TrainerOptions o;
+  o.loss_hook = [](int64_t step, const at::Tensor& loss) {
+    return step >= 2 ? loss * std::nan("") : loss;
+  };
+  Trainer t(c, o);
+  t.train_step();
+  t.train_step();
+  t.train_step();
+  const std::string e = error_of([&] { t.train_step(); });
+  EXPECT_NE(e.find("3 consecutive steps (the last: step 4) had a non-finite loss"),
+            std::string::npos)
+      << e;
+}
+
+TEST(HealthTest, ASpikeIsSkippedDeferredAndReplayedAndAPersistentOneScalesTheLr) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.steps = 14;
+  c.train.warmup = 1;
+  c.train.schedule = "constant";
+  c.train.spike_window = 8;  // judging from 4 losses on
+  c.train.spike_replay_after = 3;
+  TrainerOptions o;
+  o.loss_hook = [](int64_t step, const at::Tensor& loss) {
+    return step == 7 || step == 11 || step == 12 ? loss * 50 : loss;
+  };
+  Trainer t(c, o);
+  std::vector<int64_t> tokens;
+  for (int i = 0; i < 14; ++i) {
+    t.train_step();
+    tokens.push_back(t.state().tokens_seen);
+  }
+  const int64_t per_step = c.train.grad_accum * c.train.micro_batch * c.train.seq_len;
+  // Step 7 spiked: skipped; its 2 micro-batches came back as extra ones in step 10.
+  EXPECT_EQ(tokens[9] - tokens[8], per_step * 2);
+  // Steps 11 and 12 spiked in a row: 11 skipped (its batches come back in step 14), 12 updated
+  // with a scaled LR.
+  EXPECT_EQ(tokens[13] - tokens[12], per_step * 2);
+  const std::string saved = t.save();
+  LoadedCheckpoint ck = load_checkpoint(saved);
+  HealthMonitor h;
+  h.load(ck.state.health);
+  EXPECT_EQ(h.spikes(), 3);
+  EXPECT_EQ(h.scaled_updates(), 1);
+  EXPECT_EQ(h.replayed(), 4);  // micro-batches: 2 from step 7, 2 from step 11
+}
+
+TEST(HealthTest, MonitorStateRoundTripsThroughJson) {
+  HealthMonitor a(HealthOptions{5, 3.0, 6, 0.1, 2});
+  for (int s = 1; s <= 5; ++s) a.judge(s, 2.0 + 0.01 * s, 1.0);
+  EXPECT_EQ(a.judge(6, 100.0, 1.0).action, HealthMonitor::Action::Skip);
+  a.defer(6, {11, 12});
+  HealthMonitor b(HealthOptions{5, 3.0, 6, 0.1, 2});
+  b.load(a.save());
+  EXPECT_EQ(b.save(), a.save());
+  EXPECT_EQ(b.judge(7, 100.0, 1.0).action, HealthMonitor::Action::ScaledUpdate);
+  EXPECT_EQ(b.due(7), std::vector<int64_t>{});
+  EXPECT_EQ(b.due(8), (std::vector<int64_t>{11, 12}));
+  EXPECT_THROW(b.load("{\"recent_losses\": 3}"), Error);
+}
+
+TEST(HealthTest, ImbalancedLayersAreReported) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.moe.imbalance_warn = 1.01;  // any imbalance at all
+  Trainer t(c);
+  testing::internal::CaptureStdout();
+  t.train_step();
+  const std::string out = testing::internal::GetCapturedStdout();
+  EXPECT_NE(out.find("MoE layer 0 is imbalanced"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace hetmoe
