@@ -300,6 +300,21 @@ TEST(HealthTest, MonitorStateRoundTripsThroughJson) {
   EXPECT_THROW(b.load("{\"recent_losses\": 3}"), Error);
 }
 
+TEST(HealthTest, AnAllocationFailureNamesTheConfigValuesToLower) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  TrainerOptions o;
+  o.loss_hook = [](int64_t, const at::Tensor& loss) {
+    at::Tensor huge = at::empty({int64_t{1} << 50}, at::kFloat);  // 4 PiB
+    return loss + huge.numel();
+  };
+  Trainer t(c, o);
+  const std::string e = error_of([&] { t.train_step(); });
+  EXPECT_NE(e.find("out of memory at step 1"), std::string::npos) << e;
+  EXPECT_NE(e.find("lower train.micro_batch (4), train.seq_len (16)"), std::string::npos) << e;
+}
+
 TEST(HealthTest, ImbalancedLayersAreReported) {
   TempDir dir;
   prepare_corpus(dir);
