@@ -17,6 +17,7 @@
 #include "hetmoe/core/fs.h"
 #include "hetmoe/core/logging.h"
 #include "hetmoe/data/dataset.h"
+#include "hetmoe/train/manifest.h"
 #include "hetmoe/train/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -156,30 +157,21 @@ void rotate_checkpoints(const fs::path& root, const fs::path& current, int64_t k
 
 // Throws hetmoe::Error naming the first file of `dir` that is missing, truncated or corrupt by
 // the manifest's sizes and checksums.
-void verify_files(const fs::path& dir, const nlohmann::json& manifest) {
-  if (!manifest.contains("files")) return;  // written before checksums existed
-  for (const auto& [name, want] : manifest.at("files").items()) {
+void verify_files(const fs::path& dir, const CheckpointManifest& manifest) {
+  for (const auto& [name, want] : manifest.files) {
     const fs::path file = dir / name;
     HETMOE_CHECK(fs::exists(file), "checkpoint", "'", file.string(), "' is missing");
     const Digest got = file_digest(file);
-    const int64_t bytes = want.at("bytes").get<int64_t>();
-    HETMOE_CHECK(got.bytes == bytes, "checkpoint", "'", file.string(), "' is truncated: ",
-                 got.bytes, " bytes, the manifest says ", bytes);
-    HETMOE_CHECK(hex64(got.hash) == want.at("fnv1a64").get<std::string>(), "checkpoint", "'",
-                 file.string(), "' is corrupt: its checksum differs from the manifest's");
+    HETMOE_CHECK(got.bytes == want.bytes, "checkpoint", "'", file.string(), "' is truncated: ",
+                 got.bytes, " bytes, the manifest says ", want.bytes);
+    HETMOE_CHECK(hex64(got.hash) == want.fnv1a64, "checkpoint", "'", file.string(),
+                 "' is corrupt: its checksum differs from the manifest's");
   }
 }
 
-nlohmann::json read_manifest(const fs::path& dir) {
+CheckpointManifest read_manifest(const fs::path& dir) {
   const fs::path path = dir / "state.json";
-  try {
-    nlohmann::json j = nlohmann::json::parse(read_text_file(path.string()));
-    HETMOE_CHECK(j.value("format", "") == "hetmoe-checkpoint", "checkpoint", path.string(),
-                 ": not a hetmoe checkpoint state");
-    return j;
-  } catch (const nlohmann::json::exception& e) {
-    HETMOE_FAIL("checkpoint", path.string(), ": ", e.what());
-  }
+  return parse_checkpoint_manifest(read_text_file(path.string()), path.string());
 }
 
 }  // namespace
@@ -364,22 +356,17 @@ LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
   }
   const fs::path dir(c.dir);
   c.config = load_config((dir / "resolved.yaml").string());
-  const nlohmann::json j = read_manifest(dir);
-  try {
-    c.state.step = j.at("step").get<int64_t>();
-    c.state.tokens_seen = j.at("tokens_seen").get<int64_t>();
-    c.state.last_val_loss = j.value("last_val_loss", -1.0);
-    c.state.health = j.value("health", nlohmann::json::object()).dump();
-    const int world = j.value("world_size", 1);
-    const int64_t ep = j.value("expert_parallel", int64_t{1});
-    HETMOE_CHECK(world == shard.world && ep == shard.expert_parallel, "checkpoint", "'", c.dir,
-                 "' was written by a grid of ", world, " rank", world == 1 ? "" : "s",
-                 " with expert_parallel ", ep, "; this run has ", shard.world, " rank",
-                 shard.world == 1 ? "" : "s", " with expert_parallel ", shard.expert_parallel,
-                 ". Resume with the same grid (resharding is not supported yet)");
-  } catch (const nlohmann::json::exception& e) {
-    HETMOE_FAIL("checkpoint", (dir / "state.json").string(), ": ", e.what());
-  }
+  const CheckpointManifest m = read_manifest(dir);
+  c.state.step = m.step;
+  c.state.tokens_seen = m.tokens_seen;
+  c.state.last_val_loss = m.last_val_loss;
+  c.state.health = m.health;
+  HETMOE_CHECK(m.world_size == shard.world && m.expert_parallel == shard.expert_parallel,
+               "checkpoint", "'", c.dir, "' was written by a grid of ", m.world_size, " rank",
+               m.world_size == 1 ? "" : "s", " with expert_parallel ", m.expert_parallel,
+               "; this run has ", shard.world, " rank", shard.world == 1 ? "" : "s",
+               " with expert_parallel ", shard.expert_parallel,
+               ". Resume with the same grid (resharding is not supported yet)");
   c.model = load_tensors((dir / shard_file("model", shard)).string());
   if (load_optimizer) c.optimizer = load_tensors((dir / shard_file("optimizer", shard)).string());
   return c;

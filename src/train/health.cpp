@@ -3,6 +3,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "core/json_int.h"
 #include "hetmoe/core/error.h"
 
 namespace hetmoe {
@@ -91,19 +92,22 @@ std::string HealthMonitor::save() const {
 }
 
 void HealthMonitor::load(const std::string& text) {
+  static const char* const kWhere = "checkpoint";
   if (text.empty() || text == "{}") return;
   try {
     const nlohmann::json j = nlohmann::json::parse(text);
     const auto losses = j.at("recent_losses").get<std::vector<double>>();
     recent_.assign(losses.begin(), losses.end());
-    consecutive_bad_ = j.at("consecutive_bad").get<int64_t>();
-    bad_total_ = j.at("bad_total").get<int64_t>();
-    spikes_ = j.at("spikes").get<int64_t>();
-    scaled_ = j.at("scaled").get<int64_t>();
-    replayed_ = j.at("replayed").get<int64_t>();
+    consecutive_bad_ = json_int64(j.at("consecutive_bad"), kWhere, "consecutive_bad");
+    bad_total_ = json_int64(j.at("bad_total"), kWhere, "bad_total");
+    spikes_ = json_int64(j.at("spikes"), kWhere, "spikes");
+    scaled_ = json_int64(j.at("scaled"), kWhere, "scaled");
+    replayed_ = json_int64(j.at("replayed"), kWhere, "replayed");
     last_was_spike_ = j.at("last_was_spike").get<bool>();
     deferred_.clear();
-    for (const auto& d : j.at("deferred")) deferred_.emplace_back(d.at(0), d.at(1));
+    for (const auto& d : j.at("deferred"))
+      deferred_.emplace_back(json_int64(d.at(0), kWhere, "a deferred step"),
+                             json_int64(d.at(1), kWhere, "a deferred batch"));
   } catch (const nlohmann::json::exception& e) {
     HETMOE_FAIL("checkpoint", "training-health state in state.json is malformed: ", e.what());
   }

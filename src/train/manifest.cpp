@@ -1,0 +1,67 @@
+#include "hetmoe/train/manifest.h"
+
+#include <nlohmann/json.hpp>
+
+#include "core/json_int.h"
+#include "hetmoe/core/error.h"
+
+namespace hetmoe {
+
+CheckpointManifest parse_checkpoint_manifest(const std::string& text, const std::string& source) {
+  CheckpointManifest m;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    HETMOE_FAIL("checkpoint", source, ": not valid JSON (", e.what(), ")");
+  }
+  // (every typed access inside the try: value() throws when a key holds another type)
+  try {
+    HETMOE_CHECK(j.is_object() && j.contains("format") && j.at("format").is_string() &&
+                     j.at("format").get<std::string>() == "hetmoe-checkpoint",
+                 "checkpoint", source, ": not a hetmoe checkpoint manifest");
+    const std::string where = source + ": ";
+    m.step = json_int64(j.at("step"), "checkpoint", where + "step");
+    m.tokens_seen = json_int64(j.at("tokens_seen"), "checkpoint", where + "tokens_seen");
+    m.last_val_loss = j.value("last_val_loss", -1.0);
+    if (j.contains("world_size")) {
+      const int64_t w = json_int64(j.at("world_size"), "checkpoint", where + "world_size");
+      HETMOE_CHECK(w >= 1 && w <= (1 << 24), "checkpoint", where, "world_size ", w,
+                   " is out of range");
+      m.world_size = static_cast<int>(w);
+    }
+    if (j.contains("expert_parallel"))
+      m.expert_parallel = json_int64(j.at("expert_parallel"), "checkpoint", where + "expert_parallel");
+    if (j.contains("health")) {
+      HETMOE_CHECK(j.at("health").is_object(), "checkpoint", source, ": health is not an object");
+      m.health = j.at("health").dump();
+    }
+    if (j.contains("files")) {
+      HETMOE_CHECK(j.at("files").is_object(), "checkpoint", source, ": files is not an object");
+      for (const auto& [name, d] : j.at("files").items()) {
+        HETMOE_CHECK(!name.empty() && name.find('/') == std::string::npos && name != "." &&
+                         name != "..",
+                     "checkpoint", source, ": file name '", name, "' is not a plain file name");
+        FileDigest fd;
+        fd.bytes = json_int64(d.at("bytes"), "checkpoint", where + name + " bytes");
+        fd.fnv1a64 = d.at("fnv1a64").get<std::string>();
+        HETMOE_CHECK(fd.bytes >= 0, "checkpoint", source, ": ", name, " has ", fd.bytes, " bytes");
+        HETMOE_CHECK(fd.fnv1a64.size() == 16 &&
+                         fd.fnv1a64.find_first_not_of("0123456789abcdef") == std::string::npos,
+                     "checkpoint", source, ": ", name, " has a malformed checksum");
+        m.files.emplace(name, fd);
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    HETMOE_FAIL("checkpoint", source, ": ", e.what());
+  }
+  HETMOE_CHECK(m.step >= 0 && m.tokens_seen >= 0, "checkpoint", source,
+               ": negative step or tokens_seen");
+  HETMOE_CHECK(m.world_size >= 1 && m.expert_parallel >= 1 &&
+                   m.world_size % m.expert_parallel == 0,
+               "checkpoint", source, ": world_size ", m.world_size, " and expert_parallel ",
+               m.expert_parallel, " do not form a grid");
+  return m;
+}
+
+}  // namespace hetmoe
