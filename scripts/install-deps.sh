@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything hetmoe needs to build, test and train, and nothing else:
 #   - Debian packages (compilers' helpers, oneDNN, OpenMPI, spdlog, CLI11, yaml-cpp, nlohmann-json,
-#     GoogleTest, Google Benchmark, ccache, fortunes, matplotlib, hipcc for the HIP compile check);
+#     GoogleTest, Google Benchmark, ccache, fortunes, matplotlib, clang for the fuzzers, hipcc for
+#     the HIP compile check);
 #   - LibTorch from PyPI's torch==2.11.0 in a virtual environment outside the checkout
 #     (default ~/.cache/hetmoe/venv, HETMOE_VENV overrides).
 # Idempotent: when everything is present it only checks and returns in a few seconds.
@@ -16,7 +17,7 @@ debs=(
   libdnnl-dev ocl-icd-opencl-dev opencl-headers libopenmpi-dev openmpi-bin
   libspdlog-dev libfmt-dev libcli11-dev libyaml-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  fortunes python3-venv python3-matplotlib
+  fortunes python3-venv python3-matplotlib clang
   hipcc libamdhip64-dev
 )
 

@@ -2,6 +2,7 @@
 // Every key-specific fact (name, type, allowed values, description) lives in config_schema.cpp.
 #include "hetmoe/config/config.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -149,11 +150,41 @@ Value convert_value(const KeySpec& spec, const YAML::Node& node, const std::stri
   return {};
 }
 
+// Counts documents (stopping at the second) and remembers where the second begins. yaml-cpp
+// 0.7's LoadAll can loop forever, allocating, on some malformed input (found by the config fuzz
+// target), so documents are counted with a capped loop and only the first is loaded.
+class DocumentCounter final : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (++documents == 2) second = mark;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+  int documents = 0;
+  YAML::Mark second = YAML::Mark::null_mark();
+};
+
 // Parses the text as exactly one YAML document (an empty text is an empty document).
 YAML::Node load_document(const std::string& text, const Source& source) {
   std::vector<YAML::Node> documents;
   try {
-    documents = YAML::LoadAll(text);
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    DocumentCounter counter;
+    while (counter.documents < 2 && parser.HandleNextDocument(counter)) {
+    }
+    if (counter.documents > 1)
+      HETMOE_FAIL(kComponent, source.at(counter.second), ": expected one YAML document, found 2");
+    if (counter.documents == 1) documents.push_back(YAML::Load(text));
   } catch (const YAML::ParserException& e) {
     HETMOE_FAIL(kComponent, source.at(e.mark), ": invalid YAML",
                 e.mark.is_null() ? "" : " at column " + std::to_string(e.mark.column + 1), ": ",
@@ -162,10 +193,6 @@ YAML::Node load_document(const std::string& text, const Source& source) {
     HETMOE_FAIL(kComponent, source.name(), ": invalid YAML: ", printable(e.msg));
   }
   if (documents.empty()) return YAML::Node();
-  if (documents.size() > 1) {
-    HETMOE_FAIL(kComponent, source.at(documents[1].Mark()), ": expected one YAML document, found ",
-                documents.size());
-  }
   YAML::Node root = documents.front();
   if (!root.IsNull() && !root.IsMap()) {
     HETMOE_FAIL(kComponent, source.at(root.Mark()), ": expected a map of sections (",

@@ -490,7 +490,7 @@ TEST(ConfigTest, YamlSyntaxErrorsNameFileAndLine) {
 
 TEST(ConfigTest, MultipleDocumentsAreRejected) {
   EXPECT_EQ(parse_error("model: {}\n---\nmoe: {}\n"),
-            "[config] test.yaml:3: expected one YAML document, found 2");
+            "[config] test.yaml:2: expected one YAML document, found 2");
 }
 
 // --- enums ---
@@ -1037,6 +1037,22 @@ TEST(ConfigTest, RepoConfigsLoad) {
 #else
   GTEST_SKIP() << "HETMOE_SOURCE_DIR is not defined";
 #endif
+}
+
+}  // namespace
+}  // namespace hetmoe
+
+namespace hetmoe {
+namespace {
+
+// Found by the config fuzz target: yaml-cpp's LoadAll looped forever, allocating, on this input.
+// It must be refused (or accepted) promptly with a normal error.
+TEST(ConfigFuzzRegressionTest, MalformedInputThatHungLoadAllIsRefused) {
+  std::ifstream in(std::string(HETMOE_SOURCE_DIR) +
+                   "/tests/fuzz/seeds/config/regression-loadall-loop.yaml", std::ios::binary);
+  ASSERT_TRUE(in);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_THROW(parse_config(text, "fuzz.yaml"), Error);
 }
 
 }  // namespace
