@@ -94,7 +94,8 @@ std::vector<KeySpec> build_schema() {
                  "warn when an expert receives no tokens for this many steps in a row (0: off)"),
 
       HETMOE_KEY(train, steps, "optimizer steps"),
-      HETMOE_KEY(train, micro_batch, "sequences per micro-batch for the whole job (split evenly over the ranks)"),
+      HETMOE_KEY(train, micro_batch,
+                 "sequences per micro-batch for the whole job (split evenly over the ranks)"),
       HETMOE_KEY(train, seq_len, "tokens per training sequence (<= model.max_seq_len)"),
       HETMOE_KEY(train, grad_accum, "micro-batches accumulated per optimizer step"),
       HETMOE_KEY(train, lr, "peak learning rate"),
