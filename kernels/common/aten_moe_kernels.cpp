@@ -22,7 +22,8 @@ at::Tensor capacity_keep_mask(const at::Tensor& expert_index, const at::Tensor& 
   at::Tensor order = by_priority.index_select(0, by_expert);
   at::Tensor counts = at::bincount(flat, {}, num_experts);
   at::Tensor starts = counts.cumsum(0) - counts;
-  at::Tensor rank = at::arange(slots, flat.options()) - starts.index_select(0, flat.index_select(0, order));
+  at::Tensor rank =
+      at::arange(slots, flat.options()) - starts.index_select(0, flat.index_select(0, order));
   return at::zeros({slots}, flat.options().dtype(at::kBool)).index_put_({order}, rank < capacity);
 }
 
@@ -77,8 +78,8 @@ PermuteResult permute_forward(const at::Tensor& x, const at::Tensor& expert_inde
   PermuteResult r;
   r.slot = std::get<1>(at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false));
   if (options.capacity >= 0) {
-    at::Tensor keep = capacity_keep_mask(expert_index, options.priority, num_experts,
-                                         options.capacity);
+    at::Tensor keep =
+        capacity_keep_mask(expert_index, options.priority, num_experts, options.capacity);
     r.slot = r.slot.masked_select(keep.index_select(0, r.slot));
   }
   r.source_row = at::div(r.slot, k, "floor");
@@ -235,10 +236,11 @@ std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
 }  // namespace
 
 const MoEKernels& aten_moe_kernels() {
-  static const MoEKernels table{route_forward,     route_backward,      permute_forward,
-                                permute_backward,  expert_ffn_forward,  expert_ffn_backward,
-                                unpermute_forward, unpermute_backward,  /*matmul=*/nullptr,
-                                "aten"};
+  static const MoEKernels table{route_forward,      route_backward,
+                                permute_forward,    permute_backward,
+                                expert_ffn_forward, expert_ffn_backward,
+                                unpermute_forward,  unpermute_backward,
+                                /*matmul=*/nullptr, "aten"};
   return table;
 }
 

@@ -34,7 +34,8 @@ RouteResult route_forward(const at::Tensor& logits_in, const RouteParams& p) {
   const at::Tensor logits = logits_in.to(at::kFloat).contiguous();
   const int64_t n = logits.size(0), e = logits.size(1), k = p.top_k;
   const int64_t per_group = e / p.n_groups;
-  at::Tensor bias_t = p.bias.defined() ? p.bias.to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
+  at::Tensor bias_t =
+      p.bias.defined() ? p.bias.to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
   RouteResult r;
   r.scores = at::empty({n, e}, logits.options());
   r.expert_index = at::empty({n, k}, logits.options().dtype(at::kLong));
@@ -121,8 +122,10 @@ at::Tensor route_backward(const at::Tensor& grad_scores, const at::Tensor& grad_
                           const RouteParams& p) {
   const int64_t n = scores.size(0), e = scores.size(1), k = expert_index.size(1);
   const at::Tensor sc = scores.contiguous(), idx = expert_index.contiguous();
-  const at::Tensor gs = grad_scores.defined() ? grad_scores.to(at::kFloat).contiguous() : at::Tensor();
-  const at::Tensor gw = grad_weight.defined() ? grad_weight.to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor gs =
+      grad_scores.defined() ? grad_scores.to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor gw =
+      grad_weight.defined() ? grad_weight.to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor out = at::empty({n, e}, sc.options());
   const float* s_all = sc.data_ptr<float>();
   const int64_t* idx_all = idx.data_ptr<int64_t>();
@@ -267,12 +270,11 @@ at::Tensor permute_backward(const at::Tensor& grad_permuted, const at::Tensor& r
   const int64_t n = row_of_slot.numel() / top_k, hidden = grad_permuted.size(1);
   const at::Tensor g = grad_permuted.contiguous(), ros = row_of_slot.contiguous();
   at::Tensor out = at::empty({n, hidden}, g.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(), "permute_backward",
-                                  [&] {
-                                    combine<scalar_t>(g.data_ptr<scalar_t>(), hidden, nullptr,
-                                                      ros.data_ptr<int64_t>(), n, top_k,
-                                                      out.data_ptr<scalar_t>());
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, g.scalar_type(), "permute_backward", [&] {
+        combine<scalar_t>(g.data_ptr<scalar_t>(), hidden, nullptr, ros.data_ptr<int64_t>(), n,
+                          top_k, out.data_ptr<scalar_t>());
+      });
   return out;
 }
 
@@ -282,13 +284,12 @@ at::Tensor unpermute_forward(const at::Tensor& y, const at::Tensor& weight,
   const at::Tensor yc = y.contiguous(), ros = row_of_slot.contiguous();
   const at::Tensor w = weight.to(acc_type(y.scalar_type())).contiguous();
   at::Tensor out = at::empty({n, hidden}, y.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "unpermute_forward",
-                                  [&] {
-                                    using Acc = at::opmath_type<scalar_t>;
-                                    combine<scalar_t>(yc.data_ptr<scalar_t>(), hidden,
-                                                      w.data_ptr<Acc>(), ros.data_ptr<int64_t>(),
-                                                      n, k, out.data_ptr<scalar_t>());
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, y.scalar_type(), "unpermute_forward", [&] {
+        using Acc = at::opmath_type<scalar_t>;
+        combine<scalar_t>(yc.data_ptr<scalar_t>(), hidden, w.data_ptr<Acc>(),
+                          ros.data_ptr<int64_t>(), n, k, out.data_ptr<scalar_t>());
+      });
   return out;
 }
 
@@ -387,17 +388,23 @@ void cpu_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
   int64_t lda, ldb;
   as_gemm_operand(a, &ah, &ta, &lda);
   as_gemm_operand(b, &bh, &tb, &ldb);
-  const int status = dnnl->sgemm(ta, tb, m, n, kk, 1.0f, ah.data_ptr<float>(), lda,
-                                 bh.data_ptr<float>(), ldb, accumulate ? 1.0f : 0.0f,
-                                 out.data_ptr<float>(), out.stride(0));
+  const int status =
+      dnnl->sgemm(ta, tb, m, n, kk, 1.0f, ah.data_ptr<float>(), lda, bh.data_ptr<float>(), ldb,
+                  accumulate ? 1.0f : 0.0f, out.data_ptr<float>(), out.stride(0));
   TORCH_CHECK(status == 0, "oneDNN sgemm failed with status ", status, " for [", m, "x", kk,
               "] @ [", kk, "x", n, "]");
 }
 
 const MoEKernels& cpu_moe_kernels() {
-  static const MoEKernels table{route_forward,     route_backward,     permute_forward,
-                                permute_backward,  expert_ffn_forward, expert_ffn_backward,
-                                unpermute_forward, unpermute_backward, cpu_matmul,
+  static const MoEKernels table{route_forward,
+                                route_backward,
+                                permute_forward,
+                                permute_backward,
+                                expert_ffn_forward,
+                                expert_ffn_backward,
+                                unpermute_forward,
+                                unpermute_backward,
+                                cpu_matmul,
                                 "cpu (fused parallel routing, permutation and combine; " +
                                     std::string(dnnl_gemm() ? "oneDNN" : "LibTorch BLAS") +
                                     " GEMMs)"};

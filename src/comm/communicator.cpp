@@ -28,8 +28,8 @@ void Communicator::check_splits(const char* op, const at::Tensor& input,
     if (send[r] < 0 || recv[r] < 0) fail(op, detail::concat("negative split for rank ", r));
   const int64_t total = std::accumulate(send.begin(), send.end(), int64_t{0});
   if (total != input.size(0))
-    fail(op, detail::concat("send splits sum to ", total, " rows but the input has ",
-                            input.size(0)));
+    fail(op,
+         detail::concat("send splits sum to ", total, " rows but the input has ", input.size(0)));
 }
 
 at::Tensor Communicator::output_rows(const char* op, const at::Tensor& input, int64_t rows,
@@ -57,7 +57,8 @@ int env_int(std::initializer_list<const char*> names, int fallback) {
 // that is wrong for N ranks fails here too where it can.
 class LocalCommunicator final : public Communicator {
  public:
-  LocalCommunicator(std::string name, double timeout_s) : Communicator(std::move(name), timeout_s) {}
+  LocalCommunicator(std::string name, double timeout_s)
+      : Communicator(std::move(name), timeout_s) {}
   int rank() const override { return 0; }
   int size() const override { return 1; }
   std::string backend() const override { return "local"; }
@@ -72,8 +73,8 @@ class LocalCommunicator final : public Communicator {
                         const std::vector<int64_t>& recv, const at::Tensor& out) override {
     check_splits("all_to_all", input, send, recv);
     if (send[0] != recv[0])
-      fail("all_to_all", detail::concat("sends ", send[0], " rows to itself but expects ",
-                                        recv[0]));
+      fail("all_to_all",
+           detail::concat("sends ", send[0], " rows to itself but expects ", recv[0]));
     at::Tensor o = output_rows("all_to_all", input, recv[0], out);
     o.copy_(input);
     return o;
@@ -96,8 +97,8 @@ bool launched_by_mpi() {
 }
 
 int launcher_world_size() {
-  return env_int({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "MPI_WORLD_SIZE"},
-                 1);
+  return env_int(
+      {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "MPI_WORLD_SIZE"}, 1);
 }
 
 int launcher_rank() {

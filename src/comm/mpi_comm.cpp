@@ -4,8 +4,8 @@
 #include <ATen/ATen.h>
 #include <mpi.h>
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -49,17 +49,26 @@ std::string mpi_error_string(int code) {
 // The MPI type of one element for moving data; reductions of 16-bit floats go through fp32.
 MPI_Datatype element_type(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return MPI_FLOAT;
-    case at::kDouble: return MPI_DOUBLE;
-    case at::kLong: return MPI_INT64_T;
-    case at::kInt: return MPI_INT32_T;
-    case at::kShort: return MPI_INT16_T;
+    case at::kFloat:
+      return MPI_FLOAT;
+    case at::kDouble:
+      return MPI_DOUBLE;
+    case at::kLong:
+      return MPI_INT64_T;
+    case at::kInt:
+      return MPI_INT32_T;
+    case at::kShort:
+      return MPI_INT16_T;
     case at::kBFloat16:
-    case at::kHalf: return MPI_UINT16_T;
+    case at::kHalf:
+      return MPI_UINT16_T;
     case at::kByte:
-    case at::kBool: return MPI_UINT8_T;
-    case at::kChar: return MPI_INT8_T;
-    default: return MPI_DATATYPE_NULL;
+    case at::kBool:
+      return MPI_UINT8_T;
+    case at::kChar:
+      return MPI_INT8_T;
+    default:
+      return MPI_DATATYPE_NULL;
   }
 }
 
@@ -122,8 +131,7 @@ class MpiCommunicator final : public Communicator {
     shape[0] /= size_;
     at::Tensor out = at::empty(shape, host.options());
     MPI_Request req;
-    check(name, MPI_Ireduce_scatter_block(host.data_ptr(), out.data_ptr(),
-                                          count(name, out.numel()),
+    check(name, MPI_Ireduce_scatter_block(host.data_ptr(), out.data_ptr(), count(name, out.numel()),
                                           element_type(host.scalar_type()),
                                           op == ReduceOp::Max ? MPI_MAX : MPI_SUM, comm_, &req));
     wait(name, req);
@@ -134,7 +142,8 @@ class MpiCommunicator final : public Communicator {
   void broadcast(at::Tensor& t, int root) override {
     const char* name = "broadcast";
     usable(name);
-    if (root < 0 || root >= size_) fail(name, detail::concat("root ", root, " outside [0, ", size_, ")"));
+    if (root < 0 || root >= size_)
+      fail(name, detail::concat("root ", root, " outside [0, ", size_, ")"));
     at::Tensor host = staged(name, t, false);
     MPI_Request req;
     check(name, MPI_Ibcast(host.data_ptr(), count(name, host.numel()),
@@ -194,7 +203,8 @@ class MpiCommunicator final : public Communicator {
                             kAllToAllTag, comm_, &reqs.back()));
     }
     if (send[rank_] != recv[rank_])
-      fail(name, detail::concat("sends ", send[rank_], " rows to itself but expects ", recv[rank_]));
+      fail(name,
+           detail::concat("sends ", send[rank_], " rows to itself but expects ", recv[rank_]));
     // This rank's own rows, copied in slices with MPI progress in between: shared-memory
     // transfers move only while both sides drive them.
     const int64_t self_bytes = send[rank_] * row_bytes;
@@ -204,8 +214,8 @@ class MpiCommunicator final : public Communicator {
                   static_cast<size_t>(std::min(kSlice, self_bytes - off)));
       int flag = 0;
       if (!reqs.empty())
-        check(name, MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &flag,
-                                MPI_STATUSES_IGNORE));
+        check(name,
+              MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &flag, MPI_STATUSES_IGNORE));
     }
     wait_all(name, reqs);
     if (!out.is_same(result)) result.copy_(out);
@@ -223,8 +233,7 @@ class MpiCommunicator final : public Communicator {
 
  private:
   void usable(const char* op) const {
-    if (!broken_.empty())
-      fail(op, "communicator unusable after an earlier failure in " + broken_);
+    if (!broken_.empty()) fail(op, "communicator unusable after an earlier failure in " + broken_);
   }
 
   void check(const char* op, int code) {
@@ -270,8 +279,8 @@ class MpiCommunicator final : public Communicator {
     for (uint64_t polls = 0;; ++polls) {
       int done = 0;
       const int code = reqs.empty() ? MPI_SUCCESS
-                                    : MPI_Testall(static_cast<int>(reqs.size()), reqs.data(),
-                                                  &done, MPI_STATUSES_IGNORE);
+                                    : MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &done,
+                                                  MPI_STATUSES_IGNORE);
       if (reqs.empty()) done = 1;
       if (code != MPI_SUCCESS) {
         broken_ = op;

@@ -19,16 +19,25 @@ namespace {
 
 ncclDataType_t nccl_type(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return ncclFloat32;
-    case at::kDouble: return ncclFloat64;
-    case at::kHalf: return ncclFloat16;
-    case at::kBFloat16: return ncclBfloat16;
-    case at::kLong: return ncclInt64;
-    case at::kInt: return ncclInt32;
+    case at::kFloat:
+      return ncclFloat32;
+    case at::kDouble:
+      return ncclFloat64;
+    case at::kHalf:
+      return ncclFloat16;
+    case at::kBFloat16:
+      return ncclBfloat16;
+    case at::kLong:
+      return ncclInt64;
+    case at::kInt:
+      return ncclInt32;
     case at::kByte:
-    case at::kBool: return ncclUint8;
-    case at::kChar: return ncclInt8;
-    default: return ncclNumTypes;
+    case at::kBool:
+      return ncclUint8;
+    case at::kChar:
+      return ncclInt8;
+    default:
+      return ncclNumTypes;
   }
 }
 
@@ -64,8 +73,8 @@ class NcclCommunicator final : public Communicator {
     if (shape.empty()) shape.push_back(1);
     shape[0] *= size_;
     at::Tensor out = at::empty(shape, d.options());
-    check(name, ncclAllGather(d.data_ptr(), out.data_ptr(), d.numel(),
-                              nccl_type(d.scalar_type()), comm_, stream()));
+    check(name, ncclAllGather(d.data_ptr(), out.data_ptr(), d.numel(), nccl_type(d.scalar_type()),
+                              comm_, stream()));
     wait(name);
     return out.to(t.device());
   }
@@ -87,7 +96,8 @@ class NcclCommunicator final : public Communicator {
 
   void broadcast(at::Tensor& t, int root) override {
     const char* name = "broadcast";
-    if (root < 0 || root >= size_) fail(name, detail::concat("root ", root, " outside [0, ", size_, ")"));
+    if (root < 0 || root >= size_)
+      fail(name, detail::concat("root ", root, " outside [0, ", size_, ")"));
     at::Tensor d = staged(name, t);
     check(name, ncclBroadcast(d.data_ptr(), d.data_ptr(), d.numel(), nccl_type(d.scalar_type()),
                               root, comm_, stream()));

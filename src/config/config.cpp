@@ -526,8 +526,8 @@ void validate(const Config& c) {
   require_non_negative("train.spike_replay_after", t.spike_replay_after);
   HETMOE_CHECK(t.spike_window >= 2, kComponent, "train.spike_window (", t.spike_window,
                ") must be >= 2");
-  HETMOE_CHECK(t.spike_lr_scale >= 0 && t.spike_lr_scale <= 1, kComponent,
-               "train.spike_lr_scale (", t.spike_lr_scale, ") must be in [0, 1]");
+  HETMOE_CHECK(t.spike_lr_scale >= 0 && t.spike_lr_scale <= 1, kComponent, "train.spike_lr_scale (",
+               t.spike_lr_scale, ") must be in [0, 1]");
   require_non_negative("moe.imbalance_warn", c.moe.imbalance_warn);
   require_non_negative("moe.dead_expert_steps", c.moe.dead_expert_steps);
   require_non_negative("backend.peak_tflops", c.backend.peak_tflops);

@@ -88,8 +88,9 @@ std::vector<KeySpec> build_schema() {
       HETMOE_KEY(moe, routing_warmup_steps,
                  "Ling's stochastic routing warmup: logits blend with noise for the first W steps "
                  "(0: off)"),
-      HETMOE_KEY(moe, imbalance_warn,
-                 "warn when a layer's busiest expert gets more than this times the mean load (0: off)"),
+      HETMOE_KEY(
+          moe, imbalance_warn,
+          "warn when a layer's busiest expert gets more than this times the mean load (0: off)"),
       HETMOE_KEY(moe, dead_expert_steps,
                  "warn when an expert receives no tokens for this many steps in a row (0: off)"),
 
@@ -114,10 +115,12 @@ std::vector<KeySpec> build_schema() {
       HETMOE_KEY(train, eval_batches, "validation batches per evaluation"),
       HETMOE_KEY(train, save_every, "checkpoint every N steps (0: only at the end)"),
       HETMOE_KEY(train, keep_last, "keep only the newest N checkpoints (0: keep all)"),
-      HETMOE_KEY(train, max_bad_steps,
-                 "consecutive steps with a non-finite loss or gradient before the run stops (0: never)"),
-      HETMOE_KEY(train, spike_threshold,
-                 "loss spike: loss above the recent mean by this many standard deviations (0: off)"),
+      HETMOE_KEY(
+          train, max_bad_steps,
+          "consecutive steps with a non-finite loss or gradient before the run stops (0: never)"),
+      HETMOE_KEY(
+          train, spike_threshold,
+          "loss spike: loss above the recent mean by this many standard deviations (0: off)"),
       HETMOE_KEY(train, spike_window, "recent losses the spike test uses"),
       HETMOE_KEY(train, spike_lr_scale,
                  "a spike right after a spike updates with the LR scaled by this (0: skip again)"),
@@ -135,9 +138,10 @@ std::vector<KeySpec> build_schema() {
       HETMOE_KEY(parallel, expert_parallel,
                  "expert-parallel ranks; must divide moe.num_experts and the world size"),
 
-      HETMOE_KEY(comm, backend,
-                 "collective transport (auto: NCCL for CUDA, else MPI under a launcher, else local)",
-                 {"auto", "mpi", "nccl", "local"}),
+      HETMOE_KEY(
+          comm, backend,
+          "collective transport (auto: NCCL for CUDA, else MPI under a launcher, else local)",
+          {"auto", "mpi", "nccl", "local"}),
       HETMOE_KEY(comm, strict, "an unavailable comm.backend is an error instead of a fallback"),
       HETMOE_KEY(comm, timeout_s,
                  "seconds a blocking collective waits before every rank fails with a named error"),

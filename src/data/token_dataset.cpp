@@ -343,8 +343,8 @@ void TokenDataset::sample_windows(Split split, int64_t batch, int64_t len, uint6
   const auto* bytes = static_cast<const unsigned char*>(mapping_);
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t start =
-        begin +
-        static_cast<int64_t>(window_hash(seed, split, step, static_cast<uint64_t>(first + b)) % positions);
+        begin + static_cast<int64_t>(
+                    window_hash(seed, split, step, static_cast<uint64_t>(first + b)) % positions);
     const unsigned char* src = bytes + 2 * start;
     int32_t* dst = out + b * len;
     int32_t worst = 0;

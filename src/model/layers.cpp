@@ -100,8 +100,8 @@ MoELayerImpl::MoELayerImpl(const ModelConfig& model, const MoEConfig& moe, Exper
   const int64_t e = moe.num_experts, d = model.d_model, f = moe.expert_hidden;
   if (shard_.count < 0) shard_ = ExpertShard{0, e};
   HETMOE_CHECK(shard_.first >= 0 && shard_.count >= 1 && shard_.first + shard_.count <= e, "model",
-               "expert shard [", shard_.first, ", ", shard_.first + shard_.count,
-               ") outside the ", e, " experts");
+               "expert shard [", shard_.first, ", ", shard_.first + shard_.count, ") outside the ",
+               e, " experts");
   const int64_t local = shard_.count;
   // Usable on its own (embedded in a user's model): normal(0, init_std) like the transformer's
   // reset_parameters, which re-draws them from its seed.

@@ -163,13 +163,12 @@ PermuteResult permute(const at::Tensor& x, const at::Tensor& expert_index, int64
                expert_index.sizes());
   at::Tensor priority = at::empty({0}, x.options().dtype(at::kFloat));
   if (options.capacity >= 0) {
-    HETMOE_CHECK(options.priority.defined() &&
-                     options.priority.sizes() == expert_index.sizes(),
+    HETMOE_CHECK(options.priority.defined() && options.priority.sizes() == expert_index.sizes(),
                  "permute", "a capacity needs a priority of shape ", expert_index.sizes());
     priority = options.priority.detach().to(at::kFloat).contiguous();
   }
-  auto out = PermuteFn::apply(x.contiguous(), expert_index.to(at::kLong).contiguous(),
-                              num_experts, options.capacity, priority);
+  auto out = PermuteFn::apply(x.contiguous(), expert_index.to(at::kLong).contiguous(), num_experts,
+                              options.capacity, priority);
   return PermuteResult{out[0], out[1], out[2], out[3], out[4], out[5]};
 }
 
@@ -192,8 +191,8 @@ at::Tensor unpermute(const at::Tensor& y, const at::Tensor& weight, const Permut
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w) {
-  HETMOE_CHECK(w.dim() == 2 && x.dim() >= 1 && x.size(-1) == w.size(1), "linear",
-               "x ", x.sizes(), " does not fit weight ", w.sizes());
+  HETMOE_CHECK(w.dim() == 2 && x.dim() >= 1 && x.size(-1) == w.size(1), "linear", "x ", x.sizes(),
+               " does not fit weight ", w.sizes());
   const MoEKernels& k = kernels_for(x);
   if (!k.matmul || x.scalar_type() != w.scalar_type()) return at::linear(x, w);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());

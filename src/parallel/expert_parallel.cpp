@@ -90,7 +90,7 @@ ExpertExchange::Dispatched AllToAllExchange::dispatch(const at::Tensor& rows,
     for (int64_t e = 0; e < l; ++e) plan->recv[q] += from[q * l + e];
   // (its forward time is inside this whole call's, added below)
   at::Tensor received = differentiable_all_to_all(ep, rows, plan->send, plan->recv,
-                                                 /*forward_seconds=*/nullptr, &from_experts_s_);
+                                                  /*forward_seconds=*/nullptr, &from_experts_s_);
 
   // Received rows are grouped by source rank, then by expert; the experts want them grouped by
   // expert, then by source rank (stable, so the order inside an expert is the same on any grid).
@@ -108,8 +108,8 @@ ExpertExchange::Dispatched AllToAllExchange::dispatch(const at::Tensor& rows,
     }
   }
   at::Tensor index = at::tensor(order, at::kLong).to(rows.device());
-  plan->ungroup = at::empty_like(index).index_copy_(
-      0, index, at::arange(index.numel(), index.options()));
+  plan->ungroup =
+      at::empty_like(index).index_copy_(0, index, at::arange(index.numel(), index.options()));
   Dispatched d;
   d.rows = received.index_select(0, index);
   d.tokens_per_expert = at::tensor(local_counts, at::kLong).to(tokens_per_expert.device());

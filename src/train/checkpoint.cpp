@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -11,7 +12,6 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <vector>
-#include <algorithm>
 
 #include "hetmoe/core/error.h"
 #include "hetmoe/core/fs.h"
@@ -162,8 +162,8 @@ void verify_files(const fs::path& dir, const CheckpointManifest& manifest) {
     const fs::path file = dir / name;
     HETMOE_CHECK(fs::exists(file), "checkpoint", "'", file.string(), "' is missing");
     const Digest got = file_digest(file);
-    HETMOE_CHECK(got.bytes == want.bytes, "checkpoint", "'", file.string(), "' is truncated: ",
-                 got.bytes, " bytes, the manifest says ", want.bytes);
+    HETMOE_CHECK(got.bytes == want.bytes, "checkpoint", "'", file.string(),
+                 "' is truncated: ", got.bytes, " bytes, the manifest says ", want.bytes);
     HETMOE_CHECK(hex64(got.hash) == want.fnv1a64, "checkpoint", "'", file.string(),
                  "' is corrupt: its checksum differs from the manifest's");
   }

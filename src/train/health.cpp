@@ -16,7 +16,8 @@ HealthMonitor::Verdict HealthMonitor::judge(int64_t step, double loss, double gr
     HETMOE_CHECK(options_.max_bad_steps <= 0 || consecutive_bad_ < options_.max_bad_steps, "train",
                  consecutive_bad_, " consecutive steps (the last: step ", step,
                  ") had a non-finite loss or gradient (train.max_bad_steps is ",
-                 options_.max_bad_steps, "); lower train.lr, check the data, or resume from the "
+                 options_.max_bad_steps,
+                 "); lower train.lr, check the data, or resume from the "
                  "last checkpoint with a smaller learning rate");
     v.action = Action::Skip;
     v.why = std::string("non-finite ") + (std::isfinite(loss) ? "gradient norm" : "loss") +

@@ -31,7 +31,8 @@ CheckpointManifest parse_checkpoint_manifest(const std::string& text, const std:
       m.world_size = static_cast<int>(w);
     }
     if (j.contains("expert_parallel"))
-      m.expert_parallel = json_int64(j.at("expert_parallel"), "checkpoint", where + "expert_parallel");
+      m.expert_parallel =
+          json_int64(j.at("expert_parallel"), "checkpoint", where + "expert_parallel");
     if (j.contains("health")) {
       HETMOE_CHECK(j.at("health").is_object(), "checkpoint", source, ": health is not an object");
       m.health = j.at("health").dump();
@@ -39,9 +40,9 @@ CheckpointManifest parse_checkpoint_manifest(const std::string& text, const std:
     if (j.contains("files")) {
       HETMOE_CHECK(j.at("files").is_object(), "checkpoint", source, ": files is not an object");
       for (const auto& [name, d] : j.at("files").items()) {
-        HETMOE_CHECK(!name.empty() && name.find('/') == std::string::npos && name != "." &&
-                         name != "..",
-                     "checkpoint", source, ": file name '", name, "' is not a plain file name");
+        HETMOE_CHECK(
+            !name.empty() && name.find('/') == std::string::npos && name != "." && name != "..",
+            "checkpoint", source, ": file name '", name, "' is not a plain file name");
         FileDigest fd;
         fd.bytes = json_int64(d.at("bytes"), "checkpoint", where + name + " bytes");
         fd.fnv1a64 = d.at("fnv1a64").get<std::string>();
@@ -57,8 +58,7 @@ CheckpointManifest parse_checkpoint_manifest(const std::string& text, const std:
   }
   HETMOE_CHECK(m.step >= 0 && m.tokens_seen >= 0, "checkpoint", source,
                ": negative step or tokens_seen");
-  HETMOE_CHECK(m.world_size >= 1 && m.expert_parallel >= 1 &&
-                   m.world_size % m.expert_parallel == 0,
+  HETMOE_CHECK(m.world_size >= 1 && m.expert_parallel >= 1 && m.world_size % m.expert_parallel == 0,
                "checkpoint", source, ": world_size ", m.world_size, " and expert_parallel ",
                m.expert_parallel, " do not form a grid");
   return m;

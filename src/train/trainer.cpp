@@ -66,8 +66,8 @@ void truncate_metrics(const fs::path& path, int64_t step) {
 
 // The launcher's local rank (ranks on this node), for choosing a GPU; 0 when not launched.
 int local_rank() {
-  for (const char* n : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID",
-                        "LOCAL_RANK"})
+  for (const char* n :
+       {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "LOCAL_RANK"})
     if (const char* v = std::getenv(n); v && *v) return std::atoi(v);
   return 0;
 }
@@ -96,8 +96,7 @@ Trainer::Trainer(Config config, TrainerOptions options)
   if (device_.is_cuda()) c10::impl::getDeviceGuardImpl(device_.type())->setDevice(device_);
   CommOptions comm_options{config_.comm.backend, config_.comm.strict, config_.comm.timeout_s};
   grid_ = std::make_unique<ProcessGrid>(make_world_communicator(comm_options, device_.type()),
-                                        config_.parallel.expert_parallel,
-                                        config_.moe.num_experts);
+                                        config_.parallel.expert_parallel, config_.moe.num_experts);
   const int world = grid_->world_size();
   if (world > 1) init_logging(grid_->rank(), config_.run.log_level, config_.run.log_all_ranks);
   HETMOE_CHECK(t.micro_batch % world == 0, "train", "train.micro_batch ", t.micro_batch,
@@ -185,12 +184,12 @@ Trainer::Trainer(Config config, TrainerOptions options)
                   flops_per_token_ / 1e9, peak_flops_ / 1e12,
                   config_.backend.peak_tflops > 0 ? "backend.peak_tflops" : "device table");
   if (world > 1)
-    HETMOE_LOG_INFO("grid: %s; %lld of the %lld sequences of each micro-batch per rank; "
-                    "this rank holds experts [%lld, %lld)",
-                    grid_->describe().c_str(), static_cast<long long>(local_batch_),
-                    static_cast<long long>(t.micro_batch),
-                    static_cast<long long>(grid_->expert_shard().first),
-                    static_cast<long long>(grid_->expert_shard().first + grid_->expert_shard().count));
+    HETMOE_LOG_INFO(
+        "grid: %s; %lld of the %lld sequences of each micro-batch per rank; "
+        "this rank holds experts [%lld, %lld)",
+        grid_->describe().c_str(), static_cast<long long>(local_batch_),
+        static_cast<long long>(t.micro_batch), static_cast<long long>(grid_->expert_shard().first),
+        static_cast<long long>(grid_->expert_shard().first + grid_->expert_shard().count));
   HETMOE_LOG_INFO("device %s, dtype %s, %d threads, data %s (%lld train / %lld val tokens)",
                   device_.str().c_str(), config_.backend.dtype.c_str(), at::get_num_threads(),
                   config_.data.path.c_str(),
@@ -250,13 +249,13 @@ double Trainer::train_step() {
 
 Error Trainer::out_of_memory(const std::string& what) const {
   const auto& t = config_.train;
-  return Error("train",
-               detail::concat("out of memory at step ", state_.step + 1, " on ", device_.str(),
-                              " (", what, "); lower train.micro_batch (", t.micro_batch,
-                              "), train.seq_len (", t.seq_len, ") or moe.expert_hidden (",
-                              config_.moe.expert_hidden, "), use backend.dtype bf16, or spread "
-                              "the experts over more ranks (parallel.expert_parallel ",
-                              config_.parallel.expert_parallel, ")"));
+  return Error("train", detail::concat("out of memory at step ", state_.step + 1, " on ",
+                                       device_.str(), " (", what, "); lower train.micro_batch (",
+                                       t.micro_batch, "), train.seq_len (", t.seq_len,
+                                       ") or moe.expert_hidden (", config_.moe.expert_hidden,
+                                       "), use backend.dtype bf16, or spread "
+                                       "the experts over more ranks (parallel.expert_parallel ",
+                                       config_.parallel.expert_parallel, ")"));
 }
 
 double Trainer::train_step_unguarded() {
@@ -352,11 +351,12 @@ void Trainer::watch_experts(int64_t step, const std::vector<at::Tensor>& load) {
     if (m.imbalance_warn > 0 && ratio > m.imbalance_warn &&
         step - last_imbalance_warning_ >= config_.train.log_every) {
       last_imbalance_warning_ = step;
-      HETMOE_LOG_WARN("step %lld: MoE layer %zu is imbalanced: expert %lld got %.0f tokens, "
-                      "%.1fx the mean (moe.imbalance_warn %.1f); consider moe.aux_loss_coef or "
-                      "moe.bias_update_rate",
-                      static_cast<long long>(step), layer, static_cast<long long>(busiest), most,
-                      ratio, m.imbalance_warn);
+      HETMOE_LOG_WARN(
+          "step %lld: MoE layer %zu is imbalanced: expert %lld got %.0f tokens, "
+          "%.1fx the mean (moe.imbalance_warn %.1f); consider moe.aux_loss_coef or "
+          "moe.bias_update_rate",
+          static_cast<long long>(step), layer, static_cast<long long>(busiest), most, ratio,
+          m.imbalance_warn);
     }
     auto& idle = idle_steps_[layer];
     idle.resize(static_cast<size_t>(e), 0);
@@ -422,9 +422,8 @@ void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, i
   const double eta = done > 0 ? elapsed / done * static_cast<double>(t.steps - state_.step) : 0;
 
   // MFU of the whole job against the peak of all its devices.
-  const double mfu = peak_flops_ > 0 ? tokens_per_s * flops_per_token_ /
-                                           (peak_flops_ * grid_->world_size())
-                                     : 0.0;
+  const double mfu =
+      peak_flops_ > 0 ? tokens_per_s * flops_per_token_ / (peak_flops_ * grid_->world_size()) : 0.0;
   HETMOE_LOG_INFO(
       "step %lld/%lld | loss %.4f | aux %.4f | z %.4f | lr %.2e | gnorm %.3f | "
       "%.0f tok/s | mfu %.1f%% | imbalance %.2f | eta %s",
@@ -497,8 +496,8 @@ TrainResult Trainer::run() {
       // SIGINT/SIGTERM: the step is done; keep it and stop cleanly.
       const std::string where = save();
       HETMOE_LOG_WARN("stopped by signal %d after step %lld; saved %s; continue with --resume %s",
-                      StopSignals::received(), static_cast<long long>(state_.step),
-                      where.c_str(), config_.run.out_dir.c_str());
+                      StopSignals::received(), static_cast<long long>(state_.step), where.c_str(),
+                      config_.run.out_dir.c_str());
       result.interrupted = true;
       break;
     }
@@ -512,9 +511,9 @@ TrainResult Trainer::run() {
                                   result.seconds
                             : 0;
   result.peak_memory_bytes = peak_memory();
-  result.mfu = peak_flops_ > 0 ? result.tokens_per_s * flops_per_token_ /
-                                     (peak_flops_ * grid_->world_size())
-                               : 0.0;
+  result.mfu = peak_flops_ > 0
+                   ? result.tokens_per_s * flops_per_token_ / (peak_flops_ * grid_->world_size())
+                   : 0.0;
   result.skipped_steps = skipped_;
   result.checkpoint = last_checkpoint_;
   return result;

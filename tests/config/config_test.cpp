@@ -359,7 +359,8 @@ TEST(ConfigTest, UnknownKeyWithoutCloseMatchHasNoSuggestion) {
 }
 
 TEST(ConfigTest, UnknownKeyInEverySectionIsRejected) {
-  for (const char* section : {"model", "moe", "train", "data", "parallel", "comm", "backend", "run"}) {
+  for (const char* section :
+       {"model", "moe", "train", "data", "parallel", "comm", "backend", "run"}) {
     EXPECT_EQ(parse_error(std::string(section) + ":\n  zzzzzzzzzzzz: 1\n"),
               std::string("[config] test.yaml:2: unknown key '") + section + ".zzzzzzzzzzzz'");
   }
@@ -1048,8 +1049,9 @@ namespace {
 // Found by the config fuzz target: yaml-cpp's LoadAll looped forever, allocating, on this input.
 // It must be refused (or accepted) promptly with a normal error.
 TEST(ConfigFuzzRegressionTest, MalformedInputThatHungLoadAllIsRefused) {
-  std::ifstream in(std::string(HETMOE_SOURCE_DIR) +
-                   "/tests/fuzz/seeds/config/regression-loadall-loop.yaml", std::ios::binary);
+  std::ifstream in(
+      std::string(HETMOE_SOURCE_DIR) + "/tests/fuzz/seeds/config/regression-loadall-loop.yaml",
+      std::ios::binary);
   ASSERT_TRUE(in);
   const std::string text((std::istreambuf_iterator<char>(in)), {});
   EXPECT_THROW(parse_config(text, "fuzz.yaml"), Error);

@@ -58,9 +58,12 @@ TEST_P(CpuKernelsTest, MatchTheAtenKernelsExactlyInChoiceAndClosely) {
   at::Tensor x = at::randn({sh.tokens, sh.hidden});
   PermuteResult pa = cpu_table().permute_forward(x, a.expert_index, sh.experts, {});
   PermuteResult pb = aten_table().permute_forward(x, b.expert_index, sh.experts, {});
-  for (auto [u, v] : {std::pair{pa.permuted, pb.permuted}, {pa.source_row, pb.source_row},
-                      {pa.slot, pb.slot}, {pa.row_of_slot, pb.row_of_slot},
-                      {pa.tokens_per_expert, pb.tokens_per_expert}, {pa.dropped, pb.dropped}})
+  for (auto [u, v] : {std::pair{pa.permuted, pb.permuted},
+                      {pa.source_row, pb.source_row},
+                      {pa.slot, pb.slot},
+                      {pa.row_of_slot, pb.row_of_slot},
+                      {pa.tokens_per_expert, pb.tokens_per_expert},
+                      {pa.dropped, pb.dropped}})
     EXPECT_TRUE(at::equal(u, v));
   at::Tensor grows = at::randn_like(pa.permuted);
   EXPECT_CLOSE(cpu_table().permute_backward(grows, pa.row_of_slot, sh.top_k),
@@ -90,10 +93,10 @@ TEST_P(CpuKernelsTest, MatchTheAtenKernelsExactlyInChoiceAndClosely) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, CpuKernelsTest,
-    ::testing::Combine(::testing::Values(Shape{37, 24, 8, 2, 1, 1},   // random-ish shape
-                                         Shape{1, 16, 4, 2, 1, 1},    // a single token
-                                         Shape{5, 8, 16, 3, 1, 1},    // most experts idle
-                                         Shape{9, 8, 4, 4, 1, 1},     // top_k == experts
+    ::testing::Combine(::testing::Values(Shape{37, 24, 8, 2, 1, 1},    // random-ish shape
+                                         Shape{1, 16, 4, 2, 1, 1},     // a single token
+                                         Shape{5, 8, 16, 3, 1, 1},     // most experts idle
+                                         Shape{9, 8, 4, 4, 1, 1},      // top_k == experts
                                          Shape{64, 32, 64, 6, 8, 3}),  // Ling-style groups
                        ::testing::Bool(), ::testing::Bool(), ::testing::Bool()));
 
@@ -169,8 +172,8 @@ TEST(CapacityTest, DroppedSlotsContributeNothingAndGetNoGradient) {
 
   PermuteResult perm = ops::permute(x1, r.expert_index, e, {cap, prio});
   ASSERT_GT(perm.dropped.item<int64_t>(), 0);
-  at::Tensor out = ops::unpermute(ops::expert_ffn(perm.permuted, a1, b1, perm.tokens_per_expert),
-                                  g1, perm);
+  at::Tensor out =
+      ops::unpermute(ops::expert_ffn(perm.permuted, a1, b1, perm.tokens_per_expert), g1, perm);
   at::Tensor keep = ops::reference::capacity_keep(r.expert_index, prio, e, cap).view({n, k});
   at::Tensor ref = ops::reference::moe_experts(x2, r.expert_index, g2 * keep, a2, b2);
   EXPECT_CLOSE(out, ref, 1e-5);
@@ -192,8 +195,8 @@ TEST(CapacityTest, RequiresAPriority) {
 
 TEST(CpuMatmulTest, MatchesLibTorchForTransposedViewsAndAccumulation) {
   at::manual_seed(21);
-  for (auto [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{33, 17, 9}, {1, 64, 5},
-                         {64, 1, 7}, {128, 256, 96}}) {
+  for (auto [m, k, n] :
+       {std::tuple<int64_t, int64_t, int64_t>{33, 17, 9}, {1, 64, 5}, {64, 1, 7}, {128, 256, 96}}) {
     at::Tensor a = at::randn({m, k}), b = at::randn({k, n});
     at::Tensor at_ = a.t().contiguous().t(), bt = b.t().contiguous().t();  // column-major views
     for (const auto& [x, y] : {std::pair{a, b}, {at_, b}, {a, bt}, {at_, bt}}) {
@@ -257,8 +260,8 @@ TEST(DnnlCoexistenceTest, LibTorchAndHetmoeOneDnnServeCallsInOneProcess) {
   ASSERT_NE(dnnl, nullptr) << cpu::dnnl_status();
   at::manual_seed(23);
   at::Tensor a = at::randn({96, 80}), b = at::randn({80, 64});
-  at::Tensor before = at::mm(a, b);                                    // LibTorch's BLAS
-  at::Tensor bf = at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16));    // LibTorch's own oneDNN
+  at::Tensor before = at::mm(a, b);                                  // LibTorch's BLAS
+  at::Tensor bf = at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16));  // LibTorch's own oneDNN
   at::Tensor ours = at::empty({96, 64});
   ASSERT_EQ(dnnl->sgemm('N', 'N', 96, 64, 80, 1.0f, a.data_ptr<float>(), 80, b.data_ptr<float>(),
                         64, 0.0f, ours.data_ptr<float>(), 64),

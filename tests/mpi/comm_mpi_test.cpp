@@ -34,7 +34,8 @@ at::Tensor contribution(int r, at::ScalarType dtype) {
 TEST(MpiCommTest, AllReduceSumAvgMaxMatchOneProcess) {
   const int n = world->size(), r = world->rank();
   for (at::ScalarType dtype : {at::kFloat, at::kDouble, at::kLong, at::kBFloat16}) {
-    at::Tensor expect_sum = at::zeros({3, 4}, at::kDouble), expect_max = contribution(0, at::kDouble);
+    at::Tensor expect_sum = at::zeros({3, 4}, at::kDouble),
+               expect_max = contribution(0, at::kDouble);
     for (int q = 0; q < n; ++q) {
       expect_sum += contribution(q, at::kDouble);
       expect_max = at::maximum(expect_max, contribution(q, at::kDouble));
@@ -57,7 +58,8 @@ TEST(MpiCommTest, AllGatherReduceScatterBroadcastBarrier) {
   at::Tensor mine = at::full({2, 3}, static_cast<float>(r));
   at::Tensor all = world->all_gather(mine);
   ASSERT_EQ(all.sizes(), (std::vector<int64_t>{2 * n, 3}));
-  for (int q = 0; q < n; ++q) EXPECT_TRUE(at::equal(all.narrow(0, 2 * q, 2), at::full({2, 3}, float(q))));
+  for (int q = 0; q < n; ++q)
+    EXPECT_TRUE(at::equal(all.narrow(0, 2 * q, 2), at::full({2, 3}, float(q))));
 
   at::Tensor big = at::arange(2 * n * 3, at::kFloat).view({2 * n, 3}) + r;
   at::Tensor part = world->reduce_scatter(big, ReduceOp::Sum);
@@ -113,7 +115,8 @@ TEST(MpiCommTest, UnevenAllToAllWithZeroSplitsMatchesOneProcess) {
   at::Tensor got = world->all_to_all(in, s0, r0);
   if (r == 0) {
     ASSERT_EQ(got.size(0), 2 * (n - 1));
-    for (int q = 1; q < n; ++q) EXPECT_TRUE(at::equal(got.narrow(0, 2 * (q - 1), 2), at::full({2, 3}, float(q))));
+    for (int q = 1; q < n; ++q)
+      EXPECT_TRUE(at::equal(got.narrow(0, 2 * (q - 1), 2), at::full({2, 3}, float(q))));
   } else {
     EXPECT_EQ(got.size(0), 0);
   }
@@ -152,8 +155,9 @@ TEST(MpiCommTest, ErrorsNameOperationCommunicatorRankAndStep) {
     FAIL() << "expected a CommError";
   } catch (const CommError& e) {
     const std::string m = e.what();
-    EXPECT_NE(m.find("all_to_all on 'world' (" + world->backend() + ", rank " + std::to_string(world->rank()) + " of " +
-                     std::to_string(world->size()) + ") at step 42"),
+    EXPECT_NE(m.find("all_to_all on 'world' (" + world->backend() + ", rank " +
+                     std::to_string(world->rank()) + " of " + std::to_string(world->size()) +
+                     ") at step 42"),
               std::string::npos)
         << m;
   }

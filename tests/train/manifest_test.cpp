@@ -42,10 +42,11 @@ TEST(ManifestTest, RefusesMalformedManifestsWithAClearError) {
   EXPECT_NE(error_of(R"({"format": "hetmoe-checkpoint", "step": "x", "tokens_seen": 1})")
                 .find("[checkpoint] state.json:"),
             std::string::npos);
-  EXPECT_NE(error_of(R"({"format": "hetmoe-checkpoint", )" + ok +
-                     R"(, "files": {"../../etc/passwd": {"bytes": 1, "fnv1a64": "0123456789abcdef"}}})")
-                .find("is not a plain file name"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of(R"({"format": "hetmoe-checkpoint", )" + ok +
+               R"(, "files": {"../../etc/passwd": {"bytes": 1, "fnv1a64": "0123456789abcdef"}}})")
+          .find("is not a plain file name"),
+      std::string::npos);
   EXPECT_NE(error_of(R"({"format": "hetmoe-checkpoint", )" + ok +
                      R"(, "files": {"m": {"bytes": 1, "fnv1a64": "xyz"}}})")
                 .find("malformed checksum"),

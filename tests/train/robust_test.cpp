@@ -2,8 +2,8 @@
 // rotation, kill -9 during saves, SIGTERM/SIGINT handling, NaN and loss-spike handling, and the
 // imbalance warning.
 #include <ATen/ATen.h>
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -90,8 +90,9 @@ TEST(CheckpointTest, ResumeFallsBackToTheNewestValidCheckpoint) {
   EXPECT_THROW(Trainer(c, TrainerOptions{step_dir(c, 4)}), Error);
   // Nothing valid at all: an error listing what is wrong.
   damage(step_dir(c, 2) + "/model.safetensors", true);
-  EXPECT_NE(error_of([&] { Trainer(c, TrainerOptions{c.run.out_dir}); }).find("no valid checkpoint"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { Trainer(c, TrainerOptions{c.run.out_dir}); }).find("no valid checkpoint"),
+      std::string::npos);
 }
 
 TEST(CheckpointTest, KeepLastRotatesOldCheckpointsAway) {
@@ -128,14 +129,19 @@ pid_t spawn_train(const TempDir& dir, const std::vector<std::string>& extra) {
 }
 
 void write_cli_config(const TempDir& dir, int steps) {
-  dir.write("cfg.yaml", "model: {d_model: 64, n_layers: 2, n_heads: 4, n_kv_heads: 2, "
-                        "max_seq_len: 32, first_k_dense: 1, dense_ffn_hidden: 64}\n"
-                        "moe: {num_experts: 4, top_k: 2, expert_hidden: 64}\n"
-                        "train: {steps: " + std::to_string(steps) +
-                            ", micro_batch: 4, seq_len: 16, warmup: 2, eval_every: 100000, "
-                            "log_every: 1, save_every: 1, threads: 1}\n"
-                            "data: {path: " + dir.str("data") + "}\nbackend: {device: cpu}\n"
-                            "run: {out_dir: " + dir.str("run") + "}\n");
+  dir.write("cfg.yaml",
+            "model: {d_model: 64, n_layers: 2, n_heads: 4, n_kv_heads: 2, "
+            "max_seq_len: 32, first_k_dense: 1, dense_ffn_hidden: 64}\n"
+            "moe: {num_experts: 4, top_k: 2, expert_hidden: 64}\n"
+            "train: {steps: " +
+                std::to_string(steps) +
+                ", micro_batch: 4, seq_len: 16, warmup: 2, eval_every: 100000, "
+                "log_every: 1, save_every: 1, threads: 1}\n"
+                "data: {path: " +
+                dir.str("data") +
+                "}\nbackend: {device: cpu}\n"
+                "run: {out_dir: " +
+                dir.str("run") + "}\n");
 }
 
 int64_t logged_steps(const TempDir& dir) {
@@ -152,13 +158,14 @@ TEST(CheckpointTest, KillNineDuringSavesLeavesALoadableCheckpoint) {
   write_cli_config(dir, 100000);
   std::mt19937 rng(7);
   for (int trial = 0; trial < 6; ++trial) {
-    const pid_t pid = spawn_train(dir, trial == 0 ? std::vector<std::string>{"--overwrite"}
-                                                  : std::vector<std::string>{"--resume",
-                                                                             dir.str("run")});
+    const pid_t pid =
+        spawn_train(dir, trial == 0 ? std::vector<std::string>{"--overwrite"}
+                                    : std::vector<std::string>{"--resume", dir.str("run")});
     // Wait for training to be under way (every step saves), then kill at a random moment.
     for (int i = 0; i < 600 && logged_steps(dir) < 2 * (trial + 1); ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<>(0, 60)(rng)));
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(std::uniform_int_distribution<>(0, 60)(rng)));
     kill(pid, SIGKILL);
     int status = 0;
     waitpid(pid, &status, 0);

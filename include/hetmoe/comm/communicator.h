@@ -70,7 +70,8 @@ class Communicator {
   virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name) = 0;
 
  protected:
-  Communicator(std::string name, double timeout_s) : name_(std::move(name)), timeout_s_(timeout_s) {}
+  Communicator(std::string name, double timeout_s)
+      : name_(std::move(name)), timeout_s_(timeout_s) {}
   // "[comm] <op> on '<name>' (<backend>, rank r of n) at step s: <what>"
   [[noreturn]] void fail(const std::string& op, const std::string& what) const;
   // Checks shared by the transports (dtype, contiguity, split sums).

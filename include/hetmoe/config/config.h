@@ -68,11 +68,11 @@ struct TrainConfig {
   int64_t save_every = 0;  // 0: only at the end
   int64_t keep_last = 0;   // checkpoints kept (newest); 0: all
   // Training health (hetmoe/train/health.h).
-  int64_t max_bad_steps = 5;        // consecutive non-finite steps before stopping; 0: never
-  double spike_threshold = 6.0;     // loss spike: > mean + threshold * std of recent; 0: off
-  int64_t spike_window = 50;        // recent losses the spike test looks at
-  double spike_lr_scale = 0.1;      // a spike right after a spike updates with lr * this
-  int64_t spike_replay_after = 100; // a spike's batch is trained again this many steps later
+  int64_t max_bad_steps = 5;         // consecutive non-finite steps before stopping; 0: never
+  double spike_threshold = 6.0;      // loss spike: > mean + threshold * std of recent; 0: off
+  int64_t spike_window = 50;         // recent losses the spike test looks at
+  double spike_lr_scale = 0.1;       // a spike right after a spike updates with lr * this
+  int64_t spike_replay_after = 100;  // a spike's batch is trained again this many steps later
   bool save_final = true;  // checkpoint when the run ends (off for throughput measurements)
   int64_t log_every = 10;
   int64_t threads = 0;  // intra-op threads; 0: all cores

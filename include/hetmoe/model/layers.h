@@ -103,7 +103,9 @@ class MoELayerImpl : public torch::nn::Module {
   // alpha of the routing warmup at the current step (1 when it is off or over).
   double warmup_alpha() const;
   // Routes rows through `exchange` to experts on other ranks (expert parallelism).
-  void set_expert_exchange(std::shared_ptr<ExpertExchange> exchange) { exchange_ = std::move(exchange); }
+  void set_expert_exchange(std::shared_ptr<ExpertExchange> exchange) {
+    exchange_ = std::move(exchange);
+  }
   const ExpertShard& shard() const { return shard_; }
 
   at::Tensor router;       // [E, D] fp32

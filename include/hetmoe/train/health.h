@@ -12,11 +12,12 @@
 namespace hetmoe {
 
 struct HealthOptions {
-  int64_t max_bad_steps = 5;       // consecutive non-finite steps before the run stops; 0: never
-  double spike_threshold = 6.0;    // a spike: loss > mean + threshold * std of recent losses; 0: off
-  int64_t spike_window = 50;       // recent losses kept (the first half must fill before judging)
-  double spike_lr_scale = 0.1;     // a spike right after a spike: update with lr * this instead
-  int64_t spike_replay_after = 100;  // a skipped batch is trained again this many steps later; 0: never
+  int64_t max_bad_steps = 5;     // consecutive non-finite steps before the run stops; 0: never
+  double spike_threshold = 6.0;  // a spike: loss > mean + threshold * std of recent losses; 0: off
+  int64_t spike_window = 50;     // recent losses kept (the first half must fill before judging)
+  double spike_lr_scale = 0.1;   // a spike right after a spike: update with lr * this instead
+  int64_t spike_replay_after =
+      100;  // a skipped batch is trained again this many steps later; 0: never
 };
 
 class HealthMonitor {

@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "hetmoe/config/config.h"
+#include "hetmoe/core/error.h"
 #include "hetmoe/data/dataset.h"
 #include "hetmoe/model/transformer.h"
-#include "hetmoe/core/error.h"
 #include "hetmoe/train/checkpoint.h"
 #include "hetmoe/train/health.h"
 

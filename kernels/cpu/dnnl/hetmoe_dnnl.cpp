@@ -31,8 +31,7 @@ const char* hetmoe_dnnl_describe(void) {
 int hetmoe_dnnl_sgemm(char transa, char transb, int64_t m, int64_t n, int64_t k, float alpha,
                       const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
                       float* c, int64_t ldc) {
-  return static_cast<int>(
-      dnnl_sgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc));
+  return static_cast<int>(dnnl_sgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc));
 }
 
 }  // extern "C"

@@ -23,9 +23,9 @@ HETMOE_DNNL_API const char* hetmoe_dnnl_describe(void);
 
 // Row-major C = alpha * op(A) * op(B) + beta * C with op(X) = X ('N') or X^T ('T'); A is m x k
 // after op, B is k x n after op, C is m x n. Returns 0 on success, else the oneDNN status.
-HETMOE_DNNL_API int hetmoe_dnnl_sgemm(char transa, char transb, int64_t m, int64_t n, int64_t k, float alpha,
-                      const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
-                      float* c, int64_t ldc);
+HETMOE_DNNL_API int hetmoe_dnnl_sgemm(char transa, char transb, int64_t m, int64_t n, int64_t k,
+                                      float alpha, const float* a, int64_t lda, const float* b,
+                                      int64_t ldb, float beta, float* c, int64_t ldc);
 
 #ifdef __cplusplus
 }

@@ -192,16 +192,11 @@ std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
 
 const MoEKernels& cuda_moe_kernels() {
   static const MoEKernels table{
-      route_forward,
-      route_backward,
-      permute_forward,
-      permute_backward,
-      expert_ffn_forward,
-      expert_ffn_backward,
-      unpermute_forward,
-      unpermute_backward,
-      /*matmul=*/nullptr,
-      "cuda (fused router, device permutation, _grouped_mm for bf16 on sm_90)"};
+      route_forward,      route_backward,
+      permute_forward,    permute_backward,
+      expert_ffn_forward, expert_ffn_backward,
+      unpermute_forward,  unpermute_backward,
+      /*matmul=*/nullptr, "cuda (fused router, device permutation, _grouped_mm for bf16 on sm_90)"};
   return table;
 }
 
