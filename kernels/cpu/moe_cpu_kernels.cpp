@@ -334,7 +334,7 @@ std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
 
 // A 2-D operand as row-major GEMM arguments: 'N' with leading dimension stride(0), or 'T' for a
 // transposed view; anything else is made contiguous first (into *holder).
-bool as_gemm_operand(const at::Tensor& t, at::Tensor* holder, char* trans, int64_t* ld) {
+void as_gemm_operand(const at::Tensor& t, at::Tensor* holder, char* trans, int64_t* ld) {
   const int64_t rows = t.size(0), cols = t.size(1);
   if (t.stride(1) == 1 && t.stride(0) >= std::max<int64_t>(1, cols)) {
     *trans = 'N';
@@ -349,7 +349,6 @@ bool as_gemm_operand(const at::Tensor& t, at::Tensor* holder, char* trans, int64
     *trans = 'N';
     *ld = std::max<int64_t>(1, cols);
   }
-  return true;
 }
 
 at::Tensor expert_ffn_forward(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,

@@ -105,6 +105,11 @@ int launcher_rank() {
   return env_int({"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"}, 0);
 }
 
+int launcher_local_rank() {
+  return env_int({"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "LOCAL_RANK"},
+                 0);
+}
+
 std::unique_ptr<Communicator> make_world_communicator(const CommOptions& options,
                                                       c10::DeviceType device_type) {
   using namespace comm_detail;

@@ -64,14 +64,6 @@ void truncate_metrics(const fs::path& path, int64_t step) {
   std::ofstream(path, std::ios::trunc) << kept;
 }
 
-// The launcher's local rank (ranks on this node), for choosing a GPU; 0 when not launched.
-int local_rank() {
-  for (const char* n :
-       {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "LOCAL_RANK"})
-    if (const char* v = std::getenv(n); v && *v) return std::atoi(v);
-  return 0;
-}
-
 }  // namespace
 
 Trainer::Trainer(Config config, TrainerOptions options)
@@ -91,7 +83,7 @@ Trainer::Trainer(Config config, TrainerOptions options)
     // One GPU per rank on a node, unless the config names one.
     const auto& guard = *c10::impl::getDeviceGuardImpl(device_.type());
     device_ = c10::Device(device_.type(),
-                          static_cast<c10::DeviceIndex>(local_rank() % guard.deviceCount()));
+                          static_cast<c10::DeviceIndex>(launcher_local_rank() % guard.deviceCount()));
   }
   if (device_.is_cuda()) c10::impl::getDeviceGuardImpl(device_.type())->setDevice(device_);
   CommOptions comm_options{config_.comm.backend, config_.comm.strict, config_.comm.timeout_s};

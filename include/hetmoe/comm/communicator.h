@@ -93,6 +93,8 @@ bool launched_by_mpi();
 // The launcher's world size and rank from the environment (1 and 0 when not launched).
 int launcher_world_size();
 int launcher_rank();
+// This process's rank among those on its node (for choosing a GPU); 0 when not launched.
+int launcher_local_rank();
 
 // The world communicator for `device_type` tensors. backend "auto": NCCL for CUDA devices when
 // built and launched, else MPI when built and launched, else local. A named backend that is not
