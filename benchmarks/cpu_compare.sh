@@ -4,14 +4,8 @@
 #   benchmarks/cpu_compare.sh [STEPS]      (default 40; needs a build in $HETMOE_BUILD_DIR or build)
 # Writes the figures as JSON to ${OUT:-benchmarks/results}/cpu-compare-<date>.json.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source scripts/env.sh
+source "$(dirname "$0")/common.sh"
 steps=${1:-40}
-build=${HETMOE_BUILD_DIR:-build}
-out=${OUT:-benchmarks/results}
-mkdir -p "$out"
-[ -f data/fortunes/index.json ] ||
-  "$build/src/hetmoe" data prepare --input /usr/share/games/fortunes --out data/fortunes --separator %
 
 ceiling=$("$build/benchmarks/hetmoe_op_bench" --benchmark_filter=DenseGemm \
   --benchmark_min_time=0.5 --benchmark_format=json 2>/dev/null |

@@ -4,16 +4,10 @@
 # thread per rank. Prints tokens/s, the overhead and the time split, and writes JSON.
 #   benchmarks/ep_overhead.sh [STEPS]     (default 30; needs a build in $HETMOE_BUILD_DIR or build)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source scripts/env.sh
+source "$(dirname "$0")/common.sh"
 steps=${1:-30}
-build=${HETMOE_BUILD_DIR:-build}
-out=${OUT:-benchmarks/results}
-mkdir -p "$out"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
-[ -f data/fortunes/index.json ] ||
-  "$build/src/hetmoe" data prepare --input /usr/share/games/fortunes --out data/fortunes --separator %
 tmp=$(mktemp -d)
 for ep in 1 2; do
   mpirun --oversubscribe -np 2 "$build/src/hetmoe" train --config configs/bench-small.yaml \
