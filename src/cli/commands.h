@@ -11,5 +11,8 @@ void add_data_command(CLI::App& root, int& status);
 void add_generate_command(CLI::App& root, int& status);
 void add_devices_command(CLI::App& root, int& status);
 void add_version_command(CLI::App& root, int& status);
+void add_bench_command(CLI::App& root, int& status);
+void add_plan_command(CLI::App& root, int& status);
+void add_check_command(CLI::App& root, int& status);
 
 }  // namespace hetmoe::cli

@@ -1,4 +1,5 @@
-// `hetmoe`: train, prepare data, generate, and report devices and versions.
+// `hetmoe`: train, prepare data, generate, report devices and versions, benchmark, plan and
+// check numerical alignment.
 // Exit codes: 0 success, 1 a runtime error (bad config, data, checkpoint...), 2 a usage error.
 #include <c10/util/Exception.h>
 
@@ -34,6 +35,9 @@ int main(int argc, char** argv) {
   hetmoe::cli::add_generate_command(app, status);
   hetmoe::cli::add_devices_command(app, status);
   hetmoe::cli::add_version_command(app, status);
+  hetmoe::cli::add_bench_command(app, status);
+  hetmoe::cli::add_plan_command(app, status);
+  hetmoe::cli::add_check_command(app, status);
   hetmoe::init_logging(0, "info");
   try {
     app.parse(argc, argv);

@@ -6,7 +6,11 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <vector>
+
+#include "hetmoe/core/error.h"
 
 namespace hetmoe {
 namespace {
@@ -25,6 +29,20 @@ bool remove_tree(const std::string& path, std::string* error) {
   const int rc = ::nftw(path.c_str(), remove_entry, 32, FTW_DEPTH | FTW_PHYS);
   if (rc != 0 && error) *error = std::strerror(rc > 0 ? rc : errno);
   return rc == 0;
+}
+
+TempDir::TempDir(const std::string& prefix) {
+  const char* base = std::getenv("TMPDIR");
+  const std::string pattern = std::string(base && *base ? base : "/tmp") + "/" + prefix + "-XXXXXX";
+  std::vector<char> buf(pattern.begin(), pattern.end());
+  buf.push_back('\0');
+  HETMOE_CHECK(::mkdtemp(buf.data()) != nullptr, "fs", "cannot create a temporary directory '",
+               pattern, "': ", std::strerror(errno));
+  path_ = buf.data();
+}
+
+TempDir::~TempDir() {
+  remove_tree(path_);
 }
 
 }  // namespace hetmoe

@@ -4,6 +4,8 @@
 
 #include <torch/autograd.h>
 
+#include <atomic>
+
 #include "hetmoe/core/error.h"
 #include "hetmoe/device/registry.h"
 
@@ -14,7 +16,17 @@ using torch::autograd::variable_list;
 
 namespace {
 
+std::atomic<KernelImpl> g_kernel_impl{KernelImpl::Native};
+
 const MoEKernels& kernels_for(const at::Tensor& t) {
+  switch (g_kernel_impl.load(std::memory_order_relaxed)) {
+    case KernelImpl::Portable:
+      return aten_moe_kernels();
+    case KernelImpl::Reference:
+      return reference_moe_kernels();
+    case KernelImpl::Native:
+      break;
+  }
   return backend_for(t).kernels();
 }
 
@@ -133,6 +145,33 @@ struct UnpermuteFn : torch::autograd::Function<UnpermuteFn> {
 };
 
 }  // namespace
+
+void set_kernel_impl(KernelImpl impl) {
+  g_kernel_impl.store(impl);
+}
+
+KernelImpl kernel_impl() {
+  return g_kernel_impl.load();
+}
+
+std::string to_string(KernelImpl impl) {
+  switch (impl) {
+    case KernelImpl::Native:
+      return "native";
+    case KernelImpl::Portable:
+      return "portable";
+    case KernelImpl::Reference:
+      return "reference";
+  }
+  return "unknown";
+}
+
+KernelImpl parse_kernel_impl(const std::string& text) {
+  for (KernelImpl k : {KernelImpl::Native, KernelImpl::Portable, KernelImpl::Reference})
+    if (to_string(k) == text) return k;
+  HETMOE_FAIL("ops", "unknown kernel implementation '", text,
+              "' (known: native, portable, reference)");
+}
 
 RouteResult route(const at::Tensor& logits, const RouteParams& params) {
   HETMOE_CHECK(logits.dim() == 2, "route", "logits must be [tokens, experts], got ",

@@ -11,4 +11,18 @@ namespace hetmoe {
 // Returns false (and leaves what it could not remove) on failure, with the reason in *error.
 bool remove_tree(const std::string& path, std::string* error = nullptr);
 
+// A new, empty directory $TMPDIR/<prefix>-XXXXXX (or under /tmp), removed with everything in it
+// when the object goes. Throws hetmoe::Error("[fs] ...") when it cannot be created.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix);
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 }  // namespace hetmoe

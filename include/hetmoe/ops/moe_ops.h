@@ -4,9 +4,41 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
+
 #include "hetmoe/device/kernels.h"
 
 namespace hetmoe::ops {
+
+// Which kernel table the operators run. Process-wide (the autograd engine may run backward passes
+// on its own threads); switch it only between steps, never while a graph is alive.
+enum class KernelImpl {
+  Native,    // the tensor's backend's own table (default): fused CPU loops, CUDA kernels, oneDNN
+  Portable,  // the plain-ATen table every backend is tested against (aten_moe_kernels)
+  Reference  // naive per-token loops with autograd backward passes (reference_moe_kernels)
+};
+void set_kernel_impl(KernelImpl impl);
+KernelImpl kernel_impl();
+// "native" | "portable" | "reference"; parse throws hetmoe::Error naming the text otherwise.
+std::string to_string(KernelImpl impl);
+KernelImpl parse_kernel_impl(const std::string& text);
+
+// Sets an implementation for the lifetime of the guard and restores the previous one after.
+class KernelImplGuard {
+ public:
+  explicit KernelImplGuard(KernelImpl impl) : previous_(kernel_impl()) { set_kernel_impl(impl); }
+  ~KernelImplGuard() { set_kernel_impl(previous_); }
+  KernelImplGuard(const KernelImplGuard&) = delete;
+  KernelImplGuard& operator=(const KernelImplGuard&) = delete;
+
+ private:
+  KernelImpl previous_;
+};
+
+// The naive table: every forward entry a plain loop over tokens, slots and experts in fp32 on the
+// host, every backward entry the autograd gradient of a recomputed naive forward. Slow; it is the
+// "obviously right" side of `hetmoe check --kernels` and of the kernel tests. Any device.
+const MoEKernels& reference_moe_kernels();
 
 // Scores, top-k selection and routing weights from router logits [N, E] (any float dtype; the
 // scores are computed in fp32). scores and expert_weight carry gradients back to the logits;
