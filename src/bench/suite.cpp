@@ -403,8 +403,11 @@ std::vector<BenchRun> read_bench_document(const std::string& path, std::string* 
         "'");
     return j[key];
   };
-  HETMOE_CHECK(doc.is_object() && doc.value("schema", "") == kSchema, kComponent, "'", path,
-               "' is not a hetmoe benchmark result (schema ", kSchema, ")");
+  HETMOE_CHECK(doc.is_object() && doc.contains("schema") && doc["schema"] == kSchema, kComponent,
+               "'", path, "' is not a hetmoe benchmark result (schema ", kSchema, ")");
+  auto text_or_empty = [](const nlohmann::json& j, const char* key) {
+    return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string();
+  };
   if (dtype) *dtype = need(doc, "dtype", "the document", true).get<std::string>();
   std::vector<BenchRun> runs;
   const auto& list = need(doc, "runs", "the document", false);
@@ -419,8 +422,8 @@ std::vector<BenchRun> read_bench_document(const std::string& path, std::string* 
                    kComponent, "'", path, "': ", where, " has a figure without name or median");
       BenchFigure fig;
       fig.name = f["name"].get<std::string>();
-      fig.unit = f.value("unit", "");
-      fig.better = f.value("better", "");
+      fig.unit = text_or_empty(f, "unit");
+      fig.better = text_or_empty(f, "better");
       fig.samples = {f["median"].get<double>()};
       r.figures.push_back(std::move(fig));
     }

@@ -50,8 +50,7 @@ int run_bench(const BenchArgs& a) {
   Config config = load_with_overrides(a.config, a.sets, a.dtype);
   const std::vector<std::string> names = pick_backends(
       a.backends.empty() ? std::vector<std::string>{} : split_list(a.backends, "--backends"));
-  const DeviceCatalog catalog =
-      load_device_catalog(a.catalog.empty() ? default_catalog_path() : a.catalog);
+  const DeviceCatalog catalog = open_catalog(a.catalog);
   if (!a.out.empty()) check_writable(a.out);
   BenchOptions options = a.options;
   options.train = !a.no_train;

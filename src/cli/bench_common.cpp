@@ -2,7 +2,6 @@
 
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 
 #include "hetmoe/core/error.h"
 #include "hetmoe/device/registry.h"
@@ -11,14 +10,14 @@ namespace hetmoe::cli {
 
 std::vector<std::string> split_list(const std::string& text, const std::string& option) {
   std::vector<std::string> out;
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    HETMOE_CHECK(!item.empty(), "cli", option, " '", text, "' has an empty item");
-    out.push_back(item);
+  size_t start = 0;
+  while (true) {
+    const size_t comma = text.find(',', start);
+    out.push_back(text.substr(start, comma == std::string::npos ? comma : comma - start));
+    HETMOE_CHECK(!out.back().empty(), "cli", option, " '", text, "' has an empty item");
+    if (comma == std::string::npos) return out;
+    start = comma + 1;
   }
-  HETMOE_CHECK(!out.empty(), "cli", option, " needs at least one value");
-  return out;
 }
 
 Config load_with_overrides(const std::string& path, const std::vector<std::string>& sets,
@@ -71,6 +70,17 @@ void write_file_atomically(const std::string& path, const std::string& text) {
   }
   HETMOE_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cli", "cannot move '", tmp, "' to '",
                path, "'");
+}
+
+DeviceCatalog open_catalog(const std::string& explicit_path) {
+  if (!explicit_path.empty()) return load_device_catalog(explicit_path);
+  const std::string path = default_catalog_path();
+  if (std::ifstream(path).good()) return load_device_catalog(path);
+  std::fprintf(stderr,
+               "hetmoe: warning: no device catalog at '%s' (give one with --catalog FILE or "
+               "HETMOE_DEVICES); no peaks or prices\n",
+               path.c_str());
+  return DeviceCatalog{};
 }
 
 void add_config_options(CLI::App* cmd, std::string& config, std::vector<std::string>& sets) {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "hetmoe/bench/catalog.h"
 #include "hetmoe/config/config.h"
 
 namespace hetmoe::cli {
@@ -28,6 +29,10 @@ void write_file_atomically(const std::string& path, const std::string& text);
 
 // Throws naming the path when a file cannot be created there (checked before long work).
 void check_writable(const std::string& path);
+
+// The catalog named by --catalog (errors are errors), else the default one when it exists, else
+// an empty catalog after a one-line warning: figures without prices.
+DeviceCatalog open_catalog(const std::string& explicit_path);
 
 // --config, --set and --catalog, as every one of the three commands takes them.
 void add_config_options(CLI::App* cmd, std::string& config, std::vector<std::string>& sets);

@@ -89,8 +89,7 @@ int run_plan(const PlanArgs& a) {
   grid.expert = config.parallel.expert_parallel;
   if (!a.grid.empty()) grid = parse_grid(a.grid);
   const TrainingPlan p = plan_training(config, grid, dtype);
-  const DeviceCatalog catalog =
-      load_device_catalog(a.catalog.empty() ? default_catalog_path() : a.catalog);
+  const DeviceCatalog catalog = open_catalog(a.catalog);
   const std::map<std::string, double> measured = measured_mfu(a.bench, catalog, dtype);
 
   const auto& m = config.model;
@@ -144,7 +143,7 @@ int run_plan(const PlanArgs& a) {
       continue;
     }
     const std::string cost = thousands(est.cost) + " " + d.currency;
-    std::printf("%-18s %10.1f %8.1f%% %6s %14s %12s %16s  %s (%.0f GB)\n", d.name.c_str(),
+    std::printf("%-18s %10.1f %8.1f%% %-6s %14s %12s %16s  %s (%.0f GB)\n", d.name.c_str(),
                 est.peak_tflops, 100.0 * est.mfu, is_measured ? "meas." : "assum.",
                 thousands(est.device_hours).c_str(), duration(est.wall_hours).c_str(), cost.c_str(),
                 fits, d.memory_gb);

@@ -102,7 +102,7 @@ PermuteResult permute_forward(const at::Tensor& x, const at::Tensor& expert_inde
   r.slot = tensor(slots);
   r.row_of_slot = tensor(row_of);
   r.tokens_per_expert = tensor(counts);
-  r.dropped = at::tensor(dropped, at::kLong).to(x.device());
+  r.dropped = at::scalar_tensor(dropped, at::kLong).to(x.device());
   at::Tensor hx = host_f32(x), out = at::zeros({static_cast<int64_t>(source.size()), x.size(1)});
   for (size_t i = 0; i < source.size(); ++i) out[static_cast<int64_t>(i)].copy_(hx[source[i]]);
   r.permuted = like(out, x);

@@ -1,12 +1,10 @@
 // The hetmoe executable: exit codes and one-line messages for bad flags, files and configs,
 // and a short end-to-end run (prepare -> train -> resume -> generate).
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
-#include <cstdio>
 #include <string>
 
+#include "support/cli_runner.h"
 #include "support/temp_dir.h"
 
 namespace hetmoe {
@@ -14,28 +12,9 @@ namespace {
 
 using test_support::TempDir;
 
-struct Result {
-  int code;
-  std::string output;  // stdout and stderr together
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string(HETMOE_CLI_PATH) + " " + args + " 2>&1";
-  FILE* pipe = ::popen(cmd.c_str(), "r");
-  Result r{-1, ""};
-  if (!pipe) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  const int status = ::pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-void expect_contains(const Result& r, const std::string& text) {
-  EXPECT_NE(r.output.find(text), std::string::npos) << "expected '" << text << "' in:\n"
-                                                    << r.output;
-}
+using test_support::expect_contains;
+using test_support::Result;
+using test_support::run;
 
 // A prepared corpus and a tiny config pointing at it.
 struct Fixture {
