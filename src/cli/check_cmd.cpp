@@ -53,12 +53,13 @@ std::pair<CheckSide, CheckSide> sides_of(const CheckArgs& a, const Config& confi
   return {side(0), side(1)};
 }
 
-// Defaults that hold for a correct build: fp32 differs only in summation order; a bf16 side
-// carries bf16 rounding (2^-8) into every operator and the loss.
+// Defaults that hold for a correct build: fp32 operators differ only in summation order (and
+// training amplifies that slowly: ~1e-4 after 50 tiny steps); a bf16 side carries bf16 rounding
+// (2^-8) into every operator and the loss.
 std::pair<double, double> default_tolerances(const CheckSide& a, const CheckSide& b) {
   if (a.dtype != b.dtype) return {3e-2, 5e-2};
   if (a.dtype == "bf16") return {2e-2, 2e-2};
-  if (a.device == b.device) return {1e-4, 1e-5};  // same device, other kernels
+  if (a.device == b.device) return {1e-3, 1e-5};  // same device, other kernels
   return {1e-3, 1e-4};
 }
 
