@@ -87,6 +87,7 @@ FirstBatch first_batch(const Config& c) {
   ops::KernelImplGuard native(ops::KernelImpl::Native);
   Transformer source(c.model, c.moe);
   source->reset_parameters(static_cast<uint64_t>(c.train.seed));
+  // The same windows as the trainer's first step.
   TokenDataset data(c.data.path);
   const int64_t len = c.train.seq_len + 1;
   at::Tensor buf = at::empty({c.train.micro_batch, len}, at::kInt);

@@ -95,9 +95,27 @@ at::Tensor SwiGLUImpl::forward(const at::Tensor& x) {
   return ops::linear(a, as_compute(w2->weight, a));
 }
 
+namespace {
+ModelConfig model_of_width(int64_t d_model, double init_std) {
+  ModelConfig m;
+  m.d_model = d_model;
+  m.init_std = init_std;
+  return m;
+}
+}  // namespace
+
+MoELayerImpl::MoELayerImpl(int64_t d_model, const MoEConfig& moe, double init_std)
+    : MoELayerImpl(model_of_width(d_model, init_std), moe) {}
+
 MoELayerImpl::MoELayerImpl(const ModelConfig& model, const MoEConfig& moe, ExpertShard shard)
     : moe_(moe), shard_(shard) {
   const int64_t e = moe.num_experts, d = model.d_model, f = moe.expert_hidden;
+  HETMOE_CHECK(d >= 1 && e >= 1 && f >= 1 && moe.num_shared_experts >= 0, "model",
+               "MoE layer needs d_model, moe.num_experts and moe.expert_hidden >= 1 and "
+               "moe.num_shared_experts >= 0 (got ",
+               d, ", ", e, ", ", f, ", ", moe.num_shared_experts, ")");
+  HETMOE_CHECK(moe.top_k >= 1 && moe.top_k <= e, "model", "moe.top_k ", moe.top_k,
+               " must be between 1 and moe.num_experts (", e, ")");
   if (shard_.count < 0) shard_ = ExpertShard{0, e};
   HETMOE_CHECK(shard_.first >= 0 && shard_.count >= 1 && shard_.first + shard_.count <= e, "model",
                "expert shard [", shard_.first, ", ", shard_.first + shard_.count, ") outside the ",

@@ -82,8 +82,8 @@ Trainer::Trainer(Config config, TrainerOptions options)
   if (device_.is_cuda() && !explicit_index && launched_by_mpi()) {
     // One GPU per rank on a node, unless the config names one.
     const auto& guard = *c10::impl::getDeviceGuardImpl(device_.type());
-    device_ = c10::Device(device_.type(),
-                          static_cast<c10::DeviceIndex>(launcher_local_rank() % guard.deviceCount()));
+    device_ = c10::Device(
+        device_.type(), static_cast<c10::DeviceIndex>(launcher_local_rank() % guard.deviceCount()));
   }
   if (device_.is_cuda()) c10::impl::getDeviceGuardImpl(device_.type())->setDevice(device_);
   CommOptions comm_options{config_.comm.backend, config_.comm.strict, config_.comm.timeout_s};
@@ -114,14 +114,15 @@ Trainer::Trainer(Config config, TrainerOptions options)
   fs::create_directories(out, ec);
   HETMOE_CHECK(!ec, "train", "cannot create run directory '", out.string(), "': ", ec.message());
 
-  data_ = std::make_unique<TokenDataset>(config_.data.path);
-  HETMOE_CHECK(data_->vocab_size() <= config_.model.vocab_size, "train", "dataset '",
-               config_.data.path, "' has vocab_size ", data_->vocab_size(),
-               " but model.vocab_size is ", config_.model.vocab_size);
+  data_ = options_.data ? options_.data : std::make_shared<TokenDataset>(config_.data.path);
+  const std::string data_name = data_->describe();
+  HETMOE_CHECK(data_->vocab_size() <= config_.model.vocab_size, "train", "dataset '", data_name,
+               "' has vocab_size ", data_->vocab_size(), " but model.vocab_size is ",
+               config_.model.vocab_size);
   for (Split s : {Split::Train, Split::Val}) {
-    HETMOE_CHECK(data_->split_size(s) >= t.seq_len + 1, "train", "dataset '", config_.data.path,
-                 "': the ", s == Split::Train ? "train" : "val", " split has ",
-                 data_->split_size(s), " tokens, fewer than train.seq_len + 1 = ", t.seq_len + 1);
+    HETMOE_CHECK(data_->split_size(s) >= t.seq_len + 1, "train", "dataset '", data_name, "': the ",
+                 s == Split::Train ? "train" : "val", " split has ", data_->split_size(s),
+                 " tokens, fewer than train.seq_len + 1 = ", t.seq_len + 1);
   }
 
   model_ = Transformer(config_.model, config_.moe, grid_->expert_shard());
@@ -184,8 +185,7 @@ Trainer::Trainer(Config config, TrainerOptions options)
         static_cast<long long>(grid_->expert_shard().first + grid_->expert_shard().count));
   HETMOE_LOG_INFO("device %s, dtype %s, %d threads, data %s (%lld train / %lld val tokens)",
                   device_.str().c_str(), config_.backend.dtype.c_str(), at::get_num_threads(),
-                  config_.data.path.c_str(),
-                  static_cast<long long>(data_->split_size(Split::Train)),
+                  data_name.c_str(), static_cast<long long>(data_->split_size(Split::Train)),
                   static_cast<long long>(data_->split_size(Split::Val)));
 }
 
@@ -304,6 +304,7 @@ double Trainer::train_step_unguarded() {
   }
   // Every rank sees the same global loss and norm, so every rank decides the same.
   const HealthMonitor::Verdict verdict = health_.judge(step, stats.loss, grad_norm);
+  stats.skipped = verdict.action == HealthMonitor::Action::Skip;
   if (verdict.action == HealthMonitor::Action::Skip) {
     ++skipped_;
     if (std::isfinite(stats.loss) && std::isfinite(grad_norm)) {
@@ -392,7 +393,24 @@ std::string Trainer::save() {
   state_.health = health_.save();
   last_checkpoint_ = save_checkpoint(config_.run.out_dir, config_, state_, weights,
                                      optimizer_->state_dict(), checkpoint_shard());
+  if (options_.on_checkpoint) options_.on_checkpoint(state_.step, last_checkpoint_);
   return last_checkpoint_;
+}
+
+StepMetrics Trainer::last_step() const {
+  StepMetrics m;
+  m.step = state_.step;
+  m.loss = last_.loss;
+  m.aux_loss = last_.aux;
+  m.z_loss = last_.z;
+  m.lr = last_.skipped ? 0.0 : last_.lr;
+  m.grad_norm = last_.grad_norm;
+  m.skipped = last_.skipped;
+  for (const at::Tensor& l : last_.load) {
+    at::Tensor c = l.to(at::kCPU, at::kLong).contiguous();
+    m.expert_load.emplace_back(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+  }
+  return m;
 }
 
 void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, int64_t first_step,
@@ -465,6 +483,13 @@ TrainResult Trainer::run() {
     const auto step_start = clock::now();
     const double loss = train_step();
     const double step_seconds = std::chrono::duration<double>(clock::now() - step_start).count();
+    if (options_.on_step) {
+      StepMetrics m = last_step();
+      m.seconds = step_seconds;
+      m.tokens_per_s = static_cast<double>(t.grad_accum * t.micro_batch * t.seq_len) /
+                       std::max(step_seconds, 1e-9);
+      options_.on_step(m);
+    }
     train_loss_window += loss;
     ++window;
     const bool last = state_.step == t.steps;
@@ -472,6 +497,7 @@ TrainResult Trainer::run() {
     if (state_.step % t.eval_every == 0 || last) {
       val_loss = evaluate();
       state_.last_val_loss = val_loss;
+      if (options_.on_eval) options_.on_eval(state_.step, val_loss);
       HETMOE_LOG_INFO("step %lld/%lld | val loss %.4f", static_cast<long long>(state_.step),
                       static_cast<long long>(t.steps), val_loss);
     }

@@ -42,19 +42,40 @@ uint64_t fnv1a64(const void* data, size_t size, uint64_t seed = 0xcbf29ce4842223
 
 enum class Split { Train, Val };
 
+// Where the trainer's token windows come from. The built-in TokenDataset implements it; research
+// code passes its own (synthetic tasks, other formats, streams) in TrainerOptions::data.
+// Implementations must be deterministic: the same arguments always give the same windows (resume
+// and data parallelism rely on it), and sample_windows may be called from any rank.
+class DataSource {
+ public:
+  virtual ~DataSource() = default;
+  // One more than the largest token id it produces; must be <= model.vocab_size.
+  virtual int64_t vocab_size() const = 0;
+  // Tokens in a split; the trainer needs at least train.seq_len + 1 in each.
+  virtual int64_t split_size(Split split) const = 0;
+  // Writes `batch` windows of `len` token ids: window b to out[b * len, (b + 1) * len). They are
+  // windows first .. first + batch - 1 of global batch `step` drawn with `seed` (a rank of a
+  // data-parallel job asks for its slice). Throws hetmoe::Error on failure.
+  virtual void sample_windows(Split split, int64_t batch, int64_t len, uint64_t seed, uint64_t step,
+                              int32_t* out, int64_t first = 0) const = 0;
+  // A name for logs and error messages (a directory, "synthetic copy task", ...).
+  virtual std::string describe() const = 0;
+};
+
 // A prepared dataset opened read-only through mmap. Validates the index (magic, version, dtype,
 // sizes, checksum) on open and throws hetmoe::Error("[data] <path>: ...") on any mismatch.
-class TokenDataset {
+class TokenDataset final : public DataSource {
  public:
   explicit TokenDataset(const std::string& dir, bool verify_checksum = true);
-  ~TokenDataset();
+  ~TokenDataset() override;
   TokenDataset(const TokenDataset&) = delete;
   TokenDataset& operator=(const TokenDataset&) = delete;
 
   int64_t num_tokens() const { return num_tokens_; }
-  int64_t split_size(Split split) const;
-  int64_t vocab_size() const { return vocab_size_; }
+  int64_t split_size(Split split) const override;
+  int64_t vocab_size() const override { return vocab_size_; }
   const std::string& dir() const { return dir_; }
+  std::string describe() const override { return dir_; }
 
   // Fills out[b*(len)+i] for b in [0,batch) with `batch` windows of `len` consecutive tokens of
   // the split. Window starts are a pure function of (seed, stream, step, b): the same arguments
@@ -63,7 +84,7 @@ class TokenDataset {
   // global batch this way, and the union over ranks is the single-process batch.
   // Throws when the split is shorter than len.
   void sample_windows(Split split, int64_t batch, int64_t len, uint64_t seed, uint64_t step,
-                      int32_t* out, int64_t first = 0) const;
+                      int32_t* out, int64_t first = 0) const override;
 
   // Token at absolute position (for tests and tools).
   int32_t token(int64_t pos) const;

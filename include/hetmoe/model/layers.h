@@ -87,11 +87,20 @@ struct ExpertShard {
   int64_t count = -1;
 };
 
+// The MoE layer: an fp32 router (softmax or sigmoid scores, top-k, optional expert bias and
+// group-limited routing), routed SwiGLU experts through the backend's grouped kernels, and
+// shared experts every token passes through. Use it inside a model of one's own like any
+// LibTorch module (`->to(device)`, `parameters()`, `train()`/`eval()`); see docs/embedding.md.
 class MoELayerImpl : public torch::nn::Module {
  public:
+  // Of the model config, d_model (the input width) and init_std (weight init) are used.
   MoELayerImpl(const ModelConfig& model, const MoEConfig& moe, ExpertShard shard = {});
+  // A layer for inputs d_model wide, weights drawn with standard deviation init_std.
+  MoELayerImpl(int64_t d_model, const MoEConfig& moe, double init_std = 0.02);
   // x [N, D] -> [N, D] for N = sequences x seq_len tokens; `stats` (optional) receives the losses
-  // and load. seq_len is needed by the sequence-level balance loss (0: one sequence).
+  // and load. seq_len is needed by the sequence-level balance loss (0: one sequence). The
+  // caller adds moe.aux_loss_coef * stats->aux_loss + moe.z_loss_coef * stats->z_loss to its
+  // objective (the layer returns them unscaled).
   at::Tensor forward(const at::Tensor& x, MoEStats* stats = nullptr, int64_t seq_len = 0);
 
   // The training step about to run (1-based) and the random stream of this layer's routing

@@ -18,15 +18,38 @@
 
 namespace hetmoe {
 
-class TokenDataset;
 class Backend;
 class AdamW;
 class ProcessGrid;
 class AllToAllExchange;
 
+// What one optimizer step measured: the argument of TrainerOptions::on_step. Losses and loads are
+// of the global batch (the same on every rank).
+struct StepMetrics {
+  int64_t step = 0;      // 1-based, the step just taken
+  double loss = 0;       // mean cross-entropy of the step's micro-batches (nats/token)
+  double aux_loss = 0;   // balance loss, unscaled (moe.aux_loss_coef multiplies it)
+  double z_loss = 0;     // router z-loss, unscaled
+  double lr = 0;         // the learning rate the update used (0 when it was skipped)
+  double grad_norm = 0;  // global gradient norm before clipping (inf/nan when non-finite)
+  bool skipped = false;  // the health monitor skipped this update (non-finite or a spike)
+  double seconds = 0;    // wall time of the step
+  double tokens_per_s = 0;
+  // Tokens routed to each expert in this step, one vector per MoE layer (layer order).
+  std::vector<std::vector<int64_t>> expert_load;
+};
+
 struct TrainerOptions {
   std::string resume;      // run or checkpoint directory to continue from ("" = fresh run)
   bool overwrite = false;  // allow a fresh run into an out_dir that already holds a run
+  // The training data; nullptr opens the prepared dataset at config.data.path.
+  std::shared_ptr<DataSource> data;
+  // Callbacks of run() (every rank calls its own; exceptions propagate and stop the run).
+  // on_step: after every optimizer step. on_eval: after each evaluation, with the mean validation
+  // cross-entropy. on_checkpoint: after a checkpoint is written, with its directory.
+  std::function<void(const StepMetrics&)> on_step;
+  std::function<void(int64_t step, double val_loss)> on_eval;
+  std::function<void(int64_t step, const std::string& dir)> on_checkpoint;
   // Test and research hooks. loss_hook may replace a micro-batch's cross-entropy before the
   // backward pass (inject a spike or a NaN); after_backward runs once the step's gradients exist
   // and before they are synchronised and clipped (poison or inspect them). `step` is 1-based.
@@ -61,7 +84,11 @@ class Trainer {
   double train_step();
   // Mean cross-entropy (nats/token) over train.eval_batches fixed validation windows.
   double evaluate();
+  // Writes a checkpoint now (and calls on_checkpoint); returns its directory.
   std::string save();
+  // The last step's measurements (what on_step received; seconds and tokens_per_s are filled by
+  // run() only).
+  StepMetrics last_step() const;
 
   const Config& config() const { return config_; }
   // The process grid (world 1 for a single-process run).
@@ -73,6 +100,7 @@ class Trainer {
   // What train_step measured, for the log line and metrics.jsonl.
   struct StepRecord {
     double loss = 0, aux = 0, z = 0, grad_norm = 0, lr = 0;
+    bool skipped = false;
     std::vector<at::Tensor> load;  // tokens per expert, per MoE layer
   };
   int64_t peak_memory() const;
@@ -97,7 +125,7 @@ class Trainer {
   std::shared_ptr<AllToAllExchange> exchange_;  // set when the world has more than one rank
   std::vector<at::Tensor> shared_params_, expert_params_;
   int64_t local_batch_ = 0;  // this rank's share of train.micro_batch
-  std::unique_ptr<TokenDataset> data_;
+  std::shared_ptr<DataSource> data_;
   Transformer model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
   TrainState state_;

@@ -1,0 +1,135 @@
+// The Trainer as a library: a data source of one's own instead of a prepared dataset, and the
+// on_step / on_eval / on_checkpoint callbacks with the step's metrics (losses, expert load).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <memory>
+#include <numeric>
+
+#include "hetmoe/core/error.h"
+#include "hetmoe/model/layers.h"
+#include "hetmoe/train/trainer.h"
+#include "support/train_fixture.h"
+
+namespace hetmoe {
+namespace {
+
+using test_support::TempDir;
+
+// Deterministic windows of a repeating ramp 0, 1, ..., period-1: easy to learn.
+class RampSource final : public DataSource {
+ public:
+  explicit RampSource(int64_t vocab) : vocab_(vocab) {}
+  int64_t vocab_size() const override { return vocab_; }
+  int64_t split_size(Split s) const override { return s == Split::Train ? 1 << 20 : 1 << 12; }
+  void sample_windows(Split, int64_t batch, int64_t len, uint64_t seed, uint64_t step, int32_t* out,
+                      int64_t first) const override {
+    for (int64_t b = 0; b < batch; ++b) {
+      const uint64_t start = (seed * 31 + step * 7 + static_cast<uint64_t>(first + b) * 13) %
+                             static_cast<uint64_t>(vocab_);
+      for (int64_t i = 0; i < len; ++i)
+        out[b * len + i] = static_cast<int32_t>((start + static_cast<uint64_t>(i)) %
+                                                static_cast<uint64_t>(vocab_));
+    }
+  }
+  std::string describe() const override { return "ramp source"; }
+
+ private:
+  int64_t vocab_;
+};
+
+TEST(TrainerApiTest, CustomDataSourceAndCallbacks) {
+  TempDir dir;
+  Config c = test_support::tiny_config(dir);
+  c.data.path = dir / "no-such-dataset";  // never opened: the source replaces it
+  c.train.steps = 8;
+  c.train.grad_accum = 1;
+  c.train.eval_every = 4;
+  c.train.save_every = 4;
+  TrainerOptions o;
+  o.data = std::make_shared<RampSource>(32);
+  std::vector<StepMetrics> steps;
+  std::vector<std::pair<int64_t, double>> evals;
+  std::vector<std::pair<int64_t, std::string>> checkpoints;
+  o.on_step = [&](const StepMetrics& m) { steps.push_back(m); };
+  o.on_eval = [&](int64_t step, double loss) { evals.emplace_back(step, loss); };
+  o.on_checkpoint = [&](int64_t step, const std::string& d) { checkpoints.emplace_back(step, d); };
+  Trainer trainer(c, o);
+  const TrainResult r = trainer.run();
+
+  ASSERT_EQ(steps.size(), 8u);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const StepMetrics& m = steps[i];
+    EXPECT_EQ(m.step, static_cast<int64_t>(i) + 1);
+    EXPECT_GT(m.loss, 0);
+    EXPECT_GT(m.lr, 0);
+    EXPECT_FALSE(m.skipped);
+    EXPECT_GT(m.tokens_per_s, 0);
+    // One MoE layer (the first is dense); every routed slot is counted once.
+    ASSERT_EQ(m.expert_load.size(), 1u);
+    ASSERT_EQ(m.expert_load[0].size(), static_cast<size_t>(c.moe.num_experts));
+    EXPECT_EQ(std::accumulate(m.expert_load[0].begin(), m.expert_load[0].end(), int64_t{0}),
+              c.train.micro_batch * c.train.seq_len * c.moe.top_k);
+  }
+  EXPECT_LT(steps.back().loss, steps.front().loss) << "the ramp is learnable";
+  EXPECT_DOUBLE_EQ(trainer.last_step().loss, steps.back().loss);
+  ASSERT_EQ(evals.size(), 2u);
+  EXPECT_EQ(evals[0].first, 4);
+  EXPECT_EQ(evals[1].first, 8);
+  EXPECT_DOUBLE_EQ(evals[1].second, r.final_val_loss);
+  ASSERT_EQ(checkpoints.size(), 2u);  // save_every 4: steps 4 and 8 (the final one is step 8)
+  for (const auto& [step, d] : checkpoints) EXPECT_TRUE(std::filesystem::is_directory(d)) << d;
+  EXPECT_EQ(checkpoints.back().second, r.checkpoint);
+}
+
+TEST(TrainerApiTest, ADataSourceWithTooLargeAVocabularyIsNamed) {
+  TempDir dir;
+  Config c = test_support::tiny_config(dir);
+  TrainerOptions o;
+  o.data = std::make_shared<RampSource>(c.model.vocab_size + 1);
+  try {
+    Trainer t(c, o);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'ramp source' has vocab_size"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(TrainerApiTest, ACallbackExceptionStopsTheRun) {
+  TempDir dir;
+  Config c = test_support::tiny_config(dir);
+  TrainerOptions o;
+  o.data = std::make_shared<RampSource>(32);
+  o.on_step = [](const StepMetrics& m) {
+    if (m.step == 2) throw std::runtime_error("stop here");
+  };
+  Trainer t(c, o);
+  EXPECT_THROW(t.run(), std::runtime_error);
+  EXPECT_EQ(t.state().step, 2);
+}
+
+TEST(MoELayerApiTest, StandaloneLayerValidatesAndReturnsItsLosses) {
+  MoEConfig m;
+  m.num_experts = 4;
+  m.top_k = 2;
+  m.expert_hidden = 8;
+  MoELayer layer(16, m);
+  at::Tensor x = at::randn({10, 16});
+  MoEStats stats;
+  at::Tensor y = layer->forward(x, &stats);
+  EXPECT_EQ(y.sizes(), x.sizes());
+  EXPECT_GT(stats.aux_loss.item<double>(), 0);
+  EXPECT_GT(stats.z_loss.item<double>(), 0);
+  EXPECT_EQ(stats.tokens_per_expert.sum().item<int64_t>(), 10 * 2);
+  (y.sum() + stats.aux_loss).backward();
+  EXPECT_TRUE(layer->router.grad().defined());
+  m.top_k = 5;
+  EXPECT_THROW(MoELayer(16, m), Error);
+  m.top_k = 2;
+  m.expert_hidden = 0;
+  EXPECT_THROW(MoELayer(16, m), Error);
+}
+
+}  // namespace
+}  // namespace hetmoe
