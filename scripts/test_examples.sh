@@ -17,7 +17,10 @@ cmake --install "$build" --prefix "$work/prefix" >"$work/install.log"
 echo "test_examples.sh: installed hetmoe to $work/prefix"
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-for example in docs/examples/*/; do
+shopt -s nullglob
+examples=(docs/examples/*/)
+[ ${#examples[@]} -gt 0 ] || { echo "test_examples.sh: no examples under docs/examples" >&2; exit 1; }
+for example in "${examples[@]}"; do
   name=$(basename "$example")
   start=$(date +%s)
   cmake -S "$example" -B "$work/$name" -G Ninja -DCMAKE_BUILD_TYPE=Release \

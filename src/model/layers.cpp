@@ -116,6 +116,8 @@ MoELayerImpl::MoELayerImpl(const ModelConfig& model, const MoEConfig& moe, Exper
                d, ", ", e, ", ", f, ", ", moe.num_shared_experts, ")");
   HETMOE_CHECK(moe.top_k >= 1 && moe.top_k <= e, "model", "moe.top_k ", moe.top_k,
                " must be between 1 and moe.num_experts (", e, ")");
+  HETMOE_CHECK(moe.score_func == "softmax" || moe.score_func == "sigmoid", "model",
+               "moe.score_func '", moe.score_func, "' is not softmax or sigmoid");
   if (shard_.count < 0) shard_ = ExpertShard{0, e};
   HETMOE_CHECK(shard_.first >= 0 && shard_.count >= 1 && shard_.first + shard_.count <= e, "model",
                "expert shard [", shard_.first, ", ", shard_.first + shard_.count, ") outside the ",
@@ -177,6 +179,8 @@ void MoELayerImpl::update_expert_bias(const at::Tensor& tokens_per_expert) {
 }
 
 at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t seq_len) {
+  HETMOE_CHECK(x.dim() == 2 && x.size(1) == router.size(1), "model",
+               "MoE layer input must be [tokens, ", router.size(1), "], got ", x.sizes());
   const int64_t n = x.size(0), e = moe_.num_experts, k = moe_.top_k;
   // Router in fp32 whatever the compute dtype (Ling: routing decisions are precision-sensitive).
   at::Tensor logits = ops::linear(x.to(router.scalar_type()), router);

@@ -503,9 +503,11 @@ TrainResult Trainer::run() {
     }
     if (state_.step % t.log_every == 0 || last || val_loss >= 0) {
       const double elapsed = std::chrono::duration<double>(clock::now() - start).count();
-      last_.loss = train_loss_window / static_cast<double>(window);
-      record(last_, step_seconds, elapsed, first_step, val_loss);
-      result.final_train_loss = last_.loss;
+      // The log line and metrics.jsonl carry the mean loss since the last record.
+      StepRecord logged = last_;
+      logged.loss = train_loss_window / static_cast<double>(window);
+      record(logged, step_seconds, elapsed, first_step, val_loss);
+      result.final_train_loss = logged.loss;
       train_loss_window = 0;
       window = 0;
     }

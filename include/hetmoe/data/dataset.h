@@ -54,8 +54,10 @@ class DataSource {
   // Tokens in a split; the trainer needs at least train.seq_len + 1 in each.
   virtual int64_t split_size(Split split) const = 0;
   // Writes `batch` windows of `len` token ids: window b to out[b * len, (b + 1) * len). They are
-  // windows first .. first + batch - 1 of global batch `step` drawn with `seed` (a rank of a
-  // data-parallel job asks for its slice). Throws hetmoe::Error on failure.
+  // windows first .. first + batch - 1 of micro-batch number `step` of the split, drawn with
+  // `seed` (a rank of a data-parallel job asks for its slice). The trainer numbers training
+  // micro-batches step * grad_accum + micro (a replayed spike batch keeps its number) and
+  // validation batches 0 .. eval_batches - 1. Throws hetmoe::Error on failure.
   virtual void sample_windows(Split split, int64_t batch, int64_t len, uint64_t seed, uint64_t step,
                               int32_t* out, int64_t first = 0) const = 0;
   // A name for logs and error messages (a directory, "synthetic copy task", ...).
