@@ -72,16 +72,6 @@ size_t first_moe_block(Transformer& model) {
   HETMOE_FAIL("check", "the model has no MoE layer (model.first_k_dense >= model.n_layers)");
 }
 
-RouteParams route_params(const MoEConfig& m) {
-  RouteParams p;
-  p.top_k = m.top_k;
-  p.sigmoid = m.score_func == "sigmoid";
-  p.renormalize = m.renormalize;
-  p.n_groups = m.n_groups;
-  p.topk_groups = m.topk_groups;
-  return p;
-}
-
 FirstBatch first_batch(const Config& c) {
   at::NoGradGuard no_grad;
   ops::KernelImplGuard native(ops::KernelImpl::Native);

@@ -19,6 +19,7 @@
 #include "hetmoe/core/version.h"
 #include "hetmoe/data/dataset.h"
 #include "hetmoe/device/registry.h"
+#include "hetmoe/model/layers.h"
 #include "hetmoe/model/transformer.h"
 #include "hetmoe/train/trainer.h"
 
@@ -29,6 +30,13 @@ constexpr const char* kComponent = "bench";
 constexpr const char* kSchema = "hetmoe-bench/1";
 
 using Clock = std::chrono::steady_clock;
+
+double median_of(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
 
 BenchFigure figure(const char* name, const char* unit, const char* better,
                    std::vector<double> samples) {
@@ -118,7 +126,7 @@ void measure_ceilings(const Backend& b, int index, const at::TensorOptions& o,
   if (const MatmulFn mm = b.kernels().matmul) {
     std::vector<double> own =
         to_tflops(time_ms(b, index, opt.warmup, opt.repeats, [&] { mm(c, a, m, false); }));
-    if (figure("", "", "", own).median() > figure("", "", "", best).median()) best = own;
+    if (median_of(own) > median_of(best)) best = own;
   }
   rec.report(rec.add(figure("ceiling.gemm", "TFLOP/s", "higher", best)));
 
@@ -147,12 +155,7 @@ void measure_ops(const Config& cfg, const Backend& b, int index, const at::Tenso
   at::Tensor x = at::randn({n, h}, o);
   at::Tensor logits = at::randn({n, e}, f32);
   at::Tensor w13 = at::randn({e, h, 2 * f}, o) * 0.02, w2 = at::randn({e, f, h}, o) * 0.02;
-  RouteParams p;
-  p.top_k = cfg.moe.top_k;
-  p.sigmoid = cfg.moe.score_func == "sigmoid";
-  p.renormalize = cfg.moe.renormalize;
-  p.n_groups = cfg.moe.n_groups;
-  p.topk_groups = cfg.moe.topk_groups;
+  const RouteParams p = route_params(cfg.moe);
   RouteResult r = k.route_forward(logits, p);
   PermuteResult perm = k.permute_forward(x, r.expert_index, e, {});
   at::Tensor hid;
@@ -261,11 +264,7 @@ nlohmann::json figure_json(const BenchFigure& f) {
 }  // namespace
 
 double BenchFigure::median() const {
-  if (samples.empty()) return 0;
-  std::vector<double> s = samples;
-  std::sort(s.begin(), s.end());
-  const size_t m = s.size() / 2;
-  return s.size() % 2 ? s[m] : 0.5 * (s[m - 1] + s[m]);
+  return median_of(samples);
 }
 double BenchFigure::min() const {
   return samples.empty() ? 0 : *std::min_element(samples.begin(), samples.end());

@@ -104,6 +104,16 @@ ModelConfig model_of_width(int64_t d_model, double init_std) {
 }
 }  // namespace
 
+RouteParams route_params(const MoEConfig& moe) {
+  RouteParams p;
+  p.top_k = moe.top_k;
+  p.sigmoid = moe.score_func == "sigmoid";
+  p.renormalize = moe.renormalize;
+  p.n_groups = moe.n_groups;
+  p.topk_groups = moe.topk_groups;
+  return p;
+}
+
 MoELayerImpl::MoELayerImpl(int64_t d_model, const MoEConfig& moe, double init_std)
     : MoELayerImpl(model_of_width(d_model, init_std), moe) {}
 
@@ -187,12 +197,7 @@ at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t s
   if (is_training() && moe_.routing_warmup_steps > 0 && step_ >= 1 &&
       step_ <= moe_.routing_warmup_steps)
     logits = warmup_logits(logits);
-  RouteParams params;
-  params.top_k = k;
-  params.sigmoid = moe_.score_func == "sigmoid";
-  params.renormalize = moe_.renormalize;
-  params.n_groups = moe_.n_groups;
-  params.topk_groups = moe_.topk_groups;
+  RouteParams params = route_params(moe_);
   if (moe_.bias_update_rate > 0) params.bias = expert_bias;
   RouteResult r = ops::route(logits, params);
   PermuteOptions capacity;

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "hetmoe/config/config.h"
+#include "hetmoe/device/kernels.h"
 
 namespace hetmoe {
 
@@ -91,6 +92,10 @@ struct ExpertShard {
 // group-limited routing), routed SwiGLU experts through the backend's grouped kernels, and
 // shared experts every token passes through. Use it inside a model of one's own like any
 // LibTorch module (`->to(device)`, `parameters()`, `train()`/`eval()`); see docs/embedding.md.
+// The routing options a MoE config asks for: top-k, score function, renormalisation, groups.
+// The expert bias is not among them: it is a layer's state (MoELayerImpl::expert_bias).
+RouteParams route_params(const MoEConfig& moe);
+
 class MoELayerImpl : public torch::nn::Module {
  public:
   // Of the model config, d_model (the input width) and init_std (weight init) are used.
