@@ -11,6 +11,7 @@
 #include "hetmoe/comm/communicator.h"
 #include "hetmoe/core/error.h"
 #include "hetmoe/core/logging.h"
+#include "hetmoe/train/signals.h"
 
 namespace {
 // A runtime error: said once, with the rank in multi-rank jobs, and then the whole job ends so
@@ -27,6 +28,8 @@ int fail(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any thread exists, so none of them ever runs a signal handler (train/signals.h).
+  hetmoe::install_signal_watcher();
   CLI::App app{"hetmoe: Mixture-of-Experts training on heterogeneous accelerators", "hetmoe"};
   app.require_subcommand(1);
   int status = 0;

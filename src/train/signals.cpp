@@ -1,26 +1,86 @@
 #include "hetmoe/train/signals.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <mutex>
+#include <thread>
 
 namespace hetmoe {
 namespace {
 
-volatile sig_atomic_t g_signal = 0;
+// Lock-free atomics: safe to touch from a signal handler.
+std::atomic<int> g_signal{0};
+std::atomic<int> g_scopes{0};
+std::atomic<bool> g_watcher{false};
+static_assert(std::atomic<int>::is_always_lock_free);
+
+std::mutex g_scope_mutex;  // guards the handler swap of the outermost scope
 struct sigaction g_old_int, g_old_term;
 
-void on_signal(int sig) {
-  if (g_signal != 0) _exit(128 + sig);  // the second signal: no more waiting
-  g_signal = sig;
+sigset_t stop_set() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  return set;
+}
+
+// The first signal is noted and said; a second one quits at once. Async-signal-safe.
+void note(int sig) {
+  int none = 0;
+  if (!g_signal.compare_exchange_strong(none, sig)) _exit(128 + sig);
   static const char msg[] =
       "\nhetmoe: stopping after this step and saving a checkpoint (signal again to quit now)\n";
   ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
   (void)ignored;
 }
 
+void on_signal(int sig) {
+  note(sig);
+}
+
+[[noreturn]] void watch(sigset_t set) {
+  pthread_setname_np(pthread_self(), kSignalWatcherName);
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&set, &sig) != 0) continue;
+    if (g_scopes.load() > 0) {
+      note(sig);
+      continue;
+    }
+    // No training scope: let the signal do whatever its disposition says (by default, end the
+    // process), on this thread, as if hetmoe had never blocked it.
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    pthread_sigmask(SIG_UNBLOCK, &one, nullptr);
+    raise(sig);
+    pthread_sigmask(SIG_BLOCK, &one, nullptr);
+  }
+}
+
 }  // namespace
 
+void install_signal_watcher() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const sigset_t set = stop_set();
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    std::thread(watch, set).detach();  // created blocked too, as sigwait requires
+    g_watcher = true;
+  });
+}
+
+bool signal_watcher_installed() {
+  return g_watcher.load();
+}
+
 StopSignals::StopSignals() {
+  std::lock_guard<std::mutex> lock(g_scope_mutex);
+  if (g_scopes.fetch_add(1) > 0) return;
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
@@ -30,12 +90,14 @@ StopSignals::StopSignals() {
 }
 
 StopSignals::~StopSignals() {
+  std::lock_guard<std::mutex> lock(g_scope_mutex);
+  if (g_scopes.fetch_sub(1) > 1) return;
   sigaction(SIGINT, &g_old_int, nullptr);
   sigaction(SIGTERM, &g_old_term, nullptr);
 }
 
 int StopSignals::received() {
-  return g_signal;
+  return g_signal.load();
 }
 
 void StopSignals::reset() {

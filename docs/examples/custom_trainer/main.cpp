@@ -249,6 +249,8 @@ int run() {
 }  // namespace
 
 int main() {
+  // Before any thread exists: Ctrl-C then stops the run cleanly, and never lands inside a GEMM.
+  hetmoe::install_signal_watcher();
   try {
     return run();
   } catch (const hetmoe::Error& e) {

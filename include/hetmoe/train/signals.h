@@ -1,10 +1,35 @@
 // SIGINT/SIGTERM during training: the first signal asks the trainer to finish the current step,
 // save a checkpoint and exit 0; a second one ends the process at once (exit 128 + signal).
+//
+// Where the signal is taken matters. A signal handler runs on whichever thread the kernel picks
+// and pushes its frame below that thread's stack pointer. oneDNN's JIT f32 GEMM kernels point
+// the stack pointer into a heap buffer while they run (oneDNN issue #4845, fixed upstream in
+// 2026, present in Debian's 2.6), so a handler that lands on a thread inside one of them
+// overwrites heap memory and the process later dies with "corrupted size vs. prev_size". hetmoe
+// therefore keeps SIGINT and SIGTERM blocked in every thread that computes and receives them
+// synchronously on a watcher thread of its own.
 #pragma once
 
 namespace hetmoe {
 
-// Installs the handlers while alive and restores the previous ones after.
+// Call first thing in main(), before any thread exists. Blocks SIGINT and SIGTERM in the calling
+// thread, so in every thread created after it (LibTorch's and OpenMP's workers, MPI's and CUDA's
+// helpers), and starts a watcher thread that receives them. While a StopSignals scope is alive a
+// signal is handled as described above; outside one it ends the process as it would have without
+// hetmoe (the default action). Idempotent. The `hetmoe` CLI calls it; programs that embed the
+// Trainer should too (docs/embedding.md).
+void install_signal_watcher();
+
+// The watcher thread's name (in /proc/<pid>/task/<tid>/comm, top -H, gdb).
+inline constexpr char kSignalWatcherName[] = "hetmoe-signals";
+
+// Whether install_signal_watcher() has run in this process.
+bool signal_watcher_installed();
+
+// A scope in which the first SIGINT/SIGTERM is noted instead of ending the process (the Trainer
+// opens one for run()). It also installs handlers for the two signals while alive, restoring the
+// previous ones after, for threads that existed before install_signal_watcher() or when it was
+// never called: that fallback still works, without the protection described above.
 class StopSignals {
  public:
   StopSignals();
