@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "comm/transports.h"
+#include "hetmoe/core/logging.h"
 
 namespace hetmoe {
 namespace {
@@ -161,6 +162,45 @@ class MpiCommunicator final : public Communicator {
 
   at::Tensor all_to_all(const at::Tensor& input, const std::vector<int64_t>& send,
                         const std::vector<int64_t>& recv, const at::Tensor& given) override {
+    return all_to_all_start(input, send, recv, given)->wait();
+  }
+
+  // The rows of an all_to_all in flight, its requests and the buffers MPI reads and writes.
+  class Pending final : public PendingAllToAll {
+   public:
+    Pending(MpiCommunicator* comm, std::vector<MPI_Request> reqs, at::Tensor src, at::Tensor out,
+            at::Tensor result)
+        : comm_(comm), reqs_(std::move(reqs)), src_(std::move(src)), out_(std::move(out)),
+          result_(std::move(result)) {}
+    ~Pending() override {
+      if (waited_) return;
+      // Abandoned (an exception between start and wait): MPI must be done with the buffers
+      // before they are freed.
+      try {
+        wait();
+      } catch (const std::exception& e) {
+        HETMOE_LOG_WARN("abandoned all_to_all: %s", e.what());
+      }
+    }
+    at::Tensor wait() override {
+      if (waited_) return result_;
+      waited_ = true;  // a failed wait is not repeated by the destructor
+      comm_->wait_all("all_to_all", std::move(reqs_));
+      if (!out_.is_same(result_)) result_.copy_(out_);  // device tensors: from the host buffer
+      return result_;
+    }
+
+   private:
+    MpiCommunicator* comm_;
+    std::vector<MPI_Request> reqs_;
+    at::Tensor src_, out_, result_;
+    bool waited_ = false;
+  };
+
+  std::unique_ptr<PendingAllToAll> all_to_all_start(const at::Tensor& input,
+                                                    const std::vector<int64_t>& send,
+                                                    const std::vector<int64_t>& recv,
+                                                    const at::Tensor& given) override {
     const char* name = "all_to_all";
     usable(name);
     check_splits(name, input, send, recv);
@@ -174,8 +214,8 @@ class MpiCommunicator final : public Communicator {
     at::Tensor out = result.is_cpu() ? result : output_rows(name, host, total, {});
     // Point-to-point with each peer that has rows to exchange, and a local copy for this rank's
     // own block; the requests complete together under the one deadline. Messages of successive
-    // calls cannot cross: MPI keeps the order per (peer, tag, communicator), and every call ends
-    // before the next begins.
+    // calls cannot cross: MPI keeps the order per (peer, tag, communicator), and every exchange
+    // is waited for before the next collective begins.
     const int64_t row_bytes = row_elems * static_cast<int64_t>(host.element_size());
     const auto* src = static_cast<const char*>(host.data_ptr());
     auto* dst = static_cast<char*>(out.data_ptr());
@@ -189,6 +229,9 @@ class MpiCommunicator final : public Communicator {
       so += send[r] * row_bytes;
       ro += recv[r] * row_bytes;
     }
+    if (send[rank_] != recv[rank_])
+      fail(name,
+           detail::concat("sends ", send[rank_], " rows to itself but expects ", recv[rank_]));
     for (int r = 0; r < size_; ++r) {
       if (r == rank_ || recv[r] == 0) continue;
       reqs.emplace_back();
@@ -202,9 +245,6 @@ class MpiCommunicator final : public Communicator {
       check(name, MPI_Isend(src + send_off[r], count(name, send[r] * row_bytes), MPI_BYTE, r,
                             kAllToAllTag, comm_, &reqs.back()));
     }
-    if (send[rank_] != recv[rank_])
-      fail(name,
-           detail::concat("sends ", send[rank_], " rows to itself but expects ", recv[rank_]));
     // This rank's own rows, copied in slices with MPI progress in between: shared-memory
     // transfers move only while both sides drive them.
     const int64_t self_bytes = send[rank_] * row_bytes;
@@ -217,9 +257,7 @@ class MpiCommunicator final : public Communicator {
         check(name,
               MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &flag, MPI_STATUSES_IGNORE));
     }
-    wait_all(name, reqs);
-    if (!out.is_same(result)) result.copy_(out);
-    return result;  // (device tensors: copied back from the host buffer)
+    return std::make_unique<Pending>(this, std::move(reqs), host, out, result);
   }
 
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {

@@ -1,7 +1,8 @@
 // The NCCL transport for CUDA tensors. Rank 0's ncclUniqueId is broadcast over MPI; operations
 // run on LibTorch's current CUDA stream, and the wait polls a CUDA event and NCCL's async error
 // against the communicator's deadline, aborting the NCCL communicator on timeout so no kernel is
-// left spinning. Host tensors are staged through the device.
+// left spinning. Host tensors are staged through the device. all_to_all_start runs the exchange
+// on a stream of the communicator's own, so the caller's kernels overlap it.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -10,9 +11,11 @@
 #include <chrono>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <thread>
 
 #include "comm/transports.h"
+#include "hetmoe/core/logging.h"
 
 namespace hetmoe {
 namespace {
@@ -110,35 +113,72 @@ class NcclCommunicator final : public Communicator {
     all_reduce(one, ReduceOp::Sum);
   }
 
+  // An all_to_all enqueued: the staged input, the device buffer the rows arrive in, and the
+  // result (that buffer, or a host tensor finish() copies them to).
+  struct Exchange {
+    at::Tensor input, out, result;
+    at::Tensor finish() {
+      if (!out.is_same(result)) result.copy_(out);
+      return result;
+    }
+  };
+
   at::Tensor all_to_all(const at::Tensor& input, const std::vector<int64_t>& send,
                         const std::vector<int64_t>& recv, const at::Tensor& given) override {
-    const char* name = "all_to_all";
-    check_splits(name, input, send, recv);
-    at::Tensor d = staged(name, input);
-    const int64_t total = std::accumulate(recv.begin(), recv.end(), int64_t{0});
-    at::Tensor result = output_rows(name, input, total, given);
-    at::Tensor out = result.is_cuda() ? result : output_rows(name, d, total, {});
-    // Elements per row from the shape, not numel / rows: a rank may send no rows at all.
-    int64_t row_elems = 1;
-    for (int64_t i = 1; i < d.dim(); ++i) row_elems *= d.size(i);
-    const size_t row_bytes = static_cast<size_t>(row_elems) * d.element_size();
-    auto* src = static_cast<char*>(d.data_ptr());
-    auto* dst = static_cast<char*>(out.data_ptr());
-    // Grouped point-to-point: zero-row peers simply post nothing.
-    check(name, ncclGroupStart());
-    size_t so = 0, ro = 0;
-    for (int r = 0; r < size_; ++r) {
-      if (send[r] > 0)
-        check(name, ncclSend(src + so, send[r] * row_bytes, ncclUint8, r, comm_, stream()));
-      if (recv[r] > 0)
-        check(name, ncclRecv(dst + ro, recv[r] * row_bytes, ncclUint8, r, comm_, stream()));
-      so += send[r] * row_bytes;
-      ro += recv[r] * row_bytes;
+    Exchange e = prepare_all_to_all(input, send, recv, given);
+    enqueue_rows("all_to_all", e, send, recv, stream());
+    wait("all_to_all");
+    return e.finish();
+  }
+
+  // An exchange running on the communicator's own stream. Kernels the caller enqueues on the
+  // current stream meanwhile run beside it; wait() polls it against the deadline and then
+  // orders the current stream after it.
+  class Pending final : public PendingAllToAll {
+   public:
+    Pending(NcclCommunicator* comm, Exchange e) : comm_(comm), e_(std::move(e)) {}
+    ~Pending() override {
+      if (waited_) return;
+      try {
+        wait();
+      } catch (const std::exception& e) {
+        HETMOE_LOG_WARN("abandoned all_to_all: %s", e.what());
+      }
     }
-    check(name, ncclGroupEnd());
-    wait(name);
-    if (!out.is_same(result)) result.copy_(out);
-    return result;
+    at::Tensor wait() override {
+      if (waited_) return e_.result;
+      waited_ = true;
+      const cudaStream_t side = comm_->side_stream();
+      comm_->wait("all_to_all", side);
+      // Complete on the host already; the event keeps the stream order explicit all the same.
+      cudaEvent_t done;
+      cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
+      cudaEventRecord(done, side);
+      cudaStreamWaitEvent(comm_->stream(), done, 0);
+      cudaEventDestroy(done);
+      return e_.finish();
+    }
+
+   private:
+    NcclCommunicator* comm_;
+    Exchange e_;  // its tensors stay alive while the side stream uses them
+    bool waited_ = false;
+  };
+
+  std::unique_ptr<PendingAllToAll> all_to_all_start(const at::Tensor& input,
+                                                    const std::vector<int64_t>& send,
+                                                    const std::vector<int64_t>& recv,
+                                                    const at::Tensor& given) override {
+    Exchange e = prepare_all_to_all(input, send, recv, given);
+    // The side stream starts once the current stream has produced (and staged) the input.
+    const cudaStream_t side = side_stream();
+    cudaEvent_t ready;
+    cudaEventCreateWithFlags(&ready, cudaEventDisableTiming);
+    cudaEventRecord(ready, stream());
+    cudaStreamWaitEvent(side, ready, 0);
+    cudaEventDestroy(ready);
+    enqueue_rows("all_to_all", e, send, recv, side);
+    return std::make_unique<Pending>(this, std::move(e));
   }
 
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {
@@ -150,6 +190,45 @@ class NcclCommunicator final : public Communicator {
  private:
   c10::Device device() const { return c10::Device(c10::kCUDA, c10::cuda::current_device()); }
   cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream().stream(); }
+  // The stream all_to_all_start runs exchanges on (one per communicator, from LibTorch's pool).
+  cudaStream_t side_stream() {
+    if (!side_) side_ = c10::cuda::getStreamFromPool(/*isHighPriority=*/true);
+    return side_->stream();
+  }
+
+  // Checks the splits, stages the input on the device and allocates the buffers.
+  Exchange prepare_all_to_all(const at::Tensor& input, const std::vector<int64_t>& send,
+                              const std::vector<int64_t>& recv, const at::Tensor& given) {
+    const char* name = "all_to_all";
+    check_splits(name, input, send, recv);
+    Exchange e;
+    e.input = staged(name, input);
+    const int64_t total = std::accumulate(recv.begin(), recv.end(), int64_t{0});
+    e.result = output_rows(name, input, total, given);
+    e.out = e.result.is_cuda() ? e.result : output_rows(name, e.input, total, {});
+    return e;
+  }
+
+  // Grouped point-to-point on `on`: zero-row peers simply post nothing.
+  void enqueue_rows(const char* name, const Exchange& e, const std::vector<int64_t>& send,
+                    const std::vector<int64_t>& recv, cudaStream_t on) {
+    const at::Tensor& d = e.input;
+    // Elements per row from the shape, not numel / rows: a rank may send no rows at all.
+    int64_t row_elems = 1;
+    for (int64_t i = 1; i < d.dim(); ++i) row_elems *= d.size(i);
+    const size_t row_bytes = static_cast<size_t>(row_elems) * d.element_size();
+    auto* src = static_cast<char*>(d.data_ptr());
+    auto* dst = static_cast<char*>(e.out.data_ptr());
+    check(name, ncclGroupStart());
+    size_t so = 0, ro = 0;
+    for (int r = 0; r < size_; ++r) {
+      if (send[r] > 0) check(name, ncclSend(src + so, send[r] * row_bytes, ncclUint8, r, comm_, on));
+      if (recv[r] > 0) check(name, ncclRecv(dst + ro, recv[r] * row_bytes, ncclUint8, r, comm_, on));
+      so += send[r] * row_bytes;
+      ro += recv[r] * row_bytes;
+    }
+    check(name, ncclGroupEnd());
+  }
 
   ncclRedOp_t reduction(ReduceOp op, const at::Tensor& t) const {
     if (op == ReduceOp::Max) return ncclMax;
@@ -171,11 +250,12 @@ class NcclCommunicator final : public Communicator {
     }
   }
 
-  // Waits for the operation just enqueued on the stream, polling against the deadline.
-  void wait(const char* op) {
+  // Waits for the operation just enqueued on `on` (default: the current stream), polling
+  // against the deadline.
+  void wait(const char* op, cudaStream_t on = nullptr) {
     cudaEvent_t done;
     cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
-    cudaEventRecord(done, stream());
+    cudaEventRecord(done, on ? on : stream());
     using clock = std::chrono::steady_clock;
     const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(
                                              std::chrono::duration<double>(timeout_s()));
@@ -206,6 +286,7 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   int rank_ = 0, size_ = 1;
   std::string broken_;
+  std::optional<c10::cuda::CUDAStream> side_;
 };
 
 }  // namespace

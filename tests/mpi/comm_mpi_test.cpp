@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -128,6 +129,44 @@ TEST(MpiCommTest, UnevenAllToAllWithZeroSplitsMatchesOneProcess) {
   // Splits that do not sum to the rows are refused before any communication.
   send[0] += 1;
   EXPECT_THROW(world->all_to_all(at::cat(blocks), send, recv), CommError);
+}
+
+// all_to_all_start: the same rows as all_to_all, with work done while they travel. Rows of
+// 256 KiB go beyond every eager limit, so the transfer really is in flight during the work.
+TEST(MpiCommTest, BegunAllToAllDeliversTheSameRowsWithWorkInBetween) {
+  const int n = world->size(), r = world->rank();
+  constexpr int64_t kWidth = 64 << 10;
+  std::vector<int64_t> send(n), recv(n);
+  std::vector<at::Tensor> blocks, expect;
+  auto block = [&](int src, int dst) {
+    const int64_t k = rows_between(src, dst);
+    return at::arange(k * kWidth, at::kFloat).view({k, kWidth}) + 1000 * src + 100 * dst;
+  };
+  for (int q = 0; q < n; ++q) {
+    send[q] = rows_between(r, q);
+    recv[q] = rows_between(q, r);
+    blocks.push_back(block(r, q));
+    expect.push_back(block(q, r));
+  }
+  const at::Tensor input = at::cat(blocks);
+  auto pending = world->all_to_all_start(input, send, recv);
+  at::Tensor a = at::randn({256, 256});
+  const at::Tensor work = at::mm(a, a).sum();  // the overlapped computation
+  EXPECT_TRUE(std::isfinite(work.item<float>()));
+  at::Tensor got = pending->wait();
+  EXPECT_TRUE(at::equal(got, at::cat(expect)));
+  EXPECT_TRUE(at::equal(pending->wait(), got)) << "a second wait returns the same rows";
+
+  // Into a caller's buffer, and a pending exchange dropped without wait(): it is completed on
+  // destruction, so the next collective on the communicator is not confused by it.
+  at::Tensor buffer = at::empty({got.size(0), kWidth});
+  world->all_to_all_start(input, send, recv, buffer).reset();
+  EXPECT_TRUE(at::equal(buffer, got));
+  at::Tensor after = world->all_to_all(input, send, recv);
+  EXPECT_TRUE(at::equal(after, got));
+  // The same argument checks as the blocking call, before anything is sent.
+  send[0] += 1;
+  EXPECT_THROW(world->all_to_all_start(input, send, recv), CommError);
 }
 
 TEST(MpiCommTest, SubCommunicatorsReduceWithinTheirColor) {

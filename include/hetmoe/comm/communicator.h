@@ -65,6 +65,22 @@ class Communicator {
   virtual at::Tensor all_to_all(const at::Tensor& input, const std::vector<int64_t>& send_splits,
                                 const std::vector<int64_t>& recv_splits,
                                 const at::Tensor& out = {}) = 0;
+  // An all_to_all in flight. Until wait() returns, the input must stay unchanged and the result
+  // unread; the caller computes something else meanwhile (the MoE layer: its shared experts).
+  class PendingAllToAll {
+   public:
+    virtual ~PendingAllToAll() = default;
+    // Completes the exchange under the communicator's deadline and returns the received rows.
+    // Call it once, before the next collective on the same communicator.
+    virtual at::Tensor wait() = 0;
+  };
+  // all_to_all begun: the same contract, the same errors, the rows valid after wait(). MPI posts
+  // the sends and receives and returns; NCCL enqueues the exchange on a stream of its own so
+  // kernels enqueued meanwhile on the current stream overlap it; local completes here. A pending
+  // exchange destroyed without wait() is waited for (errors are then only logged).
+  virtual std::unique_ptr<PendingAllToAll> all_to_all_start(
+      const at::Tensor& input, const std::vector<int64_t>& send_splits,
+      const std::vector<int64_t>& recv_splits, const at::Tensor& out = {});
   // Collective over this communicator: ranks passing the same color form a new communicator,
   // ordered by key (then by rank here). `name` is what its errors call it.
   virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name) = 0;
