@@ -137,6 +137,8 @@ std::vector<KeySpec> build_schema() {
 
       HETMOE_KEY(parallel, expert_parallel,
                  "expert-parallel ranks; must divide moe.num_experts and the world size"),
+      HETMOE_KEY(parallel, overlap_shared_experts,
+                 "compute the shared experts while the expert-parallel all-to-all moves tokens"),
 
       HETMOE_KEY(
           comm, backend,

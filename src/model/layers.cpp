@@ -209,10 +209,15 @@ at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t s
     capacity.priority = r.scores.detach().gather(1, r.expert_index);
   }
   PermuteResult perm = ops::permute(x, r.expert_index, e, capacity);
-  at::Tensor y;
+  at::Tensor y, shared_out;
+  auto run_shared = [&] {
+    if (!shared.is_empty()) shared_out = shared->forward(x);
+  };
   if (exchange_) {
-    // Expert parallelism: rows travel to the ranks that own their experts and back.
-    ExpertExchange::Dispatched d = exchange_->dispatch(perm.permuted, perm.tokens_per_expert);
+    // Expert parallelism: rows travel to the ranks that own their experts and back; the shared
+    // experts, which need none of them, run while they travel.
+    ExpertExchange::Dispatched d =
+        exchange_->dispatch_overlapped(perm.permuted, perm.tokens_per_expert, run_shared);
     y = exchange_->combine(
         ops::expert_ffn(d.rows, as_compute(w13, x), as_compute(w2, x), d.tokens_per_expert), d);
   } else {
@@ -220,7 +225,8 @@ at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t s
                         perm.tokens_per_expert);
   }
   at::Tensor out = ops::unpermute(y, r.expert_weight, perm);
-  if (!shared.is_empty()) out = out + shared->forward(x);
+  if (!exchange_) run_shared();
+  if (shared_out.defined()) out = out + shared_out;
   if (stats) {
     // Load over all ranks' tokens: what the balance loss and the bias update must see, and the
     // same on every rank.

@@ -5,6 +5,7 @@
 #include <torch/autograd.h>
 
 #include <atomic>
+#include <chrono>
 
 #include "hetmoe/core/error.h"
 #include "hetmoe/device/registry.h"
@@ -17,6 +18,31 @@ using torch::autograd::variable_list;
 namespace {
 
 std::atomic<KernelImpl> g_kernel_impl{KernelImpl::Native};
+
+// Op timing: nanoseconds per operator, added by an OpTimer around each kernel call.
+enum OpSlot { kRoute, kPermute, kExperts, kUnpermute, kSlots };
+std::atomic<bool> g_op_timing{false};
+std::atomic<int64_t> g_op_ns[kSlots];
+
+class OpTimer {
+ public:
+  OpTimer(OpSlot slot, const at::Tensor& t)
+      : slot_(g_op_timing.load(std::memory_order_relaxed) && t.is_cpu() ? slot : kSlots) {
+    if (slot_ != kSlots) start_ = std::chrono::steady_clock::now();
+  }
+  ~OpTimer() {
+    if (slot_ == kSlots) return;
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+        std::chrono::steady_clock::now() - start_);
+    g_op_ns[slot_].fetch_add(ns.count(), std::memory_order_relaxed);
+  }
+  OpTimer(const OpTimer&) = delete;
+  OpTimer& operator=(const OpTimer&) = delete;
+
+ private:
+  OpSlot slot_;
+  std::chrono::steady_clock::time_point start_;
+};
 
 const MoEKernels& kernels_for(const at::Tensor& t) {
   switch (g_kernel_impl.load(std::memory_order_relaxed)) {
@@ -51,6 +77,7 @@ struct RouteFn : torch::autograd::Function<RouteFn> {
     p.n_groups = n_groups;
     p.topk_groups = topk_groups;
     if (bias.numel() > 0) p.bias = bias;
+    OpTimer timer(kRoute, logits);
     RouteResult r = kernels_for(logits).route_forward(logits, p);
     ctx->saved_data["top_k"] = top_k;
     ctx->saved_data["sigmoid"] = sigmoid;
@@ -61,6 +88,7 @@ struct RouteFn : torch::autograd::Function<RouteFn> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
+    OpTimer timer(kRoute, saved[0]);
     at::Tensor g = kernels_for(saved[0]).route_backward(grads[0], grads[2], saved[0], saved[1],
                                                         params_from(ctx));
     return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -73,6 +101,7 @@ struct PermuteFn : torch::autograd::Function<PermuteFn> {
                                const at::Tensor& expert_index, int64_t num_experts,
                                int64_t capacity, const at::Tensor& priority) {
     PermuteOptions options{capacity, priority.numel() > 0 ? priority : at::Tensor()};
+    OpTimer timer(kPermute, x);
     PermuteResult r = kernels_for(x).permute_forward(x, expert_index, num_experts, options);
     ctx->saved_data["top_k"] = expert_index.size(1);
     ctx->save_for_backward({r.row_of_slot});
@@ -82,6 +111,7 @@ struct PermuteFn : torch::autograd::Function<PermuteFn> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     at::Tensor row_of_slot = ctx->get_saved_variables()[0];
+    OpTimer timer(kPermute, grads[0]);
     at::Tensor g = kernels_for(grads[0]).permute_backward(grads[0].contiguous(), row_of_slot,
                                                           ctx->saved_data["top_k"].toInt());
     return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -118,12 +148,14 @@ struct ExpertFfnFn : torch::autograd::Function<ExpertFfnFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w13,
                             const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
     at::Tensor h;
+    OpTimer timer(kExperts, x);
     at::Tensor y = kernels_for(x).expert_ffn_forward(x, w13, w2, tokens_per_expert, &h);
     ctx->save_for_backward({x, h, w13, w2, tokens_per_expert});
     return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto s = ctx->get_saved_variables();
+    OpTimer timer(kExperts, s[0]);
     auto [gx, gw13, gw2] =
         kernels_for(s[0]).expert_ffn_backward(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4]);
     return {gx, gw13, gw2, at::Tensor()};
@@ -134,10 +166,12 @@ struct UnpermuteFn : torch::autograd::Function<UnpermuteFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, const at::Tensor& weight,
                             const at::Tensor& row_of_slot, const at::Tensor& slot) {
     ctx->save_for_backward({y, weight, row_of_slot, slot});
+    OpTimer timer(kUnpermute, y);
     return kernels_for(y).unpermute_forward(y, weight, row_of_slot);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto s = ctx->get_saved_variables();
+    OpTimer timer(kUnpermute, s[0]);
     auto [gy, gw] =
         kernels_for(s[0]).unpermute_backward(grads[0].contiguous(), s[0], s[1], s[2], s[3]);
     return {gy, gw, at::Tensor(), at::Tensor()};
@@ -152,6 +186,24 @@ void set_kernel_impl(KernelImpl impl) {
 
 KernelImpl kernel_impl() {
   return g_kernel_impl.load();
+}
+
+void set_op_timing(bool on) {
+  g_op_timing.store(on);
+}
+
+bool op_timing() {
+  return g_op_timing.load();
+}
+
+OpSeconds take_op_seconds() {
+  auto take = [](OpSlot s) { return 1e-9 * static_cast<double>(g_op_ns[s].exchange(0)); };
+  OpSeconds r;
+  r.route = take(kRoute);
+  r.permute = take(kPermute);
+  r.experts = take(kExperts);
+  r.unpermute = take(kUnpermute);
+  return r;
 }
 
 std::string to_string(KernelImpl impl) {

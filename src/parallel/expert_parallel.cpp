@@ -16,16 +16,22 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 struct AllToAllFn : torch::autograd::Function<AllToAllFn> {
+  // With `pending` (the exchange of `input` begun earlier), the forward only completes it.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, Communicator* comm,
                             std::vector<int64_t> send, std::vector<int64_t> recv,
-                            double* forward_seconds, double* backward_seconds) {
+                            double* forward_seconds, double* backward_seconds,
+                            Communicator::PendingAllToAll* pending) {
     ctx->saved_data["comm"] = reinterpret_cast<int64_t>(comm);
     ctx->saved_data["send"] = send;
     ctx->saved_data["recv"] = recv;
     ctx->saved_data["bwd_s"] = reinterpret_cast<int64_t>(backward_seconds);
     const auto start = std::chrono::steady_clock::now();
-    at::Tensor out = comm->all_to_all(input, send, recv);
+    at::Tensor out = pending ? pending->wait() : comm->all_to_all(input, send, recv);
     if (forward_seconds) *forward_seconds += seconds_since(start);
     return out;
   }
@@ -37,10 +43,7 @@ struct AllToAllFn : torch::autograd::Function<AllToAllFn> {
     at::Tensor g = comm->all_to_all(grads[0].contiguous(), ctx->saved_data["recv"].toIntVector(),
                                     ctx->saved_data["send"].toIntVector());
     if (seconds) *seconds += seconds_since(start);
-    return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-  static double seconds_since(std::chrono::steady_clock::time_point start) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -61,21 +64,40 @@ at::Tensor differentiable_all_to_all(Communicator& comm, const at::Tensor& input
                                      const std::vector<int64_t>& recv_splits,
                                      double* forward_seconds, double* backward_seconds) {
   return AllToAllFn::apply(input.contiguous(), &comm, send_splits, recv_splits, forward_seconds,
-                           backward_seconds);
+                           backward_seconds, nullptr);
 }
 
-AllToAllExchange::AllToAllExchange(ProcessGrid& grid, int64_t num_experts)
-    : grid_(grid), num_experts_(num_experts), local_experts_(grid.expert_shard().count) {}
+AllToAllExchange::AllToAllExchange(ProcessGrid& grid, int64_t num_experts, bool overlap)
+    : grid_(grid),
+      num_experts_(num_experts),
+      local_experts_(grid.expert_shard().count),
+      overlap_(overlap) {}
 
 ExpertExchange::Dispatched AllToAllExchange::dispatch(const at::Tensor& rows,
                                                       const at::Tensor& tokens_per_expert) {
+  return exchange(rows, tokens_per_expert, nullptr);
+}
+
+ExpertExchange::Dispatched AllToAllExchange::dispatch_overlapped(
+    const at::Tensor& rows, const at::Tensor& tokens_per_expert,
+    const std::function<void()>& overlap) {
+  if (!overlap_ || grid_.expert_group().size() == 1) {
+    overlap();
+    return exchange(rows, tokens_per_expert, nullptr);
+  }
+  return exchange(rows, tokens_per_expert, &overlap);
+}
+
+ExpertExchange::Dispatched AllToAllExchange::exchange(const at::Tensor& rows,
+                                                      const at::Tensor& tokens_per_expert,
+                                                      const std::function<void()>* overlap) {
   Communicator& ep = grid_.expert_group();
   const int p = ep.size();
   const int64_t l = local_experts_;
   HETMOE_CHECK(tokens_per_expert.numel() == num_experts_, "parallel", "dispatch got ",
                tokens_per_expert.numel(), " expert counts for ", num_experts_, " experts");
   if (p == 1) return Dispatched{rows, tokens_per_expert, nullptr};  // every expert is local
-  const auto start = std::chrono::steady_clock::now();
+  auto start = std::chrono::steady_clock::now();
   auto plan = std::make_shared<Plan>();
   const std::vector<int64_t> counts = host_longs(tokens_per_expert);
   plan->send.assign(p, 0);
@@ -88,9 +110,22 @@ ExpertExchange::Dispatched AllToAllExchange::dispatch(const at::Tensor& rows,
   plan->recv.assign(p, 0);
   for (int q = 0; q < p; ++q)
     for (int64_t e = 0; e < l; ++e) plan->recv[q] += from[q * l + e];
-  // (its forward time is inside this whole call's, added below)
-  at::Tensor received = differentiable_all_to_all(ep, rows, plan->send, plan->recv,
-                                                  /*forward_seconds=*/nullptr, &from_experts_s_);
+  // The rows: begun here, the caller's work run while they travel (not counted as dispatch
+  // time), completed inside the autograd function so its backward is the reverse exchange.
+  const at::Tensor send_rows = rows.contiguous();
+  std::unique_ptr<Communicator::PendingAllToAll> pending;
+  if (overlap) {
+    pending = ep.all_to_all_start(send_rows, plan->send, plan->recv);
+    to_experts_s_ += seconds_since(start);
+    const auto work = std::chrono::steady_clock::now();
+    (*overlap)();
+    overlapped_s_ += seconds_since(work);
+    start = std::chrono::steady_clock::now();
+  }
+  // (the forward time of the row exchange is inside this whole call's, added below)
+  at::Tensor received =
+      AllToAllFn::apply(send_rows, &ep, plan->send, plan->recv, /*forward_seconds=*/nullptr,
+                        &from_experts_s_, pending.get());
 
   // Received rows are grouped by source rank, then by expert; the experts want them grouped by
   // expert, then by source rank (stable, so the order inside an expert is the same on any grid).
@@ -115,7 +150,7 @@ ExpertExchange::Dispatched AllToAllExchange::dispatch(const at::Tensor& rows,
   d.tokens_per_expert = at::tensor(local_counts, at::kLong).to(tokens_per_expert.device());
   d.plan = plan;
   // The counts exchange and the regrouping count as dispatch time too.
-  to_experts_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  to_experts_s_ += seconds_since(start);
   return d;
 }
 
@@ -135,6 +170,12 @@ at::Tensor AllToAllExchange::sum_over_token_ranks(const at::Tensor& t) {
 std::pair<double, double> AllToAllExchange::take_comm_seconds() {
   const std::pair<double, double> s{to_experts_s_, from_experts_s_};
   to_experts_s_ = from_experts_s_ = 0;
+  return s;
+}
+
+double AllToAllExchange::take_overlapped_seconds() {
+  const double s = overlapped_s_;
+  overlapped_s_ = 0;
   return s;
 }
 

@@ -16,6 +16,7 @@
 #include "hetmoe/core/logging.h"
 #include "hetmoe/data/dataset.h"
 #include "hetmoe/device/registry.h"
+#include "hetmoe/ops/moe_ops.h"
 #include "hetmoe/parallel/expert_parallel.h"
 #include "hetmoe/parallel/grid.h"
 #include "hetmoe/train/optimizer.h"
@@ -129,7 +130,8 @@ Trainer::Trainer(Config config, TrainerOptions options)
   model_->reset_parameters(static_cast<uint64_t>(t.seed));
   model_->to(device_);
   if (world > 1) {
-    exchange_ = std::make_shared<AllToAllExchange>(*grid_, config_.moe.num_experts);
+    exchange_ = std::make_shared<AllToAllExchange>(*grid_, config_.moe.num_experts,
+                                                   config_.parallel.overlap_shared_experts);
     model_->set_expert_exchange(exchange_);
   }
   model_->set_compute_dtype(config_.backend.dtype == "bf16" ? at::kBFloat16 : at::kFloat);
@@ -223,7 +225,25 @@ int64_t Trainer::peak_memory() const {
   return backend_->peak_memory_bytes(device_.has_index() ? device_.index() : 0);
 }
 
+namespace {
+
+// Times the MoE kernels of a training step on the CPU (metrics.jsonl's time split); restores
+// the previous setting after, so evaluation and other code stay untimed.
+class StepOpTiming {
+ public:
+  explicit StepOpTiming(bool on) : previous_(ops::op_timing()) { ops::set_op_timing(on); }
+  ~StepOpTiming() { ops::set_op_timing(previous_); }
+  StepOpTiming(const StepOpTiming&) = delete;
+  StepOpTiming& operator=(const StepOpTiming&) = delete;
+
+ private:
+  bool previous_;
+};
+
+}  // namespace
+
 double Trainer::train_step() {
+  StepOpTiming timing(device_.is_cpu());
   try {
     return train_step_unguarded();
   } catch (const c10::OutOfMemoryError& e) {
@@ -460,11 +480,22 @@ void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, i
                       {"elapsed_s", elapsed}};
   if (!std::isfinite(r.grad_norm)) j["grad_norm"] = nullptr;
   if (val_loss >= 0) j["val_loss"] = val_loss;
+  if (device_.is_cpu()) {
+    // Seconds in the MoE kernels since the last record, forward and backward (CPU only: device
+    // kernels are asynchronous to the host).
+    const ops::OpSeconds ops = ops::take_op_seconds();
+    j["route_s"] = ops.route;
+    j["permute_s"] = ops.permute;
+    j["experts_s"] = ops.experts;
+    j["unpermute_s"] = ops.unpermute;
+  }
   if (exchange_) {
-    // Expert-parallel exchange time since the last record, forward and backward.
+    // Expert-parallel exchange time since the last record, forward and backward, and the
+    // shared-expert work that ran while dispatched rows travelled.
     const auto [to, from] = exchange_->take_comm_seconds();
     j["dispatch_s"] = to;
     j["combine_s"] = from;
+    j["overlapped_s"] = exchange_->take_overlapped_seconds();
   }
   if (!is_rank0()) return;
   std::ofstream(fs::path(config_.run.out_dir) / "metrics.jsonl", std::ios::app) << j.dump() << "\n";

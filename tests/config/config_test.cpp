@@ -110,6 +110,7 @@ const std::vector<std::string> kAllKeys = {
     "data.tokenizer",
     "data.val_fraction",
     "parallel.expert_parallel",
+    "parallel.overlap_shared_experts",
     "comm.backend",
     "comm.strict",
     "comm.timeout_s",
@@ -170,6 +171,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.data.tokenizer, b.data.tokenizer);
   EXPECT_EQ(a.data.val_fraction, b.data.val_fraction);
   EXPECT_EQ(a.parallel.expert_parallel, b.parallel.expert_parallel);
+  EXPECT_EQ(a.parallel.overlap_shared_experts, b.parallel.overlap_shared_experts);
   EXPECT_EQ(a.backend.device, b.backend.device);
   EXPECT_EQ(a.backend.dtype, b.backend.dtype);
   EXPECT_EQ(a.run.out_dir, b.run.out_dir);
@@ -226,6 +228,7 @@ Config non_default_config() {
   c.data.tokenizer = "byte";
   c.data.val_fraction = 0.0;
   c.parallel.expert_parallel = 4;
+  c.parallel.overlap_shared_experts = false;
   c.backend.device = "cuda:1";
   c.backend.dtype = "bf16";
   c.run.out_dir = "runs/it's \"quoted\"";

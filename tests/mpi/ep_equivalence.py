@@ -73,31 +73,46 @@ data: {{path: {data}}}
 backend: {{device: cpu, dtype: fp32}}
 comm: {{timeout_s: 120}}
 """)
-    grids = [(1, 1), (2, 2), (4, 4), (4, 2), (2, 1), (4, 1)]
+    # (ranks, expert_parallel, shared experts overlapped with the dispatch)
+    grids = [(1, 1, True), (2, 2, True), (4, 4, True), (4, 2, True), (2, 1, True), (4, 1, True),
+             (2, 2, False)]
     runs = {}
-    for ranks, ep in grids:
-        out = os.path.join(tmp, f"run-{ranks}-{ep}")
-        r = train(tmp, ranks, ep, out)
-        check(r.returncode == 0, f"{ranks} ranks, expert_parallel {ep}: exit {r.returncode}"
+    for ranks, ep, overlap in grids:
+        name = f"{ranks} ranks, expert_parallel {ep}" + ("" if overlap else ", no overlap")
+        out = os.path.join(tmp, f"run-{ranks}-{ep}" + ("" if overlap else "-serial"))
+        r = train(tmp, ranks, ep, out,
+                  extra=("--set", f"parallel.overlap_shared_experts={str(overlap).lower()}"))
+        check(r.returncode == 0, f"{name}: exit {r.returncode}"
               + ("" if r.returncode == 0 else "\n" + r.stderr[-2000:]))
         if r.returncode == 0:
-            runs[(ranks, ep)] = metrics(out)
-    base = runs.get((1, 1))
-    for grid, rows in runs.items():
-        if grid == (1, 1) or base is None:
+            runs[(ranks, ep, overlap)] = (name, metrics(out))
+    base = runs.get((1, 1, True), (None, None))[1]
+    for grid, (name, rows) in runs.items():
+        if grid == (1, 1, True) or base is None:
             continue
         worst = max(max(rel(a["loss"], b["loss"]), rel(a["grad_norm"], b["grad_norm"]))
                     for a, b in zip(rows, base))
         check(len(rows) == len(base) and worst <= tol,
-              f"{grid[0]} ranks, expert_parallel {grid[1]}: losses and grad norms within "
-              f"{worst:.1e} of one process")
+              f"{name}: losses and grad norms within {worst:.1e} of one process")
         check(rel(rows[-1]["val_loss"], base[-1]["val_loss"]) <= tol,
-              f"{grid[0]} ranks, expert_parallel {grid[1]}: val loss "
-              f"{rows[-1]['val_loss']:.7f} vs {base[-1]['val_loss']:.7f}")
+              f"{name}: val loss {rows[-1]['val_loss']:.7f} vs {base[-1]['val_loss']:.7f}")
+
+    # The time split: the MoE kernels on every CPU run; the exchanges, and the shared-expert
+    # work done while tokens travelled, on expert-parallel ones.
+    for grid, (name, rows) in runs.items():
+        train_rows = [m for m in rows if "route_s" in m]
+        check(len(train_rows) == len(rows) and all(
+            m["route_s"] > 0 and m["experts_s"] > 0 and m["permute_s"] > 0 and
+            m["unpermute_s"] > 0 for m in rows), f"{name}: MoE kernel times on every line")
+        if grid[1] > 1:
+            overlapped = sum(m["overlapped_s"] for m in rows)
+            check(all(m["dispatch_s"] > 0 and m["combine_s"] > 0 for m in rows) and
+                  (overlapped > 0) == grid[2],
+                  f"{name}: exchange times, {overlapped:.4f} s of overlapped shared experts")
 
     # Resume the 2 x 2 run from its step-3 checkpoint: steps 4 and 5 are bit-identical.
     src = os.path.join(tmp, "run-2-2")
-    full = runs.get((2, 2))
+    full = runs.get((2, 2, True), (None, None))[1]
     ckpt = os.path.join(src, "checkpoints", "step_00000003")
     check(os.path.exists(os.path.join(ckpt, "model-rank00001-of-00002.safetensors")),
           "a sharded checkpoint holds one model file per rank")

@@ -86,6 +86,7 @@ struct DataConfig {
 
 struct ParallelConfig {
   int64_t expert_parallel = 1;
+  bool overlap_shared_experts = true;  // run the shared experts while the dispatched rows travel
 };
 
 struct CommConfig {

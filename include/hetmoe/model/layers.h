@@ -5,6 +5,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
 
+#include <functional>
 #include <memory>
 
 #include "hetmoe/config/config.h"
@@ -75,6 +76,14 @@ class ExpertExchange {
   // rows [R, D] in global expert order with tokens_per_expert [E] -> this rank's experts' rows.
   // Differentiable in rows.
   virtual Dispatched dispatch(const at::Tensor& rows, const at::Tensor& tokens_per_expert) = 0;
+  // dispatch, with `overlap` run while the rows travel (the MoE layer passes its shared experts,
+  // which need no exchanged rows). This default runs it first and then dispatches.
+  virtual Dispatched dispatch_overlapped(const at::Tensor& rows,
+                                         const at::Tensor& tokens_per_expert,
+                                         const std::function<void()>& overlap) {
+    overlap();
+    return dispatch(rows, tokens_per_expert);
+  }
   // The inverse: expert outputs in dispatched order -> [R, D] in the caller's order.
   virtual at::Tensor combine(const at::Tensor& rows, const Dispatched& dispatched) = 0;
   // Sum of `t` over every rank that holds tokens (routing statistics; no gradient).

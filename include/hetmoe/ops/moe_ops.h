@@ -23,6 +23,18 @@ KernelImpl kernel_impl();
 std::string to_string(KernelImpl impl);
 KernelImpl parse_kernel_impl(const std::string& text);
 
+// Seconds spent in the MoE kernels, forward and backward together, per operator.
+struct OpSeconds {
+  double route = 0, permute = 0, experts = 0, unpermute = 0;
+};
+// Times the kernels of CPU tensors from now on (or stops; process-wide, off by default). Device
+// kernels return before they finish, so their host time says nothing: a GPU's time split needs
+// a profiler (nsys, rocprof).
+void set_op_timing(bool on);
+bool op_timing();
+// The time accumulated since the last call (then zero).
+OpSeconds take_op_seconds();
+
 // Sets an implementation for the lifetime of the guard and restores the previous one after.
 class KernelImplGuard {
  public:

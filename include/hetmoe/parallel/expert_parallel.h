@@ -25,10 +25,14 @@ at::Tensor differentiable_all_to_all(Communicator& comm, const at::Tensor& input
 // The token dispatcher. dispatch: exchange tokens-per-expert counts with an all-to-all, send each
 // row to the rank owning its expert (uneven all-to-all), and regroup the received rows by local
 // expert. combine: the exact inverse. An expert that receives no rows anywhere is fine.
+// With `overlap` (parallel.overlap_shared_experts), dispatch_overlapped begins the row exchange,
+// runs the caller's work (the shared experts) and only then waits for the rows.
 class AllToAllExchange final : public ExpertExchange {
  public:
-  AllToAllExchange(ProcessGrid& grid, int64_t num_experts);
+  AllToAllExchange(ProcessGrid& grid, int64_t num_experts, bool overlap = true);
   Dispatched dispatch(const at::Tensor& rows, const at::Tensor& tokens_per_expert) override;
+  Dispatched dispatch_overlapped(const at::Tensor& rows, const at::Tensor& tokens_per_expert,
+                                 const std::function<void()>& overlap) override;
   at::Tensor combine(const at::Tensor& rows, const Dispatched& dispatched) override;
   at::Tensor sum_over_token_ranks(const at::Tensor& t) override;
   int64_t token_ranks() const override { return grid_.world_size(); }
@@ -36,11 +40,16 @@ class AllToAllExchange final : public ExpertExchange {
   // Seconds spent moving rows towards the experts (dispatch forward, combine backward) and back
   // (combine forward, dispatch backward) since the last call; resets both.
   std::pair<double, double> take_comm_seconds();
+  // Seconds of the caller's work run while rows travelled, since the last call; resets.
+  double take_overlapped_seconds();
 
  private:
+  Dispatched exchange(const at::Tensor& rows, const at::Tensor& tokens_per_expert,
+                      const std::function<void()>* overlap);
   ProcessGrid& grid_;
   int64_t num_experts_, local_experts_;
-  double to_experts_s_ = 0, from_experts_s_ = 0;
+  bool overlap_;
+  double to_experts_s_ = 0, from_experts_s_ = 0, overlapped_s_ = 0;
 };
 
 // Averages gradients so that every rank holds the gradient of the global batch's mean loss:
