@@ -228,15 +228,32 @@ CheckReport check_alignment(const Config& config, const CheckSide& a, const Chec
   }
   report.loss_a = ra.losses;
   report.loss_b = rb.losses;
-  for (size_t s = 0; s < ra.losses.size(); ++s) {
-    const double rel =
-        std::fabs(ra.losses[s] - rb.losses[s]) / std::max(std::fabs(ra.losses[s]), 1e-30);
+  compare_losses(report, options.tolerance, options.loss_window);
+  return report;
+}
+
+void compare_losses(CheckReport& report, double tolerance, int64_t window) {
+  HETMOE_CHECK(window >= 1, "check", "the loss window must be at least 1 step, got ", window);
+  HETMOE_CHECK(report.loss_a.size() == report.loss_b.size(), "check", "the sides ran ",
+               report.loss_a.size(), " and ", report.loss_b.size(), " steps");
+  report.relative.clear();
+  report.first_step_over = 0;
+  report.max_relative = 0;
+  double sum_a = 0, sum_b = 0;  // over the window ending at step s
+  const auto w = static_cast<size_t>(window);
+  for (size_t s = 0; s < report.loss_a.size(); ++s) {
+    sum_a += report.loss_a[s];
+    sum_b += report.loss_b[s];
+    if (s >= w) {
+      sum_a -= report.loss_a[s - w];
+      sum_b -= report.loss_b[s - w];
+    }
+    const double rel = std::fabs(sum_a - sum_b) / std::max(std::fabs(sum_a), 1e-30);
     report.relative.push_back(rel);
     report.max_relative = std::max(report.max_relative, std::isfinite(rel) ? rel : INFINITY);
-    if (report.first_step_over == 0 && !(rel <= options.tolerance))
+    if (report.first_step_over == 0 && !(rel <= tolerance))
       report.first_step_over = static_cast<int64_t>(s) + 1;
   }
-  return report;
 }
 
 }  // namespace hetmoe

@@ -17,6 +17,7 @@ struct CheckArgs {
   std::string config, backends, dtypes, kernels;
   std::vector<std::string> sets;
   int64_t steps = 20;
+  int64_t loss_window = 1;
   double tolerance = -1, op_tolerance = -1;
 };
 
@@ -71,13 +72,17 @@ int run_check(const CheckArgs& a) {
   options.steps = a.steps;
   options.tolerance = a.tolerance >= 0 ? a.tolerance : loss_tol;
   options.op_tolerance = a.op_tolerance >= 0 ? a.op_tolerance : op_tol;
+  options.loss_window = a.loss_window;
   options.progress = [](const std::string& line) {
     std::fprintf(stderr, "check: %s\n", line.c_str());
     std::fflush(stderr);
   };
-  std::printf("check: %s, A = %s, B = %s, %lld steps, tolerance %.1e (loss) / %.1e (operators)\n",
+  std::printf("check: %s, A = %s, B = %s, %lld steps, tolerance %.1e (loss) / %.1e (operators)",
               a.config.c_str(), sa.label().c_str(), sb.label().c_str(),
               static_cast<long long>(a.steps), options.tolerance, options.op_tolerance);
+  if (a.loss_window > 1)
+    std::printf(", losses as %lld-step moving means", static_cast<long long>(a.loss_window));
+  std::printf("\n");
   std::fflush(stdout);
   const CheckReport r = check_alignment(config, sa, sb, options);
 
@@ -88,7 +93,8 @@ int run_check(const CheckArgs& a) {
                 d.relative, d.within ? "" : "  <- beyond tolerance");
   std::printf("  router choices that agree: %.4f%%\n", 100.0 * r.router_agreement);
 
-  std::printf("\nloss per step:\n  %6s %14s %14s %12s\n", "step", "A", "B", "relative");
+  std::printf("\nloss per step:\n  %6s %14s %14s %12s\n", "step", "A", "B",
+              a.loss_window > 1 ? "rel. (mean)" : "relative");
   const size_t n = r.loss_a.size();
   for (size_t s = 0; s < n; ++s) {
     const bool over = static_cast<int64_t>(s) + 1 == r.first_step_over;
@@ -134,6 +140,10 @@ void add_check_command(CLI::App& root, int& status) {
                   "Largest relative loss difference (default: by what differs, see "
                   "docs/benchmarks.md)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--loss-window", a->loss_window,
+                  "Compare the losses as moving means over this many steps (1: step by step)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->add_option("--op-tolerance", a->op_tolerance,
                   "Largest relative operator difference on the first batch")
       ->check(CLI::NonNegativeNumber);

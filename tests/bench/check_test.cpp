@@ -78,5 +78,33 @@ TEST_F(CheckTest, TwoEqualSidesAreRefused) {
   EXPECT_THROW(check_alignment(config_, CheckSide{}, CheckSide{}), Error);
 }
 
+// One step that jumps (a router near-tie resolving differently) fails a step-by-step comparison
+// and passes a windowed one whose mean absorbs it; a lasting drift fails both.
+TEST(CompareLossesTest, AWindowComparesMovingMeans) {
+  CheckReport r;
+  r.loss_a = {4.0, 3.0, 2.0, 2.0, 2.0, 2.0};
+  r.loss_b = {4.0, 3.0, 2.0, 2.01, 2.0, 2.0};  // 5e-3 off at step 4 only
+  compare_losses(r, 1e-3, 1);
+  EXPECT_EQ(r.first_step_over, 4);
+  EXPECT_NEAR(r.max_relative, 5e-3, 1e-12);
+  ASSERT_EQ(r.relative.size(), 6u);
+  EXPECT_EQ(r.relative[2], 0.0);
+
+  compare_losses(r, 2e-3, 4);  // at step 4 the means are 11/4 and 11.01/4: 9.1e-4
+  EXPECT_EQ(r.first_step_over, 0);
+  EXPECT_NEAR(r.relative[1], 0.0, 1e-15);               // a short window at the start
+  EXPECT_NEAR(r.relative[3], 0.01 / 11.0, 1e-12);       // steps 1-4
+  EXPECT_NEAR(r.relative[5], 0.01 / 8.0, 1e-12);        // steps 3-6
+  EXPECT_NEAR(r.max_relative, 0.01 / 8.0, 1e-12);
+
+  r.loss_b = {4.0, 3.0, 2.0, 2.01, 2.01, 2.01};  // a drift that stays
+  compare_losses(r, 2e-3, 4);
+  EXPECT_EQ(r.first_step_over, 5);  // steps 2-5: 9.02 against 9, 2.2e-3
+
+  EXPECT_THROW(compare_losses(r, 1e-3, 0), Error);
+  r.loss_b.pop_back();
+  EXPECT_THROW(compare_losses(r, 1e-3, 1), Error);
+}
+
 }  // namespace
 }  // namespace hetmoe

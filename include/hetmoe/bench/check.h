@@ -29,6 +29,10 @@ struct CheckOptions {
   int64_t steps = 20;          // training steps on each side
   double tolerance = 1e-3;     // largest relative loss difference |a - b| / |a| allowed
   double op_tolerance = 1e-4;  // largest norm-wise relative operator difference allowed
+  // Losses are compared as moving means over this many steps (1: step by step). A router
+  // near-tie that flips under a different summation order moves one step's loss by more than
+  // the operators ever differ; a window compares the curves instead of single draws.
+  int64_t loss_window = 1;
   // One line per finished stage, e.g. "cpu fp32 native: step 10/20 loss 4.1234".
   std::function<void(const std::string&)> progress;
 };
@@ -45,12 +49,17 @@ struct CheckReport {
   std::string a, b;  // side labels
   std::vector<OpDifference> ops;
   double router_agreement = 1;  // fraction of routing choices that agree on the first batch
-  std::vector<double> loss_a, loss_b, relative;  // per step (relative = |a - b| / |a|)
+  std::vector<double> loss_a, loss_b;  // per step
+  std::vector<double> relative;  // per step: |A - B| / |A| of the losses' moving means
   int64_t first_step_over = 0;  // first step (1-based) beyond the tolerance; 0: none
   double max_relative = 0;      // largest per-step relative loss difference
   bool ops_within = true;       // every operator difference within op_tolerance
   bool passed() const { return first_step_over == 0 && ops_within; }
 };
+
+// Fills report.relative, first_step_over and max_relative from loss_a and loss_b: at step s the
+// means of the last `window` losses (fewer at the start) are compared. Throws on window < 1.
+void compare_losses(CheckReport& report, double tolerance, int64_t window);
 
 // Runs both sides (one after the other, each in its own temporary run directory) and compares
 // them. Throws hetmoe::Error when a side cannot run (device missing, bad config, no data).
