@@ -52,11 +52,11 @@ res = {"date": datetime.date.today().isoformat(), "config": "configs/bench-small
 path = f"{out}/ep-overhead-{res['date']}.json"
 json.dump(res, open(path, "w"), indent=1)
 cols = ("route", "permute", "experts", "dispatch", "combine", "overlapped", "rest")
-print(f"{'ms per step':26s}{'tokens/s':>9s}{'step':>7s}" + "".join(f"{c:>10s}" for c in cols))
+print(f"{'ms per step':26s}{'tokens/s':>9s}{'step':>7s}" + "".join(f"{c:>11s}" for c in cols))
 for name, r in (("2 ranks data parallel", dp), ("2 ranks expert parallel", ep),
                 ("  without overlap", serial)):
     print(f"{name:26s}{r['tokens_per_s']:9.0f}{1e3 * r['step_s']:7.1f}" +
-          "".join(f"{1e3 * r[c + '_s_per_step']:10.1f}" for c in cols))
+          "".join(f"{1e3 * r[c + '_s_per_step']:11.1f}" for c in cols))
 print("(permute = permute + unpermute; overlapped = shared experts computed while tokens travel)")
 print(f"expert-parallel overhead {100 * res['overhead']:+.1f}% "
       f"({100 * res['overhead_no_overlap']:+.1f}% without overlap); written to {path}")
