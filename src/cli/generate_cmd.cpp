@@ -19,7 +19,8 @@ struct GenerateArgs {
 };
 
 int run_generate(const GenerateArgs& a) {
-  LoadedCheckpoint ck = load_checkpoint(a.checkpoint, /*load_optimizer=*/false);
+  // Any checkpoint, a multi-rank run's sharded ones included: the experts are gathered.
+  LoadedCheckpoint ck = load_whole_model(a.checkpoint, TransformerImpl::is_expert_parameter);
   HETMOE_CHECK(ck.config.data.tokenizer == "byte", "generate", "tokenizer '",
                ck.config.data.tokenizer, "' is not supported");
   Transformer model(ck.config.model, ck.config.moe);

@@ -72,7 +72,7 @@ void TransformerImpl::reset_parameters(uint64_t seed) {
   }
 }
 
-bool TransformerImpl::is_expert_parameter(const std::string& name) const {
+bool TransformerImpl::is_expert_parameter(const std::string& name) {
   auto ends_with = [&](const char* tail) {
     const std::string t(tail);
     return name.size() >= t.size() && name.compare(name.size() - t.size(), t.size(), t) == 0;

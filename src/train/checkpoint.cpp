@@ -316,51 +316,60 @@ std::string find_checkpoint(const std::string& path) {
   return dir.string();
 }
 
-LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
-                                 const CheckpointShard& shard) {
-  LoadedCheckpoint c;
+namespace {
+
+// The checkpoint `path` names, verified. A run directory yields its newest checkpoint that
+// verifies (with a warning for each one skipped); a checkpoint directory must verify itself.
+std::string verified_checkpoint(const std::string& path) {
   const fs::path given(path);
   const bool run_dir = fs::exists(given) && !fs::exists(given / "state.json");
-  c.dir = find_checkpoint(path);
-  if (run_dir) {
-    // A run directory: the newest checkpoint that verifies, newest first after `latest`.
-    std::vector<fs::path> candidates{c.dir};
-    std::vector<fs::path> steps;
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(given / "checkpoints", ec))
-      if (e.is_directory() && e.path().filename().string().rfind("step_", 0) == 0)
-        steps.push_back(e.path());
-    std::sort(steps.rbegin(), steps.rend());
-    for (const auto& p : steps)
-      if (p != fs::path(c.dir)) candidates.push_back(p);
-    std::string problems;
-    bool found = false;
-    for (const auto& dir : candidates) {
-      try {
-        verify_checkpoint(dir.string());
-      } catch (const Error& e) {
-        problems += std::string(problems.empty() ? "" : "; ") + e.what();
-        HETMOE_LOG_WARN("%s; trying an older checkpoint", e.what());
-        continue;
-      }
-      if (dir != fs::path(c.dir))
-        HETMOE_LOG_WARN("[checkpoint] resuming from %s, the newest checkpoint that verifies",
-                        dir.c_str());
-      c.dir = dir.string();
-      found = true;
-      break;
-    }
-    HETMOE_CHECK(found, "checkpoint", "no valid checkpoint under '", path, "': ", problems);
-  } else {
-    verify_checkpoint(c.dir);  // an explicitly named checkpoint must itself be sound
+  std::string chosen = find_checkpoint(path);
+  if (!run_dir) {
+    verify_checkpoint(chosen);  // an explicitly named checkpoint must itself be sound
+    return chosen;
   }
-  const fs::path dir(c.dir);
-  c.config = load_config((dir / "resolved.yaml").string());
-  const CheckpointManifest m = read_manifest(dir);
+  std::vector<fs::path> candidates{chosen};
+  std::vector<fs::path> steps;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(given / "checkpoints", ec))
+    if (e.is_directory() && e.path().filename().string().rfind("step_", 0) == 0)
+      steps.push_back(e.path());
+  std::sort(steps.rbegin(), steps.rend());
+  for (const auto& p : steps)
+    if (p != fs::path(chosen)) candidates.push_back(p);
+  std::string problems;
+  for (const auto& dir : candidates) {
+    try {
+      verify_checkpoint(dir.string());
+    } catch (const Error& e) {
+      problems += std::string(problems.empty() ? "" : "; ") + e.what();
+      HETMOE_LOG_WARN("%s; trying an older checkpoint", e.what());
+      continue;
+    }
+    if (dir != fs::path(chosen))
+      HETMOE_LOG_WARN("[checkpoint] using %s, the newest checkpoint that verifies", dir.c_str());
+    return dir.string();
+  }
+  HETMOE_FAIL("checkpoint", "no valid checkpoint under '", path, "': ", problems);
+}
+
+void read_state(LoadedCheckpoint& c, const CheckpointManifest& m) {
   c.state.step = m.step;
   c.state.tokens_seen = m.tokens_seen;
   c.state.last_val_loss = m.last_val_loss;
   c.state.health = m.health;
+}
+
+}  // namespace
+
+LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
+                                 const CheckpointShard& shard) {
+  LoadedCheckpoint c;
+  c.dir = verified_checkpoint(path);
+  const fs::path dir(c.dir);
+  c.config = load_config((dir / "resolved.yaml").string());
+  const CheckpointManifest m = read_manifest(dir);
+  read_state(c, m);
   HETMOE_CHECK(m.world_size == shard.world && m.expert_parallel == shard.expert_parallel,
                "checkpoint", "'", c.dir, "' was written by a grid of ", m.world_size, " rank",
                m.world_size == 1 ? "" : "s", " with expert_parallel ", m.expert_parallel,
@@ -369,6 +378,37 @@ LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
                ". Resume with the same grid (resharding is not supported yet)");
   c.model = load_tensors((dir / shard_file("model", shard)).string());
   if (load_optimizer) c.optimizer = load_tensors((dir / shard_file("optimizer", shard)).string());
+  return c;
+}
+
+LoadedCheckpoint load_whole_model(const std::string& path,
+                                  const std::function<bool(const std::string&)>& is_expert) {
+  LoadedCheckpoint c;
+  c.dir = verified_checkpoint(path);
+  const fs::path dir(c.dir);
+  c.config = load_config((dir / "resolved.yaml").string());
+  const CheckpointManifest m = read_manifest(dir);
+  read_state(c, m);
+  CheckpointShard shard;
+  shard.world = static_cast<int>(m.world_size);
+  shard.expert_parallel = m.expert_parallel;
+  c.model = load_tensors((dir / shard_file("model", shard)).string());  // rank 0
+  if (m.expert_parallel <= 1) return c;
+  // Ranks 0 .. ep-1 form the first expert group: rank i holds experts [i*E/ep, (i+1)*E/ep).
+  std::map<std::string, std::vector<at::Tensor>> parts;
+  for (auto& [name, t] : c.model)
+    if (is_expert(name)) parts[name].push_back(t);
+  for (int r = 1; r < static_cast<int>(m.expert_parallel); ++r) {
+    shard.rank = r;
+    const std::string file = (dir / shard_file("model", shard)).string();
+    std::map<std::string, at::Tensor> other = load_tensors(file);
+    for (auto& [name, list] : parts) {
+      auto it = other.find(name);
+      HETMOE_CHECK(it != other.end(), "checkpoint", "'", file, "' has no tensor '", name, "'");
+      list.push_back(it->second);
+    }
+  }
+  for (auto& [name, list] : parts) c.model[name] = at::cat(list, 0);
   return c;
 }
 

@@ -12,7 +12,13 @@
 #include <string>
 #include <thread>
 
+#include <unistd.h>
+
 #include "hetmoe/comm/communicator.h"
+#include "hetmoe/config/config.h"
+#include "hetmoe/core/fs.h"
+#include "hetmoe/model/transformer.h"
+#include "hetmoe/train/checkpoint.h"
 
 namespace hetmoe {
 namespace {
@@ -167,6 +173,54 @@ TEST(MpiCommTest, BegunAllToAllDeliversTheSameRowsWithWorkInBetween) {
   // The same argument checks as the blocking call, before anything is sent.
   send[0] += 1;
   EXPECT_THROW(world->all_to_all_start(input, send, recv), CommError);
+}
+
+// A checkpoint written by an expert-parallel grid (2 experts per rank, expert_parallel 2, with
+// data-parallel replicas at 4 ranks) loads as the whole model: each rank's shard is initialised
+// as the slice of the unsharded model, so the gathered tensors must equal that model exactly.
+TEST(ShardedCheckpointTest, LoadsAsTheWholeModel) {
+  const int n = world->size(), r = world->rank();
+  const int64_t ep = 2;
+  const Config c = parse_config(
+      "model: {d_model: 32, n_layers: 2, n_heads: 2, n_kv_heads: 1, max_seq_len: 16, "
+      "first_k_dense: 1, dense_ffn_hidden: 32}\n"
+      "moe: {num_experts: 4, top_k: 2, expert_hidden: 16}\n"
+      "train: {seq_len: 8, micro_batch: 4}\n"
+      "data: {path: unused}\n"
+      "parallel: {expert_parallel: 2}\n",
+      "sharded-checkpoint test");
+  const int64_t per_rank = c.moe.num_experts / ep;
+  Transformer shard(c.model, c.moe, ExpertShard{(r % ep) * per_rank, per_rank});
+  shard->reset_parameters(11);
+  // One directory for the job, named by rank 0's pid.
+  at::Tensor pid = at::full({1}, static_cast<int64_t>(::getpid()), at::kLong);
+  world->broadcast(pid, 0);
+  const std::string out = "/tmp/hetmoe-sharded-ckpt-" + std::to_string(pid.item<int64_t>());
+  TrainState state;
+  state.step = 3;
+  CheckpointShard where;
+  where.rank = r;
+  where.world = n;
+  where.expert_parallel = ep;
+  where.comm = world;
+  save_checkpoint(out, c, state, shard->state_tensors(), {}, where);
+  if (r == 0) {
+    const LoadedCheckpoint whole = load_whole_model(out, TransformerImpl::is_expert_parameter);
+    EXPECT_EQ(whole.state.step, 3);
+    Transformer reference(c.model, c.moe);
+    reference->reset_parameters(11);
+    for (const auto& [name, t] : reference->state_tensors()) {
+      auto it = whole.model.find(name);
+      ASSERT_NE(it, whole.model.end()) << name;
+      EXPECT_TRUE(at::equal(it->second, t)) << name;
+    }
+    EXPECT_NO_THROW(reference->load_state_tensors(whole.model, whole.dir));
+    // The per-rank loader still refuses another grid.
+    EXPECT_THROW(load_checkpoint(out, false), Error);
+    std::string why;
+    EXPECT_TRUE(remove_tree(out, &why)) << why;
+  }
+  world->barrier();
 }
 
 TEST(MpiCommTest, SubCommunicatorsReduceWithinTheirColor) {

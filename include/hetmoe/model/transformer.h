@@ -58,7 +58,7 @@ class TransformerImpl : public torch::nn::Module {
   // Every MoE layer sends rows to remote experts through `exchange` (expert parallelism).
   void set_expert_exchange(const std::shared_ptr<ExpertExchange>& exchange);
   // Names of the parameters that are this rank's expert shard (w13, w2 of the MoE layers).
-  bool is_expert_parameter(const std::string& name) const;
+  static bool is_expert_parameter(const std::string& name);
 
   // The training step about to run (1-based) and the run's seed; MoE layers derive their routing
   // noise stream from (seed, layer, step).

@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -69,5 +70,14 @@ struct LoadedCheckpoint {
 // or expert_parallel) is refused with a message naming both grids.
 LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer = true,
                                  const CheckpointShard& shard = {});
+
+// The whole model from any checkpoint, written by one process or by a multi-rank grid, for
+// generation or evaluation in one process. Each expert tensor (is_expert(name): see
+// Transformer::is_expert_parameter) is the concatenation along dim 0 of the shards of the first
+// expert group's ranks, 0 .. expert_parallel - 1, which together hold every expert; every other
+// tensor comes from rank 0 (all ranks hold the same). Verified as load_checkpoint does; no
+// optimizer state.
+LoadedCheckpoint load_whole_model(const std::string& path,
+                                  const std::function<bool(const std::string&)>& is_expert);
 
 }  // namespace hetmoe
