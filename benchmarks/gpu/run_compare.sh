@@ -6,16 +6,8 @@
 #   - scripts/compare_bench.py against the committed CPU result.
 #   Carry .gpu-deps and data/fortunes. JSON and logs go to $OUT (or ./gpu-out).
 set -uo pipefail
-out=${OUT:-gpu-out}
-mkdir -p "$out"
-source .gpu-deps/env.sh
-t0=$(date +%s)
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release $HETMOE_GPU_CMAKE_ARGS \
-  -DHETMOE_WITH_CUDA=ON -DCMAKE_DISABLE_FIND_PACKAGE_dnnl=ON -DHETMOE_BUILD_TESTS=OFF \
-  >"$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
-cmake --build build-gpu -j 16 --target hetmoe_cli >"$out/build.log" 2>&1 ||
-  { grep -E "error|FAILED" "$out/build.log" | head -40; exit 1; }
-echo "build: $(( $(date +%s) - t0 )) s"
+source benchmarks/gpu/common.sh
+gpu_build hetmoe_cli
 hetmoe=build-gpu/src/hetmoe
 $hetmoe bench --config configs/bench-small.yaml --backends cpu,cuda \
   --out "$out/bench-cpu-cuda.json" >"$out/bench.log" 2>&1

@@ -239,14 +239,14 @@ void compare_losses(CheckReport& report, double tolerance, int64_t window) {
   report.relative.clear();
   report.first_step_over = 0;
   report.max_relative = 0;
-  double sum_a = 0, sum_b = 0;  // over the window ending at step s
   const auto w = static_cast<size_t>(window);
   for (size_t s = 0; s < report.loss_a.size(); ++s) {
-    sum_a += report.loss_a[s];
-    sum_b += report.loss_b[s];
-    if (s >= w) {
-      sum_a -= report.loss_a[s - w];
-      sum_b -= report.loss_b[s - w];
+    // Summed afresh for each window: a running sum would carry one non-finite loss (or its
+    // rounding) into every later window.
+    double sum_a = 0, sum_b = 0;
+    for (size_t i = s + 1 > w ? s + 1 - w : 0; i <= s; ++i) {
+      sum_a += report.loss_a[i];
+      sum_b += report.loss_b[i];
     }
     const double rel = std::fabs(sum_a - sum_b) / std::max(std::fabs(sum_a), 1e-30);
     report.relative.push_back(rel);

@@ -30,6 +30,9 @@ void Communicator::check_splits(const char* op, const at::Tensor& input,
   if (total != input.size(0))
     fail(op,
          detail::concat("send splits sum to ", total, " rows but the input has ", input.size(0)));
+  const auto self = static_cast<size_t>(rank());
+  if (send[self] != recv[self])
+    fail(op, detail::concat("sends ", send[self], " rows to itself but expects ", recv[self]));
 }
 
 at::Tensor Communicator::output_rows(const char* op, const at::Tensor& input, int64_t rows,
@@ -45,13 +48,37 @@ at::Tensor Communicator::output_rows(const char* op, const at::Tensor& input, in
   return out;
 }
 
+at::Tensor Communicator::PendingAllToAll::wait() {
+  if (!completed_) {
+    completed_ = true;  // a failed completion is not attempted again
+    try {
+      rows_ = complete();
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+  }
+  if (error_) std::rethrow_exception(error_);
+  return rows_;
+}
+
+void Communicator::PendingAllToAll::complete_if_abandoned() noexcept {
+  if (completed_) return;
+  try {
+    wait();
+  } catch (const std::exception& e) {
+    HETMOE_LOG_WARN("abandoned all_to_all: %s", e.what());
+  }
+}
+
 namespace {
 
 // A pending exchange that completed when it began.
 class CompletedAllToAll final : public Communicator::PendingAllToAll {
  public:
   explicit CompletedAllToAll(at::Tensor rows) : rows_(std::move(rows)) {}
-  at::Tensor wait() override { return rows_; }
+
+ protected:
+  at::Tensor complete() override { return rows_; }
 
  private:
   at::Tensor rows_;
@@ -92,9 +119,6 @@ class LocalCommunicator final : public Communicator {
   at::Tensor all_to_all(const at::Tensor& input, const std::vector<int64_t>& send,
                         const std::vector<int64_t>& recv, const at::Tensor& out) override {
     check_splits("all_to_all", input, send, recv);
-    if (send[0] != recv[0])
-      fail("all_to_all",
-           detail::concat("sends ", send[0], " rows to itself but expects ", recv[0]));
     at::Tensor o = output_rows("all_to_all", input, recv[0], out);
     o.copy_(input);
     return o;

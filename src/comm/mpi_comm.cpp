@@ -9,11 +9,11 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <numeric>
 #include <thread>
 
 #include "comm/transports.h"
-#include "hetmoe/core/logging.h"
 
 namespace hetmoe {
 namespace {
@@ -74,6 +74,16 @@ MPI_Datatype element_type(at::ScalarType t) {
 }
 
 constexpr int kAllToAllTag = 0x4d6f45;  // "MoE"
+
+// Buffers of requests that failed or timed out. MPI may still read or write them (a late peer),
+// so they are kept until the process ends, which after a communication error is soon
+// (abort_job).
+void quarantine(std::initializer_list<at::Tensor> buffers) {
+  static std::mutex mutex;
+  static std::vector<at::Tensor>* kept = new std::vector<at::Tensor>();  // never destroyed
+  std::lock_guard<std::mutex> lock(mutex);
+  for (const auto& b : buffers) kept->push_back(b);
+}
 
 class MpiCommunicator final : public Communicator {
  public:
@@ -172,20 +182,16 @@ class MpiCommunicator final : public Communicator {
             at::Tensor result)
         : comm_(comm), reqs_(std::move(reqs)), src_(std::move(src)), out_(std::move(out)),
           result_(std::move(result)) {}
-    ~Pending() override {
-      if (waited_) return;
-      // Abandoned (an exception between start and wait): MPI must be done with the buffers
-      // before they are freed.
+    ~Pending() override { complete_if_abandoned(); }
+
+   protected:
+    at::Tensor complete() override {
       try {
-        wait();
-      } catch (const std::exception& e) {
-        HETMOE_LOG_WARN("abandoned all_to_all: %s", e.what());
+        comm_->wait_all("all_to_all", std::move(reqs_));
+      } catch (...) {
+        quarantine({src_, out_});  // a late peer may still deliver into them
+        throw;
       }
-    }
-    at::Tensor wait() override {
-      if (waited_) return result_;
-      waited_ = true;  // a failed wait is not repeated by the destructor
-      comm_->wait_all("all_to_all", std::move(reqs_));
       if (!out_.is_same(result_)) result_.copy_(out_);  // device tensors: from the host buffer
       return result_;
     }
@@ -194,7 +200,6 @@ class MpiCommunicator final : public Communicator {
     MpiCommunicator* comm_;
     std::vector<MPI_Request> reqs_;
     at::Tensor src_, out_, result_;
-    bool waited_ = false;
   };
 
   std::unique_ptr<PendingAllToAll> all_to_all_start(const at::Tensor& input,
@@ -221,41 +226,47 @@ class MpiCommunicator final : public Communicator {
     auto* dst = static_cast<char*>(out.data_ptr());
     std::vector<MPI_Request> reqs;
     reqs.reserve(2 * static_cast<size_t>(size_));
+    // Offsets and MPI counts first: nothing is posted unless every count fits.
     int64_t so = 0, ro = 0;
     std::vector<int64_t> send_off(size_), recv_off(size_);
+    std::vector<int> send_count(size_), recv_count(size_);
     for (int r = 0; r < size_; ++r) {
       send_off[r] = so;
       recv_off[r] = ro;
+      send_count[r] = count(name, send[r] * row_bytes);
+      recv_count[r] = count(name, recv[r] * row_bytes);
       so += send[r] * row_bytes;
       ro += recv[r] * row_bytes;
     }
-    if (send[rank_] != recv[rank_])
-      fail(name,
-           detail::concat("sends ", send[rank_], " rows to itself but expects ", recv[rank_]));
-    for (int r = 0; r < size_; ++r) {
-      if (r == rank_ || recv[r] == 0) continue;
-      reqs.emplace_back();
-      check(name, MPI_Irecv(dst + recv_off[r], count(name, recv[r] * row_bytes), MPI_BYTE, r,
-                            kAllToAllTag, comm_, &reqs.back()));
-    }
-    for (int k = 1; k <= size_; ++k) {  // staggered: rank r sends to r+1 first
-      const int r = (rank_ + k) % size_;
-      if (r == rank_ || send[r] == 0) continue;
-      reqs.emplace_back();
-      check(name, MPI_Isend(src + send_off[r], count(name, send[r] * row_bytes), MPI_BYTE, r,
-                            kAllToAllTag, comm_, &reqs.back()));
-    }
-    // This rank's own rows, copied in slices with MPI progress in between: shared-memory
-    // transfers move only while both sides drive them.
-    const int64_t self_bytes = send[rank_] * row_bytes;
-    constexpr int64_t kSlice = 256 << 10;
-    for (int64_t off = 0; off < self_bytes; off += kSlice) {
-      std::memcpy(dst + recv_off[rank_] + off, src + send_off[rank_] + off,
-                  static_cast<size_t>(std::min(kSlice, self_bytes - off)));
-      int flag = 0;
-      if (!reqs.empty())
-        check(name,
-              MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &flag, MPI_STATUSES_IGNORE));
+    try {
+      for (int r = 0; r < size_; ++r) {
+        if (r == rank_ || recv[r] == 0) continue;
+        reqs.emplace_back();
+        check(name, MPI_Irecv(dst + recv_off[r], recv_count[r], MPI_BYTE, r, kAllToAllTag, comm_,
+                              &reqs.back()));
+      }
+      for (int k = 1; k <= size_; ++k) {  // staggered: rank r sends to r+1 first
+        const int r = (rank_ + k) % size_;
+        if (r == rank_ || send[r] == 0) continue;
+        reqs.emplace_back();
+        check(name, MPI_Isend(src + send_off[r], send_count[r], MPI_BYTE, r, kAllToAllTag, comm_,
+                              &reqs.back()));
+      }
+      // This rank's own rows, copied in slices with MPI progress in between: shared-memory
+      // transfers move only while both sides drive them.
+      const int64_t self_bytes = send[rank_] * row_bytes;
+      constexpr int64_t kSlice = 256 << 10;
+      for (int64_t off = 0; off < self_bytes; off += kSlice) {
+        std::memcpy(dst + recv_off[rank_] + off, src + send_off[rank_] + off,
+                    static_cast<size_t>(std::min(kSlice, self_bytes - off)));
+        int flag = 0;
+        if (!reqs.empty())
+          check(name, MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &flag,
+                                  MPI_STATUSES_IGNORE));
+      }
+    } catch (...) {
+      quarantine({host, out});  // posted requests may still use them
+      throw;
     }
     return std::make_unique<Pending>(this, std::move(reqs), host, out, result);
   }

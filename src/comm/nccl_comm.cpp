@@ -15,7 +15,6 @@
 #include <thread>
 
 #include "comm/transports.h"
-#include "hetmoe/core/logging.h"
 
 namespace hetmoe {
 namespace {
@@ -137,17 +136,10 @@ class NcclCommunicator final : public Communicator {
   class Pending final : public PendingAllToAll {
    public:
     Pending(NcclCommunicator* comm, Exchange e) : comm_(comm), e_(std::move(e)) {}
-    ~Pending() override {
-      if (waited_) return;
-      try {
-        wait();
-      } catch (const std::exception& e) {
-        HETMOE_LOG_WARN("abandoned all_to_all: %s", e.what());
-      }
-    }
-    at::Tensor wait() override {
-      if (waited_) return e_.result;
-      waited_ = true;
+    ~Pending() override { complete_if_abandoned(); }
+
+   protected:
+    at::Tensor complete() override {
       const cudaStream_t side = comm_->side_stream();
       comm_->wait("all_to_all", side);
       // Complete on the host already; the event keeps the stream order explicit all the same.
@@ -162,7 +154,6 @@ class NcclCommunicator final : public Communicator {
    private:
     NcclCommunicator* comm_;
     Exchange e_;  // its tensors stay alive while the side stream uses them
-    bool waited_ = false;
   };
 
   std::unique_ptr<PendingAllToAll> all_to_all_start(const at::Tensor& input,
@@ -253,6 +244,8 @@ class NcclCommunicator final : public Communicator {
   // Waits for the operation just enqueued on `on` (default: the current stream), polling
   // against the deadline.
   void wait(const char* op, cudaStream_t on = nullptr) {
+    // After an abort the NCCL communicator is gone (a pending exchange can still call this).
+    if (!broken_.empty()) fail(op, "communicator unusable after an earlier failure in " + broken_);
     cudaEvent_t done;
     cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
     cudaEventRecord(done, on ? on : stream());

@@ -353,11 +353,17 @@ std::string verified_checkpoint(const std::string& path) {
   HETMOE_FAIL("checkpoint", "no valid checkpoint under '", path, "': ", problems);
 }
 
-void read_state(LoadedCheckpoint& c, const CheckpointManifest& m) {
+// The verified checkpoint `path` names, its config and training state; returns its manifest.
+CheckpointManifest open_checkpoint(const std::string& path, LoadedCheckpoint& c) {
+  c.dir = verified_checkpoint(path);
+  const fs::path dir(c.dir);
+  c.config = load_config((dir / "resolved.yaml").string());
+  CheckpointManifest m = read_manifest(dir);
   c.state.step = m.step;
   c.state.tokens_seen = m.tokens_seen;
   c.state.last_val_loss = m.last_val_loss;
   c.state.health = m.health;
+  return m;
 }
 
 }  // namespace
@@ -365,11 +371,8 @@ void read_state(LoadedCheckpoint& c, const CheckpointManifest& m) {
 LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
                                  const CheckpointShard& shard) {
   LoadedCheckpoint c;
-  c.dir = verified_checkpoint(path);
+  const CheckpointManifest m = open_checkpoint(path, c);
   const fs::path dir(c.dir);
-  c.config = load_config((dir / "resolved.yaml").string());
-  const CheckpointManifest m = read_manifest(dir);
-  read_state(c, m);
   HETMOE_CHECK(m.world_size == shard.world && m.expert_parallel == shard.expert_parallel,
                "checkpoint", "'", c.dir, "' was written by a grid of ", m.world_size, " rank",
                m.world_size == 1 ? "" : "s", " with expert_parallel ", m.expert_parallel,
@@ -384,11 +387,8 @@ LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
 LoadedCheckpoint load_whole_model(const std::string& path,
                                   const std::function<bool(const std::string&)>& is_expert) {
   LoadedCheckpoint c;
-  c.dir = verified_checkpoint(path);
+  const CheckpointManifest m = open_checkpoint(path, c);
   const fs::path dir(c.dir);
-  c.config = load_config((dir / "resolved.yaml").string());
-  const CheckpointManifest m = read_manifest(dir);
-  read_state(c, m);
   CheckpointShard shard;
   shard.world = static_cast<int>(m.world_size);
   shard.expert_parallel = m.expert_parallel;
@@ -408,7 +408,13 @@ LoadedCheckpoint load_whole_model(const std::string& path,
       list.push_back(it->second);
     }
   }
-  for (auto& [name, list] : parts) c.model[name] = at::cat(list, 0);
+  for (auto& [name, list] : parts) {
+    c.model[name] = at::cat(list, 0);
+    HETMOE_CHECK(c.model[name].size(0) == c.config.moe.num_experts, "checkpoint", "'", c.dir,
+                 "': the shards of '", name, "' hold ", c.model[name].size(0),
+                 " experts together, the config has moe.num_experts ",
+                 c.config.moe.num_experts);
+  }
   return c;
 }
 

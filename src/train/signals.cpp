@@ -47,9 +47,13 @@ void on_signal(int sig) {
   for (;;) {
     int sig = 0;
     if (sigwait(&set, &sig) != 0) continue;
-    if (g_scopes.load() > 0) {
-      note(sig);
-      continue;
+    {
+      // Under the scope lock: a scope that is closing either sees the note or is gone.
+      std::lock_guard<std::mutex> lock(g_scope_mutex);
+      if (g_scopes.load() > 0) {
+        note(sig);
+        continue;
+      }
     }
     // No training scope: let the signal do whatever its disposition says (by default, end the
     // process), on this thread, as if hetmoe had never blocked it.
@@ -81,6 +85,7 @@ bool signal_watcher_installed() {
 StopSignals::StopSignals() {
   std::lock_guard<std::mutex> lock(g_scope_mutex);
   if (g_scopes.fetch_add(1) > 0) return;
+  g_signal = 0;  // a signal noted by an earlier scope belongs to its run, not this one
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);

@@ -3,6 +3,7 @@
 // with the first step beyond it.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <set>
 #include <string>
 
@@ -100,6 +101,13 @@ TEST(CompareLossesTest, AWindowComparesMovingMeans) {
   r.loss_b = {4.0, 3.0, 2.0, 2.01, 2.01, 2.01};  // a drift that stays
   compare_losses(r, 2e-3, 4);
   EXPECT_EQ(r.first_step_over, 5);  // steps 2-5: 9.02 against 9, 2.2e-3
+
+  // A non-finite loss fails its own step (and the windows holding it), not every later one.
+  r.loss_b = {4.0, 3.0, std::nan(""), 2.0, 2.0, 2.0};
+  compare_losses(r, 1e-3, 2);
+  EXPECT_EQ(r.first_step_over, 3);
+  EXPECT_FALSE(std::isfinite(r.relative[3]));
+  EXPECT_EQ(r.relative[4], 0.0);
 
   EXPECT_THROW(compare_losses(r, 1e-3, 0), Error);
   r.loss_b.pop_back();

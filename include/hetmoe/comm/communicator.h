@@ -11,6 +11,7 @@
 #include <c10/core/DeviceType.h>
 
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <string>
 #include <vector>
@@ -70,9 +71,22 @@ class Communicator {
   class PendingAllToAll {
    public:
     virtual ~PendingAllToAll() = default;
-    // Completes the exchange under the communicator's deadline and returns the received rows.
-    // Call it once, before the next collective on the same communicator.
-    virtual at::Tensor wait() = 0;
+    // Completes the exchange under the communicator's deadline and returns the received rows
+    // (later calls return them again, or throw the first call's error again). Call it before
+    // the next collective on the same communicator.
+    at::Tensor wait();
+
+   protected:
+    // The transport's completion; wait() calls it once.
+    virtual at::Tensor complete() = 0;
+    // For the transports' destructors: completes an exchange nobody waited for (a failure is
+    // logged, not thrown), so the transport never writes into freed buffers.
+    void complete_if_abandoned() noexcept;
+
+   private:
+    bool completed_ = false;
+    at::Tensor rows_;
+    std::exception_ptr error_;
   };
   // all_to_all begun: the same contract, the same errors, the rows valid after wait(). MPI posts
   // the sends and receives and returns; NCCL enqueues the exchange on a stream of its own so

@@ -37,7 +37,8 @@ class StopSignals {
   StopSignals(const StopSignals&) = delete;
   StopSignals& operator=(const StopSignals&) = delete;
 
-  // The signal received (SIGINT or SIGTERM), or 0.
+  // The signal received (SIGINT or SIGTERM), or 0. Opening the outermost scope forgets a
+  // signal an earlier scope noted.
   static int received();
   // Forgets a received signal (tests).
   static void reset();
