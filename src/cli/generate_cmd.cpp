@@ -21,8 +21,9 @@ struct GenerateArgs {
 int run_generate(const GenerateArgs& a) {
   // Any checkpoint, a multi-rank run's sharded ones included: the experts are gathered.
   LoadedCheckpoint ck = load_whole_model(a.checkpoint, TransformerImpl::is_expert_parameter);
-  HETMOE_CHECK(ck.config.data.tokenizer == "byte", "generate", "tokenizer '",
-               ck.config.data.tokenizer, "' is not supported");
+  HETMOE_CHECK(ck.config.data.tokenizer == "byte", "generate", "'", ck.dir,
+               "' was trained with data.tokenizer '", ck.config.data.tokenizer,
+               "': generate turns text into bytes and back, so it needs 'byte'");
   Transformer model(ck.config.model, ck.config.moe);
   model->load_state_tensors(ck.model, ck.dir);
   model->to(resolve_device(a.device.empty() ? ck.config.backend.device : a.device));

@@ -131,7 +131,10 @@ std::vector<KeySpec> build_schema() {
       HETMOE_KEY(train, threads, "intra-op CPU threads (0: all cores)"),
 
       HETMOE_KEY(data, path, "prepared dataset directory (written by `hetmoe data prepare`)"),
-      HETMOE_KEY(data, tokenizer, "tokenizer", {"byte"}),
+      HETMOE_KEY(data, tokenizer,
+                 "byte: text as bytes (vocab_size >= 257); none: ids as a DataSource of one's "
+                 "own gives them, any vocab_size",
+                 {"byte", "none"}),
       HETMOE_KEY(data, val_fraction,
                  "fraction of documents `hetmoe data prepare` holds out for validation"),
 

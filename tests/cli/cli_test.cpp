@@ -124,6 +124,18 @@ TEST(CliTest, PrepareTrainResumeGenerate) {
   expect_contains(r, "line");
 }
 
+// A model trained on ids from a data source of one's own (data.tokenizer none) has no text to
+// decode: generate says so instead of printing bytes that mean nothing.
+TEST(CliTest, GenerateRefusesAModelWithoutTheByteTokenizer) {
+  Fixture f;
+  ASSERT_EQ(f.prepare().code, 0);
+  Result r = run("train --config " + f.config + " --set train.steps=2 --set data.tokenizer=none");
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run("generate --checkpoint " + f.dir.str("run") + " --prompt hi");
+  EXPECT_EQ(r.code, 1);
+  expect_contains(r, "was trained with data.tokenizer 'none': generate turns text into bytes");
+}
+
 TEST(CliTest, DevicesAndVersion) {
   Result r = run("devices");
   EXPECT_EQ(r.code, 0);

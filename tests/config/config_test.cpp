@@ -503,7 +503,7 @@ TEST(ConfigTest, EveryEnumValueIsAccepted) {
   const std::vector<std::pair<std::string, std::vector<std::string>>> enums = {
       {"moe.score_func", {"softmax", "sigmoid"}},
       {"train.schedule", {"cosine", "wsd", "constant"}},
-      {"data.tokenizer", {"byte"}},
+      {"data.tokenizer", {"byte", "none"}},
       {"backend.dtype", {"fp32", "bf16"}},
       {"backend.device", {"auto", "cpu", "cuda", "rocm"}},
       {"run.log_level", {"trace", "debug", "info", "warn", "error"}},
@@ -518,6 +518,10 @@ TEST(ConfigTest, EveryEnumValueIsAccepted) {
   EXPECT_EQ(parse_config("", "x", sets({"train.schedule=constant"})).train.schedule, "constant");
   EXPECT_EQ(parse_config("", "x", sets({"backend.dtype=bf16"})).backend.dtype, "bf16");
   EXPECT_EQ(parse_config("", "x", sets({"run.log_level=trace"})).run.log_level, "trace");
+  // Without the byte tokenizer any vocabulary size is fine: the ids come from a DataSource.
+  EXPECT_EQ(
+      parse_config("", "x", sets({"data.tokenizer=none", "model.vocab_size=64"})).model.vocab_size,
+      64);
 }
 
 TEST(ConfigTest, BadEnumValuesListTheChoices) {
@@ -533,8 +537,8 @@ TEST(ConfigTest, BadEnumValuesListTheChoices) {
             "cosine|wsd|constant, got 'linear'");
   EXPECT_EQ(
       override_error({"data.tokenizer=bpe"}),
-      "[config] --set data.tokenizer=bpe: data.tokenizer: expected one of byte, got 'bpe' (did "
-      "you mean 'byte'?)");
+      "[config] --set data.tokenizer=bpe: data.tokenizer: expected one of byte|none, got 'bpe' "
+      "(did you mean 'byte'?)");
   EXPECT_EQ(
       override_error({"backend.dtype=fp16"}),
       "[config] --set backend.dtype=fp16: backend.dtype: expected one of fp32|bf16, got 'fp16' "

@@ -80,10 +80,10 @@ class CountingStream final : public hetmoe::DataSource {
 // function. A config built in code obeys exactly the rules a file does (docs/config.md).
 hetmoe::Config make_config(const std::string& out_dir) {
   hetmoe::Config c;
-  // validate() requires model.vocab_size >= 257 while data.tokenizer is "byte", its only value.
-  // A data source may use fewer ids (the trainer checks vocab_size() <= model.vocab_size), so
-  // the model keeps 257 outputs and learns that ids 64 .. 256 never occur.
-  c.model.vocab_size = 257;
+  // Token ids come straight from the data source, not from text: no byte tokenizer, and a
+  // vocabulary of exactly the stream's 64 ids (the trainer checks vocab_size() against it).
+  c.data.tokenizer = "none";
+  c.model.vocab_size = kVocab;
   c.model.d_model = 64;
   c.model.n_layers = 2;
   c.model.n_heads = 4;
@@ -227,9 +227,8 @@ int run() {
                        std::to_string(t.steps));
   if (!load_error.empty()) failures.push_back(load_error);
   if (losses.size() >= 10) {
-    // The model has 257 outputs, so the first loss is about ln 257 = 5.55 (a little more: the
-    // initial logits are spread). Learning only which 64 ids occur brings it to ln 64 = 4.16,
-    // about 0.75 of the first; learning the +37 rule takes it far lower, since the next token
+    // The model has 64 outputs, so the first loss is about ln 64 = 4.16 (a little more: the
+    // initial logits are spread). Learning the +37 rule takes it far lower, since the next token
     // is certain and all 64 transitions occur in every batch. A run that learns the rule clears
     // the 0.75 bar by a wide margin; one that does not update, diverges or produces NaN fails.
     const double first = losses.front();

@@ -80,7 +80,7 @@ struct TrainConfig {
 
 struct DataConfig {
   std::string path = "data/fortunes";  // directory written by `hetmoe data prepare`
-  std::string tokenizer = "byte";      // byte
+  std::string tokenizer = "byte";      // byte | none (ids straight from a DataSource)
   double val_fraction = 0.05;          // used by prepare when it is run from a config
 };
 
