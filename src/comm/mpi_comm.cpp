@@ -180,7 +180,10 @@ class MpiCommunicator final : public Communicator {
    public:
     Pending(MpiCommunicator* comm, std::vector<MPI_Request> reqs, at::Tensor src, at::Tensor out,
             at::Tensor result)
-        : comm_(comm), reqs_(std::move(reqs)), src_(std::move(src)), out_(std::move(out)),
+        : comm_(comm),
+          reqs_(std::move(reqs)),
+          src_(std::move(src)),
+          out_(std::move(out)),
           result_(std::move(result)) {}
     ~Pending() override { complete_if_abandoned(); }
 

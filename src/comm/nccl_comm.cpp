@@ -213,8 +213,10 @@ class NcclCommunicator final : public Communicator {
     check(name, ncclGroupStart());
     size_t so = 0, ro = 0;
     for (int r = 0; r < size_; ++r) {
-      if (send[r] > 0) check(name, ncclSend(src + so, send[r] * row_bytes, ncclUint8, r, comm_, on));
-      if (recv[r] > 0) check(name, ncclRecv(dst + ro, recv[r] * row_bytes, ncclUint8, r, comm_, on));
+      if (send[r] > 0)
+        check(name, ncclSend(src + so, send[r] * row_bytes, ncclUint8, r, comm_, on));
+      if (recv[r] > 0)
+        check(name, ncclRecv(dst + ro, recv[r] * row_bytes, ncclUint8, r, comm_, on));
       so += send[r] * row_bytes;
       ro += recv[r] * row_bytes;
     }

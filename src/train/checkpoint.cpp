@@ -412,8 +412,7 @@ LoadedCheckpoint load_whole_model(const std::string& path,
     c.model[name] = at::cat(list, 0);
     HETMOE_CHECK(c.model[name].size(0) == c.config.moe.num_experts, "checkpoint", "'", c.dir,
                  "': the shards of '", name, "' hold ", c.model[name].size(0),
-                 " experts together, the config has moe.num_experts ",
-                 c.config.moe.num_experts);
+                 " experts together, the config has moe.num_experts ", c.config.moe.num_experts);
   }
   return c;
 }

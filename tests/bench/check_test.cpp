@@ -93,9 +93,9 @@ TEST(CompareLossesTest, AWindowComparesMovingMeans) {
 
   compare_losses(r, 2e-3, 4);  // at step 4 the means are 11/4 and 11.01/4: 9.1e-4
   EXPECT_EQ(r.first_step_over, 0);
-  EXPECT_NEAR(r.relative[1], 0.0, 1e-15);               // a short window at the start
-  EXPECT_NEAR(r.relative[3], 0.01 / 11.0, 1e-12);       // steps 1-4
-  EXPECT_NEAR(r.relative[5], 0.01 / 8.0, 1e-12);        // steps 3-6
+  EXPECT_NEAR(r.relative[1], 0.0, 1e-15);          // a short window at the start
+  EXPECT_NEAR(r.relative[3], 0.01 / 11.0, 1e-12);  // steps 1-4
+  EXPECT_NEAR(r.relative[5], 0.01 / 8.0, 1e-12);   // steps 3-6
   EXPECT_NEAR(r.max_relative, 0.01 / 8.0, 1e-12);
 
   r.loss_b = {4.0, 3.0, 2.0, 2.01, 2.01, 2.01};  // a drift that stays

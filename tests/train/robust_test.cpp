@@ -3,8 +3,8 @@
 // imbalance warning.
 #include <ATen/ATen.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -236,9 +236,8 @@ TEST(SignalTest, NoThreadOfATrainingRunTakesStopSignals) {
     const std::optional<uint64_t> blocked = blocked_signals(task.path());
     if (!blocked) continue;  // gone meanwhile
     ++threads;
-    EXPECT_EQ(*blocked & stop_bits, stop_bits)
-        << "thread " << task.path().filename().string() << " (" << name
-        << ") would run a signal handler";
+    EXPECT_EQ(*blocked & stop_bits, stop_bits) << "thread " << task.path().filename().string()
+                                               << " (" << name << ") would run a signal handler";
   }
   EXPECT_EQ(watchers, 1);
   EXPECT_GE(threads, 2);  // the main thread and an OpenMP worker at least

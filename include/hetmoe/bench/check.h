@@ -48,12 +48,12 @@ struct OpDifference {
 struct CheckReport {
   std::string a, b;  // side labels
   std::vector<OpDifference> ops;
-  double router_agreement = 1;  // fraction of routing choices that agree on the first batch
+  double router_agreement = 1;         // fraction of routing choices that agree on the first batch
   std::vector<double> loss_a, loss_b;  // per step
-  std::vector<double> relative;  // per step: |A - B| / |A| of the losses' moving means
-  int64_t first_step_over = 0;  // first step (1-based) beyond the tolerance; 0: none
-  double max_relative = 0;      // largest value of `relative`
-  bool ops_within = true;       // every operator difference within op_tolerance
+  std::vector<double> relative;        // per step: |A - B| / |A| of the losses' moving means
+  int64_t first_step_over = 0;         // first step (1-based) beyond the tolerance; 0: none
+  double max_relative = 0;             // largest value of `relative`
+  bool ops_within = true;              // every operator difference within op_tolerance
   bool passed() const { return first_step_over == 0 && ops_within; }
 };
 

@@ -92,9 +92,10 @@ class Communicator {
   // the sends and receives and returns; NCCL enqueues the exchange on a stream of its own so
   // kernels enqueued meanwhile on the current stream overlap it; local completes here. A pending
   // exchange destroyed without wait() is waited for (errors are then only logged).
-  virtual std::unique_ptr<PendingAllToAll> all_to_all_start(
-      const at::Tensor& input, const std::vector<int64_t>& send_splits,
-      const std::vector<int64_t>& recv_splits, const at::Tensor& out = {});
+  virtual std::unique_ptr<PendingAllToAll> all_to_all_start(const at::Tensor& input,
+                                                            const std::vector<int64_t>& send_splits,
+                                                            const std::vector<int64_t>& recv_splits,
+                                                            const at::Tensor& out = {});
   // Collective over this communicator: ranks passing the same color form a new communicator,
   // ordered by key (then by rank here). `name` is what its errors call it.
   virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name) = 0;
