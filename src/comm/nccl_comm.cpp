@@ -131,8 +131,8 @@ class NcclCommunicator final : public Communicator {
   }
 
   // An exchange running on the communicator's own stream. Kernels the caller enqueues on the
-  // current stream meanwhile run beside it; wait() polls it against the deadline and then
-  // orders the current stream after it.
+  // current stream meanwhile run beside it; wait() polls it against the deadline, so the host
+  // (and whatever it enqueues next) comes after it.
   class Pending final : public PendingAllToAll {
    public:
     Pending(NcclCommunicator* comm, Exchange e) : comm_(comm), e_(std::move(e)) {}
@@ -140,14 +140,7 @@ class NcclCommunicator final : public Communicator {
 
    protected:
     at::Tensor complete() override {
-      const cudaStream_t side = comm_->side_stream();
-      comm_->wait("all_to_all", side);
-      // Complete on the host already; the event keeps the stream order explicit all the same.
-      cudaEvent_t done;
-      cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
-      cudaEventRecord(done, side);
-      cudaStreamWaitEvent(comm_->stream(), done, 0);
-      cudaEventDestroy(done);
+      comm_->wait("all_to_all", comm_->side_stream());
       return e_.finish();
     }
 

@@ -16,6 +16,15 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The exchange seconds are the training steps': forward passes without autograd (evaluation)
+// add nothing.
+bool counting() {
+  return at::GradMode::is_enabled();
+}
+double* counted(double& seconds) {
+  return counting() ? &seconds : nullptr;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -116,16 +125,16 @@ ExpertExchange::Dispatched AllToAllExchange::exchange(const at::Tensor& rows,
   std::unique_ptr<Communicator::PendingAllToAll> pending;
   if (overlap) {
     pending = ep.all_to_all_start(send_rows, plan->send, plan->recv);
-    if (counting_) to_experts_s_ += seconds_since(start);
+    if (counting()) to_experts_s_ += seconds_since(start);
     const auto work = std::chrono::steady_clock::now();
     (*overlap)();
-    if (counting_) overlapped_s_ += seconds_since(work);
+    if (counting()) overlapped_s_ += seconds_since(work);
     start = std::chrono::steady_clock::now();
   }
   // (the forward time of the row exchange is inside this whole call's, added below)
   at::Tensor received =
       AllToAllFn::apply(send_rows, &ep, plan->send, plan->recv, /*forward_seconds=*/nullptr,
-                        counter(from_experts_s_), pending.get());
+                        counted(from_experts_s_), pending.get());
 
   // Received rows are grouped by source rank, then by expert; the experts want them grouped by
   // expert, then by source rank (stable, so the order inside an expert is the same on any grid).
@@ -150,7 +159,7 @@ ExpertExchange::Dispatched AllToAllExchange::exchange(const at::Tensor& rows,
   d.tokens_per_expert = at::tensor(local_counts, at::kLong).to(tokens_per_expert.device());
   d.plan = plan;
   // The counts exchange and the regrouping count as dispatch time too.
-  if (counting_) to_experts_s_ += seconds_since(start);
+  if (counting()) to_experts_s_ += seconds_since(start);
   return d;
 }
 
@@ -158,8 +167,8 @@ at::Tensor AllToAllExchange::combine(const at::Tensor& rows, const Dispatched& d
   if (!dispatched.plan) return rows;
   const auto& plan = *std::static_pointer_cast<Plan>(dispatched.plan);
   return differentiable_all_to_all(grid_.expert_group(), rows.index_select(0, plan.ungroup),
-                                   plan.recv, plan.send, counter(from_experts_s_),
-                                   counter(to_experts_s_));
+                                   plan.recv, plan.send, counted(from_experts_s_),
+                                   counted(to_experts_s_));
 }
 
 at::Tensor AllToAllExchange::sum_over_token_ranks(const at::Tensor& t) {

@@ -392,16 +392,6 @@ double Trainer::evaluate() {
   const auto& t = config_.train;
   at::NoGradGuard no_grad;
   model_->eval();
-  // metrics.jsonl's exchange seconds are the training steps' (as its kernel seconds are).
-  struct Uncounted {
-    AllToAllExchange* exchange;
-    explicit Uncounted(AllToAllExchange* e) : exchange(e) {
-      if (exchange) exchange->set_counting(false);
-    }
-    ~Uncounted() {
-      if (exchange) exchange->set_counting(true);
-    }
-  } uncounted(exchange_.get());
   double total = 0;
   for (int64_t i = 0; i < t.eval_batches; ++i) {
     // The same fixed windows every evaluation, so val losses are comparable across steps.

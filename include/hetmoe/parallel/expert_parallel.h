@@ -41,18 +41,15 @@ class AllToAllExchange final : public ExpertExchange {
   // (combine forward, dispatch backward) since the last call; resets both.
   std::pair<double, double> take_comm_seconds();
   // Seconds of the caller's work run while rows travelled, since the last call; resets.
+  // Both counters count exchanges made with autograd on (training), not evaluation's.
   double take_overlapped_seconds();
-  // Whether exchanges from now on add to those seconds (the trainer leaves evaluation out).
-  void set_counting(bool on) { counting_ = on; }
 
  private:
   Dispatched exchange(const at::Tensor& rows, const at::Tensor& tokens_per_expert,
                       const std::function<void()>* overlap);
-  double* counter(double& seconds) { return counting_ ? &seconds : nullptr; }
   ProcessGrid& grid_;
   int64_t num_experts_, local_experts_;
   bool overlap_;
-  bool counting_ = true;
   double to_experts_s_ = 0, from_experts_s_ = 0, overlapped_s_ = 0;
 };
 
