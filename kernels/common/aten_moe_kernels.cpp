@@ -33,6 +33,7 @@ RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
   RouteResult r;
   r.scores = p.sigmoid ? logits.sigmoid() : logits.softmax(-1);
   at::Tensor choice = p.bias.defined() ? r.scores + p.bias : r.scores;
+  choice = choice.masked_fill(choice.isnan(), -INFINITY);  // NaN ranks last, as on every backend
   if (p.n_groups > 1) {
     const int64_t n = logits.size(0), per_group = logits.size(1) / p.n_groups;
     at::Tensor group_score = std::get<0>(choice.view({n, p.n_groups, per_group}).max(-1));

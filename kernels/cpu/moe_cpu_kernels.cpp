@@ -14,6 +14,7 @@
 #include <numeric>
 #include <vector>
 
+#include "kernels/common/route_token.h"
 #include "kernels/cpu/dnnl_gemm.h"
 
 namespace hetmoe::cpu {
@@ -24,16 +25,9 @@ int64_t grain_for(int64_t row_elems) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_elems));
 }
 
-// True when (v, i) ranks strictly after (prev_v, prev_i) in "value descending, index ascending":
-// the same total order as the GPU router, so both choose the same experts on ties.
-inline bool after(float v, int64_t i, float prev_v, int64_t prev_i) {
-  return v < prev_v || (v == prev_v && i > prev_i);
-}
-
 RouteResult route_forward(const at::Tensor& logits_in, const RouteParams& p) {
   const at::Tensor logits = logits_in.to(at::kFloat).contiguous();
   const int64_t n = logits.size(0), e = logits.size(1), k = p.top_k;
-  const int64_t per_group = e / p.n_groups;
   at::Tensor bias_t =
       p.bias.defined() ? p.bias.to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
   RouteResult r;
@@ -47,69 +41,10 @@ RouteResult route_forward(const at::Tensor& logits_in, const RouteParams& p) {
   float* w_all = r.expert_weight.data_ptr<float>();
 
   at::parallel_for(0, n, grain_for(e), [&](int64_t begin, int64_t end) {
-    std::vector<float> choice(e);
-    std::vector<char> allowed(e);
-    for (int64_t t = begin; t < end; ++t) {
-      const float* l = l_all + t * e;
-      float* s = s_all + t * e;
-      if (p.sigmoid) {
-        for (int64_t i = 0; i < e; ++i) s[i] = 1.0f / (1.0f + std::exp(-l[i]));
-      } else {
-        float mx = -INFINITY;
-        for (int64_t i = 0; i < e; ++i) mx = std::max(mx, l[i]);
-        float sum = 0.0f;
-        for (int64_t i = 0; i < e; ++i) sum += (s[i] = std::exp(l[i] - mx));
-        const float inv = 1.0f / sum;
-        for (int64_t i = 0; i < e; ++i) s[i] *= inv;
-      }
-      for (int64_t i = 0; i < e; ++i) {
-        const float v = bias ? s[i] + bias[i] : s[i];
-        choice[i] = std::isnan(v) ? -INFINITY : v;  // a total order even on bad input
-      }
-      std::fill(allowed.begin(), allowed.end(), p.n_groups == 1);
-      if (p.n_groups > 1) {
-        // A group's score is its best expert's; keep the topk_groups best groups.
-        float prev_v = INFINITY;
-        int64_t prev_g = -1;
-        for (int64_t j = 0; j < p.topk_groups; ++j) {
-          float best_v = -INFINITY;
-          int64_t best_g = -1;
-          for (int64_t g = 0; g < p.n_groups; ++g) {
-            const float v = *std::max_element(choice.begin() + g * per_group,
-                                              choice.begin() + (g + 1) * per_group);
-            if (after(v, g, prev_v, prev_g) && (best_g < 0 || after(best_v, best_g, v, g))) {
-              best_v = v;
-              best_g = g;
-            }
-          }
-          std::fill(allowed.begin() + best_g * per_group,
-                    allowed.begin() + (best_g + 1) * per_group, 1);
-          prev_v = best_v;
-          prev_g = best_g;
-        }
-      }
-      float prev_v = INFINITY, total = 0.0f;
-      int64_t prev_i = -1;
-      for (int64_t j = 0; j < k; ++j) {
-        float best_v = -INFINITY;
-        int64_t best_i = -1;
-        for (int64_t i = 0; i < e; ++i) {
-          if (!allowed[i]) continue;
-          if (after(choice[i], i, prev_v, prev_i) &&
-              (best_i < 0 || after(best_v, best_i, choice[i], i))) {
-            best_v = choice[i];
-            best_i = i;
-          }
-        }
-        idx_all[t * k + j] = best_i;
-        w_all[t * k + j] = s[best_i];
-        total += s[best_i];
-        prev_v = best_v;
-        prev_i = best_i;
-      }
-      if (p.renormalize)
-        for (int64_t j = 0; j < k; ++j) w_all[t * k + j] /= total;
-    }
+    for (int64_t t = begin; t < end; ++t)
+      router::route_token(l_all + t * e, bias, static_cast<int>(e), static_cast<int>(k),
+                          static_cast<int>(p.n_groups), static_cast<int>(p.topk_groups), p.sigmoid,
+                          p.renormalize, s_all + t * e, idx_all + t * k, w_all + t * k);
   });
   r.tokens_per_expert = at::zeros({e}, logits.options().dtype(at::kLong));
   int64_t* counts = r.tokens_per_expert.data_ptr<int64_t>();
@@ -133,35 +68,12 @@ at::Tensor route_backward(const at::Tensor& grad_scores, const at::Tensor& grad_
   const float* gw_all = gw.defined() ? gw.data_ptr<float>() : nullptr;
   float* o_all = out.data_ptr<float>();
   at::parallel_for(0, n, grain_for(e), [&](int64_t begin, int64_t end) {
-    std::vector<float> g(e);
-    for (int64_t t = begin; t < end; ++t) {
-      const float* s = s_all + t * e;
-      if (gs_all)
-        std::copy(gs_all + t * e, gs_all + (t + 1) * e, g.begin());
-      else
-        std::fill(g.begin(), g.end(), 0.0f);
-      if (gw_all) {
-        const int64_t* idx_t = idx_all + t * k;
-        const float* gw_t = gw_all + t * k;
-        if (p.renormalize) {
-          // w_j = s_j / S: dL/ds_j = (g_j - sum_i g_i w_i) / S.
-          float sum = 0.0f, dot = 0.0f;
-          for (int64_t j = 0; j < k; ++j) sum += s[idx_t[j]];
-          for (int64_t j = 0; j < k; ++j) dot += gw_t[j] * (s[idx_t[j]] / sum);
-          for (int64_t j = 0; j < k; ++j) g[idx_t[j]] += (gw_t[j] - dot) / sum;
-        } else {
-          for (int64_t j = 0; j < k; ++j) g[idx_t[j]] += gw_t[j];
-        }
-      }
-      float* o = o_all + t * e;
-      if (p.sigmoid) {
-        for (int64_t i = 0; i < e; ++i) o[i] = g[i] * s[i] * (1.0f - s[i]);
-      } else {
-        float dot = 0.0f;
-        for (int64_t i = 0; i < e; ++i) dot += g[i] * s[i];
-        for (int64_t i = 0; i < e; ++i) o[i] = s[i] * (g[i] - dot);
-      }
-    }
+    std::vector<float> grad_sel(k);
+    for (int64_t t = begin; t < end; ++t)
+      router::route_token_backward(gs_all ? gs_all + t * e : nullptr,
+                                   gw_all ? gw_all + t * k : nullptr, s_all + t * e,
+                                   idx_all + t * k, static_cast<int>(e), static_cast<int>(k),
+                                   p.sigmoid, p.renormalize, grad_sel.data(), o_all + t * e);
   });
   return out;
 }

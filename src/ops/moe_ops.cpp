@@ -9,6 +9,7 @@
 
 #include "hetmoe/core/error.h"
 #include "hetmoe/device/registry.h"
+#include "kernels/common/route_token.h"
 
 namespace hetmoe::ops {
 
@@ -231,6 +232,8 @@ RouteResult route(const at::Tensor& logits, const RouteParams& params) {
   const int64_t e = logits.size(1);
   HETMOE_CHECK(params.n_groups >= 1 && e % params.n_groups == 0, "route", "n_groups ",
                params.n_groups, " must divide the ", e, " experts");
+  HETMOE_CHECK(params.n_groups <= router::kMaxGroups, "route", "n_groups ", params.n_groups,
+               " exceeds the router's limit of ", router::kMaxGroups);
   HETMOE_CHECK(params.topk_groups >= 1 && params.topk_groups <= params.n_groups, "route",
                "topk_groups ", params.topk_groups, " outside [1, ", params.n_groups, "]");
   const int64_t choosable = params.n_groups > 1 ? params.topk_groups * (e / params.n_groups) : e;

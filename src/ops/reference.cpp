@@ -23,6 +23,7 @@ RouteResult route(const at::Tensor& logits, const RouteParams& p) {
     // every expert outside the token's best groups.
     at::Tensor choice = r.scores[t].detach().clone();
     if (p.bias.defined()) choice += p.bias.to(choice.device());
+    choice.masked_fill_(choice.isnan(), -INFINITY);  // NaN ranks last
     if (p.n_groups > 1) {
       std::vector<std::pair<float, int64_t>> groups;
       for (int64_t g = 0; g < p.n_groups; ++g)

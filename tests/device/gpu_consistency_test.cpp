@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <string>
 #include <tuple>
 
 #include "hetmoe/device/registry.h"
@@ -97,7 +98,15 @@ INSTANTIATE_TEST_SUITE_P(
                                          Case{33, 64, 8, 8, 32},    // top_k == num_experts
                                          Case{7, 12, 4, 2, 6}),     // rows not 16-byte multiples
                        ::testing::Values(at::kFloat, at::kBFloat16), ::testing::Bool(),
-                       ::testing::Bool()));
+                       ::testing::Bool()),
+    [](const ::testing::TestParamInfo<GpuConsistencyTest::ParamType>& info) {
+      const Case& c = std::get<0>(info.param);
+      return "n" + std::to_string(c.tokens) + "_h" + std::to_string(c.hidden) + "_e" +
+             std::to_string(c.experts) + "_k" + std::to_string(c.top_k) +
+             (std::get<1>(info.param) == at::kFloat ? "_fp32" : "_bf16") +
+             (std::get<2>(info.param) ? "_sigmoid" : "_softmax") +
+             (std::get<3>(info.param) ? "_renorm" : "");
+    });
 
 }  // namespace
 }  // namespace hetmoe
@@ -125,6 +134,24 @@ TEST(GpuRouterTest, BiasAndGroupLimitedSelectionMatchTheCpuBackend) {
     (c.expert_weight * gw).sum().backward();
     (g.expert_weight * gw.to(lg.device())).sum().backward();
     EXPECT_CLOSE(lg.grad(), lc.grad(), 1e-5);
+  }
+}
+
+// NaN logits: the GPU router chooses what the CPU router chooses (k distinct experts in range),
+// never an index outside the expert table.
+TEST(GpuRouterTest, NanLogitsChooseLikeTheCpuBackend) {
+  const Backend* gpu = first_gpu();
+  if (!gpu) GTEST_SKIP() << "no GPU visible to this build";
+  at::manual_seed(4);
+  at::Tensor logits = at::randn({64, 32});
+  logits[0].fill_(NAN);
+  logits[5][7] = NAN;
+  logits.select(1, 2).fill_(NAN);
+  for (const bool sigmoid : {false, true}) {
+    RouteParams p{4, sigmoid, true, 4, 2};
+    RouteResult c = ops::route(logits, p), g = ops::route(logits.to(gpu->torch_device(0)), p);
+    EXPECT_TRUE(at::equal(g.expert_index.cpu(), c.expert_index));
+    EXPECT_TRUE(at::equal(g.tokens_per_expert.cpu(), c.tokens_per_expert));
   }
 }
 

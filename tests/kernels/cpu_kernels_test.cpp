@@ -107,6 +107,34 @@ TEST(CpuKernelsTest, TiesChooseTheLowerExpertLikeTheGpuRouter) {
   EXPECT_TRUE(at::equal(r.expert_index, at::tensor({0, 1, 0, 1, 0, 1}, at::kLong).view({3, 2})));
 }
 
+// Unstable training can put NaN into the router's logits before the loss shows it. Each token
+// must still choose k distinct experts inside [0, e): an index outside it would corrupt the
+// permutation and, on a GPU, memory.
+TEST(CpuKernelsTest, NanLogitsStillChooseKDistinctExpertsInRange) {
+  at::Tensor logits = at::randn({6, 16});
+  logits[0].fill_(NAN);
+  logits[1][3] = NAN;
+  logits[2][0] = logits[2][15] = NAN;
+  for (const bool sigmoid : {false, true}) {
+    for (const MoEKernels* table : {&cpu_table(), &aten_table()}) {
+      RouteParams p{3, sigmoid, true, 4, 2};
+      RouteResult r = table->route_forward(logits, p);
+      auto idx = r.expert_index.accessor<int64_t, 2>();
+      for (int64_t t = 0; t < 6; ++t) {
+        std::set<int64_t> chosen;
+        for (int64_t j = 0; j < 3; ++j) {
+          EXPECT_GE(idx[t][j], 0);
+          EXPECT_LT(idx[t][j], 16);
+          chosen.insert(idx[t][j]);
+        }
+        EXPECT_EQ(chosen.size(), 3u) << table->implementation << ", token " << t;
+      }
+      EXPECT_EQ(r.tokens_per_expert.sum().item<int64_t>(), 18);
+      if (sigmoid) EXPECT_NE(idx[1][0], 3);  // a NaN expert ranks last
+    }
+  }
+}
+
 TEST(CpuKernelsTest, Bf16CombineMatchesFp32WithinBf16Precision) {
   at::manual_seed(5);
   at::Tensor y = at::randn({12, 64}), w = at::rand({6, 2});

@@ -1,0 +1,136 @@
+// The router's per-token math, one source for the CPU kernels and the GPU kernels (nvcc and hipcc
+// see it as __host__ __device__ code). Sharing it is what makes every backend choose the same
+// experts, ties and bad inputs included, and round the weights the same way.
+// Plain pointers and sizes only; no LibTorch and no allocation (the GPU runs it in one thread).
+#pragma once
+
+#include <math.h>
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define HETMOE_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define HETMOE_HOST_DEVICE inline
+#endif
+
+namespace hetmoe::router {
+
+// Group selection keeps its choice in a 64-bit mask.
+constexpr int kMaxGroups = 64;
+
+// True when (v, i) ranks strictly after (prev_v, prev_i) in "value descending, index ascending".
+HETMOE_HOST_DEVICE bool after(float v, int i, float prev_v, int prev_i) {
+  return v < prev_v || (v == prev_v && i > prev_i);
+}
+
+// What expert i is selected by: its score plus its bias. NaN ranks last, so a token whose logits
+// went bad still selects k distinct experts inside [0, e) instead of none.
+HETMOE_HOST_DEVICE float choice_of(const float* s, const float* bias, int i) {
+  const float v = bias ? s[i] + bias[i] : s[i];
+  return v != v ? -INFINITY : v;
+}
+
+// scores[i] = softmax or sigmoid of the token's fp32 logits.
+HETMOE_HOST_DEVICE void token_scores(const float* logits, int e, bool sigmoid, float* s) {
+  if (sigmoid) {
+    for (int i = 0; i < e; ++i) s[i] = 1.0f / (1.0f + expf(-logits[i]));
+    return;
+  }
+  float mx = -INFINITY;
+  for (int i = 0; i < e; ++i) mx = fmaxf(mx, logits[i]);
+  float sum = 0.0f;
+  for (int i = 0; i < e; ++i) {
+    s[i] = expf(logits[i] - mx);
+    sum += s[i];
+  }
+  const float inv = 1.0f / sum;
+  for (int i = 0; i < e; ++i) s[i] *= inv;
+}
+
+// Bit g set when the token may choose from group g: the topk_groups groups whose best member
+// ranks highest (all groups when n_groups == 1). Requires n_groups <= kMaxGroups.
+HETMOE_HOST_DEVICE uint64_t allowed_groups(const float* s, const float* bias, int e, int n_groups,
+                                           int topk_groups) {
+  if (n_groups <= 1) return ~0ULL;
+  const int per_group = e / n_groups;
+  uint64_t allowed = 0;
+  float prev_v = INFINITY;
+  int prev_g = -1;
+  for (int j = 0; j < topk_groups; ++j) {
+    float best_v = -INFINITY;
+    int best_g = -1;
+    for (int g = 0; g < n_groups; ++g) {
+      float v = -INFINITY;
+      for (int i = g * per_group; i < (g + 1) * per_group; ++i) v = fmaxf(v, choice_of(s, bias, i));
+      if (after(v, g, prev_v, prev_g) && (best_g < 0 || after(best_v, best_g, v, g))) {
+        best_v = v;
+        best_g = g;
+      }
+    }
+    allowed |= 1ULL << best_g;
+    prev_v = best_v;
+    prev_g = best_g;
+  }
+  return allowed;
+}
+
+// One token's forward: scores [e], then its k experts best first (ties to the lower id) among
+// the allowed groups, and their unbiased scores as weights, renormalised to sum 1 when asked.
+HETMOE_HOST_DEVICE void route_token(const float* logits, const float* bias, int e, int k,
+                                    int n_groups, int topk_groups, bool sigmoid, bool renormalize,
+                                    float* s, int64_t* index, float* weight) {
+  token_scores(logits, e, sigmoid, s);
+  const uint64_t allowed = allowed_groups(s, bias, e, n_groups, topk_groups);
+  const int per_group = n_groups > 1 ? e / n_groups : e;
+  float prev_v = INFINITY, total = 0.0f;
+  int prev_i = -1;
+  for (int j = 0; j < k; ++j) {
+    float best_v = -INFINITY;
+    int best_i = -1;
+    for (int i = 0; i < e; ++i) {
+      if (!((allowed >> (i / per_group)) & 1ULL)) continue;
+      const float v = choice_of(s, bias, i);
+      if (after(v, i, prev_v, prev_i) && (best_i < 0 || after(best_v, best_i, v, i))) {
+        best_v = v;
+        best_i = i;
+      }
+    }
+    index[j] = best_i;
+    weight[j] = s[best_i];
+    total += s[best_i];
+    prev_v = best_v;
+    prev_i = best_i;
+  }
+  if (renormalize)
+    for (int j = 0; j < k; ++j) weight[j] /= total;
+}
+
+// One token's backward: the logits' gradient from the scores' gradient (may be null) and the
+// weights' gradient (may be null). grad_sel is scratch for k floats.
+HETMOE_HOST_DEVICE void route_token_backward(const float* grad_scores, const float* grad_weight,
+                                             const float* s, const int64_t* index, int e, int k,
+                                             bool sigmoid, bool renormalize, float* grad_sel,
+                                             float* grad_logits) {
+  // The gradient reaching each selected score through its (renormalised) weight:
+  // w_j = s_j / S gives dL/ds_j = (g_j - sum_i g_i w_i) / S.
+  for (int j = 0; j < k; ++j) grad_sel[j] = grad_weight ? grad_weight[j] : 0.0f;
+  if (renormalize) {
+    float sum = 0.0f, dot = 0.0f;
+    for (int j = 0; j < k; ++j) sum += s[index[j]];
+    for (int j = 0; j < k; ++j) dot += grad_sel[j] * (s[index[j]] / sum);
+    for (int j = 0; j < k; ++j) grad_sel[j] = (grad_sel[j] - dot) / sum;
+  }
+  // dL/ds_i, written into grad_logits first, then turned into dL/dlogit_i in place.
+  for (int i = 0; i < e; ++i) grad_logits[i] = grad_scores ? grad_scores[i] : 0.0f;
+  for (int j = 0; j < k; ++j) grad_logits[index[j]] += grad_sel[j];
+  if (sigmoid) {
+    for (int i = 0; i < e; ++i) grad_logits[i] = grad_logits[i] * s[i] * (1.0f - s[i]);
+    return;
+  }
+  float dot = 0.0f;
+  for (int i = 0; i < e; ++i) dot += grad_logits[i] * s[i];
+  for (int i = 0; i < e; ++i) grad_logits[i] = s[i] * (grad_logits[i] - dot);
+}
+
+}  // namespace hetmoe::router
