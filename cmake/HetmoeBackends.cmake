@@ -33,13 +33,34 @@ if(HETMOE_HAS_CUDA)
   set(CMAKE_CUDA_STANDARD 17)
 endif()
 
-# HIP: a compile check of the GPU kernels with hipcc (the LibTorch here is CUDA, so no ROCm glue).
+# HIP: hipcc compiles the GPU kernels wherever it is installed. When the LibTorch we link is a
+# ROCm build (its libraries are c10_hip/torch_hip), those objects go into the library and the GPU
+# glue is built as the ROCm backend (HETMOE_HAS_ROCM); otherwise they are a compile-and-link check.
 find_program(HETMOE_HIPCC hipcc)
 set(_hip_ok FALSE)
 if(HETMOE_HIPCC)
   set(_hip_ok TRUE)
 endif()
 hetmoe_resolve(HIP _hip_ok)
+set(HETMOE_HAS_ROCM 0)
+if(HETMOE_HAS_HIP AND (TARGET torch_hip OR TORCH_LIBRARIES MATCHES "c10_hip|torch_hip"))
+  if(HETMOE_HAS_CUDA)
+    message(FATAL_ERROR "this LibTorch reports both CUDA and HIP libraries")
+  endif()
+  set(HETMOE_HAS_ROCM 1)
+endif()
+if(HETMOE_HAS_HIP)
+  # Debian's hipcc (LLVM 15) knows gfx90a but not gfx942; a ROCm install knows both.
+  if(HETMOE_HAS_ROCM)
+    set(HETMOE_HIP_ARCHITECTURES "gfx90a;gfx942" CACHE STRING "AMD GPU targets of the HIP kernels")
+  else()
+    set(HETMOE_HIP_ARCHITECTURES "gfx90a" CACHE STRING "AMD GPU targets of the HIP kernels")
+  endif()
+  find_package(hip CONFIG QUIET)  # hip::host: the HIP runtime (Debian's libamdhip64-dev has it)
+  if(HETMOE_HAS_ROCM AND NOT TARGET hip::host)
+    message(FATAL_ERROR "a ROCm LibTorch needs the HIP runtime's CMake package (hip::host)")
+  endif()
+endif()
 
 find_package(MPI QUIET COMPONENTS CXX)
 hetmoe_resolve(MPI MPI_CXX_FOUND)
@@ -54,4 +75,4 @@ if(HETMOE_HAS_CUDA)
 endif()
 hetmoe_resolve(NCCL _nccl_ok)
 
-message(STATUS "hetmoe backends: CUDA=${HETMOE_HAS_CUDA} HIP=${HETMOE_HAS_HIP} MPI=${HETMOE_HAS_MPI} NCCL=${HETMOE_HAS_NCCL}")
+message(STATUS "hetmoe backends: CUDA=${HETMOE_HAS_CUDA} ROCm=${HETMOE_HAS_ROCM} HIP check=${HETMOE_HAS_HIP} MPI=${HETMOE_HAS_MPI} NCCL=${HETMOE_HAS_NCCL}")

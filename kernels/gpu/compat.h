@@ -13,6 +13,11 @@
 #define cudaGetLastError hipGetLastError
 #define cudaGetErrorString hipGetErrorString
 #define cudaMemsetAsync hipMemsetAsync
+#define cudaDeviceProp hipDeviceProp_t
+#define cudaGetDeviceCount hipGetDeviceCount
+#define cudaGetDeviceProperties hipGetDeviceProperties
+#define cudaDeviceGetAttribute hipDeviceGetAttribute
+#define cudaDevAttrClockRate hipDeviceAttributeClockRate
 
 namespace hetmoe::gpu {
 using bf16 = hip_bfloat16;

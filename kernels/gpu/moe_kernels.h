@@ -1,6 +1,7 @@
 // GPU MoE kernels, one source for CUDA and HIP: plain pointers, sizes and a stream in, an error
 // code out (0 = success, else the runtime's code; error_string() names it). No LibTorch types, so
-// nvcc and hipcc compile them without a GPU. The CUDA backend glue (src/device/cuda) wraps them.
+// nvcc and hipcc compile them without a GPU. The backend glue (src/device/gpu, one source for the
+// CUDA and the ROCm backend) wraps them.
 #pragma once
 
 #include <cstddef>
@@ -12,6 +13,24 @@ using Stream = void*;  // cudaStream_t or hipStream_t
 enum class DType { F32, BF16 };
 
 const char* error_string(int code);
+
+// ---- device queries ------------------------------------------------------------------------
+
+struct DeviceProps {
+  char name[256];
+  char arch[64];  // "sm_90"; under HIP the gcnArchName, e.g. "gfx942:sramecc+:xnack-"
+  int major, minor;
+  int multiprocessors;  // SMs or compute units
+  int clock_khz;        // peak engine clock
+  int64_t memory_bytes;
+  int64_t l2_bytes;
+};
+
+// Devices the runtime sees (0, with the runtime's code, when there is no driver).
+int device_count(int* count);
+int device_props(int device, DeviceProps* out);
+
+// ---- kernels -------------------------------------------------------------------------------
 
 // Fused router, one pass per token with no host synchronisation: scores = softmax or sigmoid of
 // the fp32 logits [n, e]; selection by score + bias (bias may be null) among the experts of the

@@ -38,7 +38,7 @@ int run_devices() {
       for (const auto& [k, v] : d.details) std::printf("      %s: %s\n", k.c_str(), v.c_str());
     }
   }
-  const char* absent[] = {HETMOE_HAS_CUDA ? nullptr : "cuda", HETMOE_HAS_HIP ? nullptr : "rocm"};
+  const char* absent[] = {HETMOE_HAS_CUDA ? nullptr : "cuda", HETMOE_HAS_ROCM ? nullptr : "rocm"};
   for (const char* a : absent)
     if (a) std::printf("%s backend: not built in this hetmoe\n", a);
   return 0;
@@ -68,8 +68,9 @@ std::string torch_libraries() {
 
 int run_version() {
   std::printf("hetmoe %s (commit %s)\n", HETMOE_VERSION_STRING, HETMOE_GIT_COMMIT);
-  std::printf("  backends: cpu%s%s\n", HETMOE_HAS_CUDA ? ", cuda" : "",
-              HETMOE_HAS_HIP ? " (GPU kernels also compile-checked with hipcc)" : "");
+  std::printf(
+      "  backends: cpu%s%s%s\n", HETMOE_HAS_CUDA ? ", cuda" : "", HETMOE_HAS_ROCM ? ", rocm" : "",
+      HETMOE_HAS_HIP && !HETMOE_HAS_ROCM ? " (GPU kernels also compile-checked with hipcc)" : "");
   std::printf("  communication: %s\n", comm_transports().c_str());
   std::printf("  libtorch %s\n%s", TORCH_VERSION, torch_libraries().c_str());
   std::printf("  %s, nlohmann-json %d.%d.%d, CLI11 %s, yaml-cpp %s, oneDNN (Debian) %s\n",

@@ -1,35 +1,47 @@
-// The CUDA backend's MoE kernel table: the fused router, the device-side permutation, gathers and
-// SwiGLU from kernels/gpu, and the grouped expert GEMMs through at::_grouped_mm for bf16 (offsets
-// stay on the device: no tokens-per-expert host synchronisation). fp32 expert GEMMs, which
-// _grouped_mm does not take, use the portable per-expert loop.
+// The GPU backends' MoE kernel table (CUDA, and ROCm under HETMOE_GPU_VENDOR_HIP): the fused
+// router, the device-side permutation, gathers and SwiGLU from kernels/gpu, and the grouped
+// expert GEMMs through at::_grouped_mm for bf16 where it is native (offsets stay on the device:
+// no tokens-per-expert host synchronisation). fp32 expert GEMMs, which _grouped_mm does not
+// take, and other GPUs use the portable per-expert loop.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
-#include "device/cuda/cuda_kernels.h"
+#include <atomic>
+
+#include "device/gpu/gpu_kernels.h"
 #include "hetmoe/core/error.h"
+#include "hetmoe/core/logging.h"
 #include "kernels/gpu/moe_kernels.h"
 
 namespace hetmoe {
 namespace {
 
+#if defined(HETMOE_GPU_VENDOR_HIP)
+constexpr const char* kComponent = "rocm";
+#else
+constexpr const char* kComponent = "cuda";
+#endif
+
 void check(int code, const char* what) {
-  HETMOE_CHECK(code == 0, "cuda", what, " failed: ", gpu::error_string(code));
+  HETMOE_CHECK(code == 0, kComponent, what, " failed: ", gpu::error_string(code));
 }
 
+// The current stream of the current device, as LibTorch's own kernels use it.
 gpu::Stream stream() {
-  return at::cuda::getCurrentCUDAStream().stream();
+  const c10::impl::DeviceGuardImplInterface& impl = *c10::impl::getDeviceGuardImpl(kGpuDeviceType);
+  return impl.getStream(impl.getDevice()).native_handle();
 }
 
 gpu::DType dtype_of(const at::Tensor& t) {
   if (t.scalar_type() == at::kBFloat16) return gpu::DType::BF16;
-  HETMOE_CHECK(t.scalar_type() == at::kFloat, "cuda", "MoE kernels take fp32 or bf16, got ",
+  HETMOE_CHECK(t.scalar_type() == at::kFloat, kComponent, "MoE kernels take fp32 or bf16, got ",
                c10::toString(t.scalar_type()));
   return gpu::DType::F32;
 }
 
 RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
   const int64_t n = logits.size(0), e = logits.size(1);
-  HETMOE_CHECK(e <= 1024 && p.top_k <= 32, "cuda",
+  HETMOE_CHECK(e <= 1024 && p.top_k <= 32, kComponent,
                "router kernel supports up to 1024 experts and "
                "top_k 32, got ",
                e, " and ", p.top_k);
@@ -106,11 +118,23 @@ at::Tensor permute_backward(const at::Tensor& grad_permuted, const at::Tensor& r
   return out;
 }
 
-// at::_grouped_mm is CUTLASS-backed for bf16 on sm_90 and needs 16-byte aligned rows (hidden
-// and expert_hidden multiples of 8); other cases take the portable per-expert loop.
+// Set when at::_grouped_mm refused a GPU the table expected it to run on (a LibTorch built
+// without it for that architecture): the per-expert loop serves from then on, with one warning.
+std::atomic<bool> g_grouped_mm_refused{false};
+
+// at::_grouped_mm takes bf16 with 16-byte aligned rows (hidden and expert_hidden multiples of 8)
+// and is a native grouped kernel only on some GPUs (device/gpu_specs); other cases take the
+// portable per-expert loop.
 bool use_grouped_mm(const at::Tensor& x, const at::Tensor& w2) {
   return x.scalar_type() == at::kBFloat16 && x.size(1) % 8 == 0 && w2.size(1) % 8 == 0 &&
-         at::cuda::getCurrentDeviceProperties()->major >= 9;
+         !g_grouped_mm_refused.load(std::memory_order_relaxed) &&
+         grouped_mm_native(gpu_identity(x.get_device()));
+}
+
+void grouped_mm_refused(const c10::Error& e) {
+  if (!g_grouped_mm_refused.exchange(true))
+    HETMOE_LOG_WARN("%s: at::_grouped_mm failed (%s); expert GEMMs use the per-expert loop",
+                    kComponent, e.what_without_backtrace());
 }
 
 at::Tensor offsets_of(const at::Tensor& tokens_per_expert) {
@@ -127,20 +151,25 @@ at::Tensor swiglu(const at::Tensor& h) {
 
 at::Tensor expert_ffn_forward(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
                               const at::Tensor& tokens_per_expert, at::Tensor* h_out) {
-  if (!use_grouped_mm(x, w2))
-    return aten_moe_kernels().expert_ffn_forward(x, w13, w2, tokens_per_expert, h_out);
-  at::Tensor offs = offsets_of(tokens_per_expert);
-  at::Tensor h = at::_grouped_mm(x, w13, offs);
-  at::Tensor y = at::_grouped_mm(swiglu(h), w2, offs);
-  if (h_out) *h_out = h;
-  return y;
+  if (use_grouped_mm(x, w2)) {
+    try {
+      at::Tensor offs = offsets_of(tokens_per_expert);
+      at::Tensor h = at::_grouped_mm(x, w13, offs);
+      at::Tensor y = at::_grouped_mm(swiglu(h), w2, offs);
+      if (h_out) *h_out = h;
+      return y;
+    } catch (const c10::OutOfMemoryError&) {
+      throw;
+    } catch (const c10::Error& e) {
+      grouped_mm_refused(e);
+    }
+  }
+  return aten_moe_kernels().expert_ffn_forward(x, w13, w2, tokens_per_expert, h_out);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_ffn_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w13,
     const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
-  if (!use_grouped_mm(x, w2))
-    return aten_moe_kernels().expert_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
   const int64_t m = h.size(0), f = h.size(1) / 2;
   at::Tensor offs = offsets_of(tokens_per_expert);
   at::Tensor a = swiglu(h);
@@ -154,6 +183,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
   at::Tensor grad_w13 = at::_grouped_mm(x.t(), grad_h, offs);
   at::Tensor grad_x = at::_grouped_mm(grad_h, w13.transpose(1, 2), offs);
   return {grad_x, grad_w13, grad_w2};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w13,
+    const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
+  if (use_grouped_mm(x, w2)) {
+    try {
+      return grouped_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
+    } catch (const c10::OutOfMemoryError&) {
+      throw;
+    } catch (const c10::Error& e) {
+      grouped_mm_refused(e);
+    }
+  }
+  return aten_moe_kernels().expert_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
 }
 
 at::Tensor unpermute_forward(const at::Tensor& y, const at::Tensor& weight,
@@ -190,13 +234,19 @@ std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
 
 }  // namespace
 
-const MoEKernels& cuda_moe_kernels() {
+const MoEKernels& gpu_moe_kernels() {
   static const MoEKernels table{
-      route_forward,      route_backward,
-      permute_forward,    permute_backward,
-      expert_ffn_forward, expert_ffn_backward,
-      unpermute_forward,  unpermute_backward,
-      /*matmul=*/nullptr, "cuda (fused router, device permutation, _grouped_mm for bf16 on sm_90)"};
+      route_forward,
+      route_backward,
+      permute_forward,
+      permute_backward,
+      expert_ffn_forward,
+      expert_ffn_backward,
+      unpermute_forward,
+      unpermute_backward,
+      /*matmul=*/nullptr,
+      std::string(kComponent) +
+          " (fused router, device permutation, _grouped_mm for bf16 where native)"};
   return table;
 }
 

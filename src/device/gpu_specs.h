@@ -1,0 +1,39 @@
+// What hetmoe knows about a GPU from its identity alone, for both vendors: its peak FLOP/s (the
+// MFU denominator; `hetmoe bench` measures the real ceilings next to it) and whether LibTorch's
+// at::_grouped_mm runs natively on it. Plain C++: tested on machines without a GPU.
+#pragma once
+
+#include <string>
+
+#include "hetmoe/device/backend.h"
+
+namespace hetmoe {
+
+struct GpuIdentity {
+  BackendKind kind = BackendKind::CUDA;
+  std::string name;          // "NVIDIA H100 80GB HBM3", "AMD Instinct MI300X"
+  std::string arch;          // "sm_90"; for ROCm the gcnArchName, "gfx942:sramecc+:xnack-"
+  int major = 0, minor = 0;  // compute capability (ROCm reports an approximation)
+  int multiprocessors = 0;   // SMs or compute units
+  int clock_khz = 0;         // peak engine clock
+};
+
+struct GpuPeak {
+  double fp32_flops = 0;  // per second, dense; 0 when unknown
+  double bf16_flops = 0;
+  std::string source;  // how the figure was found, for `hetmoe devices`
+};
+
+// NVIDIA: a datasheet table by compute capability (and name where SKUs differ). AMD: compute
+// units x peak clock x the architecture's matrix FLOPs per CU per clock, which covers every SKU
+// of an architecture, and counts each GCD of an MI250X as the device it is.
+GpuPeak gpu_peak(const GpuIdentity& gpu);
+
+// The gfx target without its feature flags: "gfx90a:sramecc+:xnack-" -> "gfx90a".
+std::string gfx_target(const std::string& arch);
+
+// True where at::_grouped_mm is a native grouped kernel for bf16 (CUTLASS on sm_90 and sm_100, CK
+// on gfx942/gfx950); elsewhere the backend keeps its per-expert GEMM loop.
+bool grouped_mm_native(const GpuIdentity& gpu);
+
+}  // namespace hetmoe
