@@ -20,10 +20,10 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", at::ones({dim}));
 }
 
+// In fp32 whatever the compute dtype. at::rms_norm is LibTorch's fused kernel (one pass forward
+// and backward on the GPU) where it has one, its composite elsewhere.
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
-  at::Tensor xf = x.to(at::kFloat);
-  at::Tensor y = xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps_) * weight;
-  return y.to(x.scalar_type());
+  return at::rms_norm(x.to(at::kFloat), {weight.size(0)}, weight, eps_).to(x.scalar_type());
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& c)
@@ -161,14 +161,11 @@ at::Tensor MoELayerImpl::warmup_logits(const at::Tensor& logits) {
   {
     // Running statistics (EMA, momentum 0.99; the first update takes the batch's own).
     at::NoGradGuard no_grad;
+    // Decided on the device: reading the counter on the host would synchronise every layer.
     at::Tensor mean = logits.mean(0), var = logits.var(0, /*unbiased=*/false);
-    if (logit_updates.item<int64_t>() == 0) {
-      logit_mean.copy_(mean);
-      logit_var.copy_(var);
-    } else {
-      logit_mean.mul_(0.99).add_(mean, 0.01);
-      logit_var.mul_(0.99).add_(var, 0.01);
-    }
+    at::Tensor first = logit_updates.eq(0);
+    logit_mean.copy_(at::where(first, mean, logit_mean.mul(0.99).add(mean, 0.01)));
+    logit_var.copy_(at::where(first, var, logit_var.mul(0.99).add(var, 0.01)));
     logit_updates.add_(1);
   }
   const double alpha = warmup_alpha();

@@ -284,7 +284,11 @@ double Trainer::train_step_unguarded() {
   const std::vector<int64_t> replay = health_.due(step);
   streams.insert(streams.end(), replay.begin(), replay.end());
   const double n_micro = static_cast<double>(streams.size());
-  StepRecord stats;
+  // The logged scalars and the tokens per expert are summed on the device and copied to the host
+  // once per step: a device-to-host copy waits for the device, and one per micro-batch (and per
+  // MoE layer) would leave a GPU idle while the host queues the next micro-batch.
+  at::Tensor logged_sum;             // [3] double: ce, aux, z, each already divided by n_micro
+  std::vector<at::Tensor> load_sum;  // per MoE layer: tokens per expert
   for (int64_t stream : streams) {
     at::Tensor batch = local_batch(Split::Train, static_cast<uint64_t>(stream));
     at::Tensor inputs = batch.narrow(1, 0, t.seq_len), targets = batch.narrow(1, 1, t.seq_len);
@@ -295,22 +299,34 @@ double Trainer::train_step_unguarded() {
     at::Tensor loss =
         ce + config_.moe.aux_loss_coef * out.aux_loss + config_.moe.z_loss_coef * out.z_loss;
     (loss / n_micro).backward();
-    // One device-to-host copy for the three logged scalars, not three synchronisations.
-    at::Tensor logged = at::stack({ce.detach(), out.aux_loss.detach().to(ce.scalar_type()),
-                                   out.z_loss.detach().to(ce.scalar_type())})
-                            .to(at::kCPU, at::kDouble);
-    // The global batch's means: every rank holds the same number of tokens.
-    if (grid_->world_size() > 1) grid_->world().all_reduce(logged, ReduceOp::Avg);
-    const double* v = logged.data_ptr<double>();
-    stats.loss += v[0] / n_micro;
-    stats.aux += v[1] / n_micro;
-    stats.z += v[2] / n_micro;
+    at::Tensor logged =
+        at::stack({ce.detach().to(at::kDouble), out.aux_loss.detach().to(at::kDouble),
+                   out.z_loss.detach().to(at::kDouble)}) /
+        n_micro;
+    logged_sum = logged_sum.defined() ? logged_sum + logged : logged;
     for (size_t i = 0; i < out.tokens_per_expert.size(); ++i) {
-      at::Tensor l = out.tokens_per_expert[i].to(at::kCPU);
-      if (stats.load.size() <= i)
-        stats.load.push_back(l);
+      if (load_sum.size() <= i)
+        load_sum.push_back(out.tokens_per_expert[i].clone());
       else
-        stats.load[i] += l;
+        load_sum[i] += out.tokens_per_expert[i];
+    }
+  }
+  StepRecord stats;
+  {
+    std::vector<at::Tensor> parts{logged_sum};
+    for (const at::Tensor& l : load_sum) parts.push_back(l.to(at::kDouble));
+    const at::Tensor host = at::cat(parts).to(at::kCPU);  // the step's one synchronisation
+    at::Tensor means = host.narrow(0, 0, 3).clone();
+    // The global batch's means: every rank holds the same number of tokens.
+    if (grid_->world_size() > 1) grid_->world().all_reduce(means, ReduceOp::Avg);
+    const double* v = means.data_ptr<double>();
+    stats.loss = v[0];
+    stats.aux = v[1];
+    stats.z = v[2];
+    int64_t offset = 3;
+    for (const at::Tensor& l : load_sum) {
+      stats.load.push_back(host.narrow(0, offset, l.numel()).to(at::kLong));
+      offset += l.numel();
     }
   }
   if (options_.after_backward) options_.after_backward(step, model_);
