@@ -72,13 +72,11 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   auto [cos, sin] = rope_tables(t, q);
   q = apply_rope(q, cos, sin);
   k = apply_rope(k, cos, sin);
-  if (n_kv_heads_ != n_heads_) {
-    const int64_t rep = n_heads_ / n_kv_heads_;
-    k = k.repeat_interleave(rep, 1);
-    v = v.repeat_interleave(rep, 1);
-  }
+  // Grouped-query attention without materialising the repeated K and V heads: the attention
+  // kernels that support it read each KV head once per query group.
   at::Tensor o = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
-                                                  /*is_causal=*/true);
+                                                  /*is_causal=*/true, /*scale=*/std::nullopt,
+                                                  /*enable_gqa=*/n_kv_heads_ != n_heads_);
   o = o.transpose(1, 2).reshape({b, t, n_heads_ * head_dim_});
   return ops::linear(o, as_compute(wo->weight, o));
 }

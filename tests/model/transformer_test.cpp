@@ -160,6 +160,42 @@ TEST(MoELayerTest, SequenceAuxLossIsTheMeanOfPerSequenceLosses) {
   EXPECT_NEAR(all.aux_loss.item<double>(), sum / 3, 1e-6);
 }
 
+// Attention against a naive computation in double: projections, RoPE on pairs (i, i + d/2),
+// each KV head serving n_heads / n_kv_heads consecutive query heads, causal softmax.
+TEST(AttentionTest, GroupedQueryAttentionMatchesANaiveComputation) {
+  const ModelConfig m = small_model();  // 4 query heads, 2 KV heads, head dim 8
+  const int64_t b = 2, t = 6, h = m.n_heads, kv = m.n_kv_heads, d = m.d_model / m.n_heads;
+  at::manual_seed(7);
+  Attention attn(m);
+  at::Tensor x = at::randn({b, t, m.d_model});
+  at::Tensor y = attn->forward(x);
+
+  at::Tensor xd = x.to(at::kDouble);
+  auto proj = [&](const torch::nn::Linear& l, int64_t heads) {
+    return xd.matmul(l->weight.to(at::kDouble).t()).view({b, t, heads, d}).transpose(1, 2);
+  };
+  auto rope = [&](at::Tensor z) {
+    at::Tensor out = z.clone();
+    for (int64_t pos = 0; pos < t; ++pos) {
+      for (int64_t i = 0; i < d / 2; ++i) {
+        const double angle = pos * std::pow(m.rope_theta, -2.0 * i / d);
+        at::Tensor a = z.select(2, pos).select(-1, i), c = z.select(2, pos).select(-1, i + d / 2);
+        out.select(2, pos).select(-1, i).copy_(a * std::cos(angle) - c * std::sin(angle));
+        out.select(2, pos).select(-1, i + d / 2).copy_(c * std::cos(angle) + a * std::sin(angle));
+      }
+    }
+    return out;
+  };
+  at::Tensor q = rope(proj(attn->wq, h));
+  at::Tensor k = rope(proj(attn->wk, kv)).repeat_interleave(h / kv, 1);
+  at::Tensor v = proj(attn->wv, kv).repeat_interleave(h / kv, 1);
+  at::Tensor scores = q.matmul(k.transpose(-1, -2)) / std::sqrt(static_cast<double>(d));
+  scores.masked_fill_(at::ones({t, t}, at::kBool).triu(1), -INFINITY);
+  at::Tensor o = scores.softmax(-1).matmul(v).transpose(1, 2).reshape({b, t, h * d});
+  at::Tensor ref = o.matmul(attn->wo->weight.to(at::kDouble).t());
+  EXPECT_CLOSE(y, ref.to(at::kFloat), 1e-5);
+}
+
 TEST(TransformerTest, ShapesAndParameterCounts) {
   ModelConfig m = small_model();
   MoEConfig e = small_moe();
