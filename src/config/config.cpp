@@ -540,6 +540,12 @@ void validate(const Config& c) {
   require_divisible("moe.num_experts", e.num_experts, "parallel.expert_parallel",
                     c.parallel.expert_parallel);
   require_non_empty("run.out_dir", c.run.out_dir);
+  require_non_negative("run.profile_start", c.run.profile_start);
+  require_positive("run.profile_steps", c.run.profile_steps);
+  if (c.run.profile_start > t.steps) {
+    HETMOE_FAIL(kComponent, "run.profile_start (", c.run.profile_start,
+                ") is after the last step (train.steps ", t.steps, ")");
+  }
 }
 
 std::string to_yaml(const Config& config) {

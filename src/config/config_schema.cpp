@@ -161,6 +161,9 @@ std::vector<KeySpec> build_schema() {
       HETMOE_KEY(run, log_level, "minimum log level", {"trace", "debug", "info", "warn", "error"}),
       HETMOE_KEY(run, log_all_ranks,
                  "multi-rank runs: every rank logs, prefixed with its rank (default: rank 0 only)"),
+      HETMOE_KEY(run, profile_start,
+                 "first training step to trace with LibTorch's profiler (0: no trace)"),
+      HETMOE_KEY(run, profile_steps, "how many steps the trace covers"),
   };
 }
 

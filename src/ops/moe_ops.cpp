@@ -2,6 +2,7 @@
 // backend_for(tensor).kernels(), so the model never names a backend.
 #include "hetmoe/ops/moe_ops.h"
 
+#include <ATen/record_function.h>
 #include <torch/autograd.h>
 
 #include <atomic>
@@ -20,15 +21,20 @@ namespace {
 
 std::atomic<KernelImpl> g_kernel_impl{KernelImpl::Native};
 
-// Op timing: nanoseconds per operator, added by an OpTimer around each kernel call.
+// Op timing: nanoseconds per operator, added by an OpTimer around each kernel call. The same
+// scope names the call for LibTorch's profiler (run.profile_start), on every device.
 enum OpSlot { kRoute, kPermute, kExperts, kUnpermute, kSlots };
+constexpr const char* kSlotNames[kSlots] = {"hetmoe::route", "hetmoe::permute", "hetmoe::experts",
+                                            "hetmoe::unpermute"};
 std::atomic<bool> g_op_timing{false};
 std::atomic<int64_t> g_op_ns[kSlots];
 
 class OpTimer {
  public:
   OpTimer(OpSlot slot, const at::Tensor& t)
-      : slot_(g_op_timing.load(std::memory_order_relaxed) && t.is_cpu() ? slot : kSlots) {
+      : slot_(g_op_timing.load(std::memory_order_relaxed) && t.is_cpu() ? slot : kSlots),
+        scope_(at::RecordScope::USER_SCOPE) {
+    if (scope_.isActive()) scope_.before(kSlotNames[slot]);
     if (slot_ != kSlots) start_ = std::chrono::steady_clock::now();
   }
   ~OpTimer() {
@@ -42,6 +48,7 @@ class OpTimer {
 
  private:
   OpSlot slot_;
+  at::RecordFunction scope_;
   std::chrono::steady_clock::time_point start_;
 };
 

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <chrono>
@@ -22,6 +23,7 @@
 #include "hetmoe/train/optimizer.h"
 #include "hetmoe/train/schedule.h"
 #include "hetmoe/train/signals.h"
+#include "train/profile.h"
 
 namespace fs = std::filesystem;
 
@@ -292,13 +294,20 @@ double Trainer::train_step_unguarded() {
   for (int64_t stream : streams) {
     at::Tensor batch = local_batch(Split::Train, static_cast<uint64_t>(stream));
     at::Tensor inputs = batch.narrow(1, 0, t.seq_len), targets = batch.narrow(1, 1, t.seq_len);
-    ForwardOutput out = model_->forward(inputs);
-    at::Tensor ce =
-        at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}), targets.reshape(-1));
-    if (options_.loss_hook) ce = options_.loss_hook(step, ce);
-    at::Tensor loss =
-        ce + config_.moe.aux_loss_coef * out.aux_loss + config_.moe.z_loss_coef * out.z_loss;
-    (loss / n_micro).backward();
+    ForwardOutput out;
+    at::Tensor ce, loss;
+    {
+      RECORD_USER_SCOPE("hetmoe::forward");
+      out = model_->forward(inputs);
+      ce = at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}),
+                                  targets.reshape(-1));
+      if (options_.loss_hook) ce = options_.loss_hook(step, ce);
+      loss = ce + config_.moe.aux_loss_coef * out.aux_loss + config_.moe.z_loss_coef * out.z_loss;
+    }
+    {
+      RECORD_USER_SCOPE("hetmoe::backward");
+      (loss / n_micro).backward();
+    }
     at::Tensor logged =
         at::stack({ce.detach().to(at::kDouble), out.aux_loss.detach().to(at::kDouble),
                    out.z_loss.detach().to(at::kDouble)}) /
@@ -313,6 +322,7 @@ double Trainer::train_step_unguarded() {
   }
   StepRecord stats;
   {
+    RECORD_USER_SCOPE("hetmoe::step_scalars");
     std::vector<at::Tensor> parts{logged_sum};
     for (const at::Tensor& l : load_sum) parts.push_back(l.to(at::kDouble));
     const at::Tensor host = at::cat(parts).to(at::kCPU);  // the step's one synchronisation
@@ -332,11 +342,14 @@ double Trainer::train_step_unguarded() {
   if (options_.after_backward) options_.after_backward(step, model_);
   const double lr = learning_rate(t, state_.step);
   double grad_norm = 0;
-  if (grid_->world_size() > 1) {
-    synchronize_gradients(*grid_, shared_params_, expert_params_);
-    grad_norm = clip_grad_norm_sharded(*grid_, shared_params_, expert_params_, t.clip);
-  } else {
-    grad_norm = clip_grad_norm(model_->parameters(), t.clip);
+  {
+    RECORD_USER_SCOPE("hetmoe::grad_sync_and_clip");
+    if (grid_->world_size() > 1) {
+      synchronize_gradients(*grid_, shared_params_, expert_params_);
+      grad_norm = clip_grad_norm_sharded(*grid_, shared_params_, expert_params_, t.clip);
+    } else {
+      grad_norm = clip_grad_norm(model_->parameters(), t.clip);
+    }
   }
   // Every rank sees the same global loss and norm, so every rank decides the same.
   const HealthMonitor::Verdict verdict = health_.judge(step, stats.loss, grad_norm);
@@ -351,6 +364,7 @@ double Trainer::train_step_unguarded() {
   } else {
     if (verdict.action == HealthMonitor::Action::ScaledUpdate)
       HETMOE_LOG_WARN("step %lld: %s", static_cast<long long>(step), verdict.why.c_str());
+    RECORD_USER_SCOPE("hetmoe::optimizer");
     optimizer_->step(lr * verdict.lr_scale);
     model_->update_expert_bias(stats.load);
   }
@@ -526,10 +540,16 @@ TrainResult Trainer::run() {
   double train_loss_window = 0;
   int64_t window = 0;
   StopSignals signals;
+  const Backend& backend = backend_for(device_);
+  StepProfiler profiler(config_.run.profile_start, config_.run.profile_steps, device_,
+                        config_.run.out_dir, grid_->rank(),
+                        [&] { backend.synchronize(device_.has_index() ? device_.index() : 0); });
   while (state_.step < t.steps) {
     const auto step_start = clock::now();
+    profiler.before_step(state_.step + 1);
     const double loss = train_step();
     const double step_seconds = std::chrono::duration<double>(clock::now() - step_start).count();
+    profiler.after_step(state_.step);
     if (options_.on_step) {
       StepMetrics m = last_step();
       m.seconds = step_seconds;

@@ -120,6 +120,8 @@ const std::vector<std::string> kAllKeys = {
     "run.out_dir",
     "run.log_level",
     "run.log_all_ranks",
+    "run.profile_start",
+    "run.profile_steps",
 };
 
 // Field-by-field equality (Config has no operator==).
@@ -176,6 +178,8 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.backend.dtype, b.backend.dtype);
   EXPECT_EQ(a.run.out_dir, b.run.out_dir);
   EXPECT_EQ(a.run.log_level, b.run.log_level);
+  EXPECT_EQ(a.run.profile_start, b.run.profile_start);
+  EXPECT_EQ(a.run.profile_steps, b.run.profile_steps);
 }
 
 // A valid config whose every field differs from the default.
@@ -233,6 +237,8 @@ Config non_default_config() {
   c.backend.dtype = "bf16";
   c.run.out_dir = "runs/it's \"quoted\"";
   c.run.log_level = "debug";
+  c.run.profile_start = 3;
+  c.run.profile_steps = 4;
   return c;
 }
 
@@ -758,6 +764,10 @@ TEST(ConfigTest, EveryRangeAndCrossFieldRule) {
        "moe.num_experts (8) must be divisible by parallel.expert_parallel (3)"},
       {{"data.path=\"\""}, "data.path must not be empty"},
       {{"run.out_dir=''"}, "run.out_dir must not be empty"},
+      {{"run.profile_steps=0"}, "run.profile_steps (0) must be > 0"},
+      {{"run.profile_start=-1"}, "run.profile_start (-1) must be >= 0"},
+      {{"run.profile_start=999999"},
+       "run.profile_start (999999) is after the last step (train.steps 300)"},
       {{"model.vocab_size=256"},
        "model.vocab_size (256) must be >= 257 when data.tokenizer is 'byte' (256 bytes + "
        "end-of-document)"},

@@ -4,6 +4,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
 
 #include "hetmoe/core/error.h"
 #include "hetmoe/data/dataset.h"
@@ -128,6 +132,36 @@ TEST(TrainerTest, RunWritesMetricsCheckpointsAndResolvedConfig) {
   }
   EXPECT_EQ(lines, 6);
   EXPECT_EQ(with_val, 2);
+}
+
+// run.profile_start/profile_steps: exactly the window's steps are traced (their phases and MoE
+// operators in a Chrome trace) and summarised per step.
+TEST(TrainerTest, ProfileWindowWritesATraceAndASummaryOfItsSteps) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.run.profile_start = 2;
+  c.run.profile_steps = 2;
+  EXPECT_EQ(Trainer(c).run().steps, 6);
+  const fs::path prof = fs::path(c.run.out_dir) / "profile";
+  std::ifstream trace_file(prof / "trace-rank0.json");
+  ASSERT_TRUE(trace_file) << "no trace in " << prof;
+  const nlohmann::json trace = nlohmann::json::parse(trace_file);
+  std::map<std::string, int> count;
+  for (const auto& e : trace.at("traceEvents"))
+    if (e.contains("name") && e["name"].is_string()) count[e["name"].get<std::string>()] += 1;
+  // Two steps of two micro-batches each.
+  EXPECT_EQ(count["hetmoe::forward"], 4);
+  EXPECT_EQ(count["hetmoe::backward"], 4);
+  EXPECT_EQ(count["hetmoe::optimizer"], 2);
+  EXPECT_GT(count["hetmoe::route"], 0);
+  EXPECT_GT(count["hetmoe::experts"], 0);
+  std::ifstream summary_file(prof / "summary-rank0.txt");
+  const std::string summary((std::istreambuf_iterator<char>(summary_file)),
+                            std::istreambuf_iterator<char>());
+  EXPECT_NE(summary.find("steps 2..3 (2) on cpu"), std::string::npos) << summary;
+  for (const char* part : {"hetmoe::forward", "hetmoe::optimizer", "host operators by self time"})
+    EXPECT_NE(summary.find(part), std::string::npos) << part << " missing in\n" << summary;
 }
 
 TEST(TrainerTest, RefusesToOverwriteARunUnlessAsked) {

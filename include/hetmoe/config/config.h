@@ -105,6 +105,10 @@ struct RunConfig {
   std::string out_dir = "runs/tiny";
   std::string log_level = "info";
   bool log_all_ranks = false;  // multi-rank runs: every rank logs (prefixed), not only rank 0
+  // Trace training steps profile_start .. profile_start + profile_steps - 1 with LibTorch's
+  // profiler (host operators, and device kernels on a GPU); 0: no trace.
+  int64_t profile_start = 0;
+  int64_t profile_steps = 2;
 };
 
 struct Config {
