@@ -50,11 +50,18 @@ if(HETMOE_HAS_HIP AND (TARGET torch_hip OR TORCH_LIBRARIES MATCHES "c10_hip|torc
   set(HETMOE_HAS_ROCM 1)
 endif()
 if(HETMOE_HAS_HIP)
-  # Debian's hipcc (LLVM 15) knows gfx90a but not gfx942; a ROCm install knows both.
-  if(HETMOE_HAS_ROCM)
-    set(HETMOE_HIP_ARCHITECTURES "gfx90a;gfx942" CACHE STRING "AMD GPU targets of the HIP kernels")
-  else()
-    set(HETMOE_HIP_ARCHITECTURES "gfx90a" CACHE STRING "AMD GPU targets of the HIP kernels")
+  # AMD GPU targets of the HIP kernels: -DHETMOE_HIP_ARCHITECTURES=...; else, for the ROCm
+  # backend, PyTorch's own PYTORCH_ROCM_ARCH or MI200/MI300/MI350; for the check gfx90a alone
+  # (Debian's hipcc, LLVM 15, knows no newer Instinct target). The default is not cached, so a
+  # build directory that changes mode changes its default.
+  if(NOT HETMOE_HIP_ARCHITECTURES)
+    if(HETMOE_HAS_ROCM AND NOT "$ENV{PYTORCH_ROCM_ARCH}" STREQUAL "")
+      set(HETMOE_HIP_ARCHITECTURES "$ENV{PYTORCH_ROCM_ARCH}")
+    elseif(HETMOE_HAS_ROCM)
+      set(HETMOE_HIP_ARCHITECTURES "gfx90a;gfx942;gfx950")
+    else()
+      set(HETMOE_HIP_ARCHITECTURES "gfx90a")
+    endif()
   endif()
   find_package(hip CONFIG QUIET)  # hip::host: the HIP runtime (Debian's libamdhip64-dev has it)
   if(HETMOE_HAS_ROCM AND NOT TARGET hip::host)

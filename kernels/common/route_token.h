@@ -115,7 +115,7 @@ HETMOE_HOST_DEVICE void route_token_backward(const float* grad_scores, const flo
   // The gradient reaching each selected score through its (renormalised) weight:
   // w_j = s_j / S gives dL/ds_j = (g_j - sum_i g_i w_i) / S.
   for (int j = 0; j < k; ++j) grad_sel[j] = grad_weight ? grad_weight[j] : 0.0f;
-  if (renormalize) {
+  if (renormalize && grad_weight) {
     float sum = 0.0f, dot = 0.0f;
     for (int j = 0; j < k; ++j) sum += s[index[j]];
     for (int j = 0; j < k; ++j) dot += grad_sel[j] * (s[index[j]] / sum);

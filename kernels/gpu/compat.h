@@ -15,6 +15,7 @@
 #define cudaMemsetAsync hipMemsetAsync
 #define cudaDeviceProp hipDeviceProp_t
 #define cudaGetDeviceCount hipGetDeviceCount
+#define cudaErrorNoDevice hipErrorNoDevice
 #define cudaGetDeviceProperties hipGetDeviceProperties
 #define cudaDeviceGetAttribute hipDeviceGetAttribute
 #define cudaDevAttrClockRate hipDeviceAttributeClockRate

@@ -14,6 +14,10 @@ int device_count(int* count) {
   return rc;
 }
 
+bool is_no_device(int code) {
+  return code == static_cast<int>(cudaErrorNoDevice);
+}
+
 int device_props(int device, DeviceProps* out) {
   cudaDeviceProp p;
   int rc = static_cast<int>(cudaGetDeviceProperties(&p, device));

@@ -28,6 +28,8 @@ struct DeviceProps {
 
 // Devices the runtime sees (0, with the runtime's code, when there is no driver).
 int device_count(int* count);
+// True for the runtime's "no device" code: a machine without a GPU, not a failure.
+bool is_no_device(int code);
 int device_props(int device, DeviceProps* out);
 
 // ---- kernels -------------------------------------------------------------------------------

@@ -9,13 +9,26 @@ struct NvidiaPeak {
   double fp32_tflops, bf16_tflops;  // dense, no sparsity
 };
 
-// Vendor datasheet peaks; the first entry that matches wins, so SKU-specific rows come first.
+// Vendor datasheet peaks; the first entry that matches wins, so SKU-specific rows come first,
+// and a name before any name it is part of (L40S, L40, L4).
+// bf16 is the tensor-core rate with fp32 accumulation (half the fp16-accumulate rate on GeForce).
 constexpr NvidiaPeak kNvidia[] = {
-    {9, 0, "H100 PCIe", 51.2, 756.0}, {9, 0, "H200", 66.9, 989.0},
-    {9, 0, "", 66.9, 989.0},          {8, 0, "", 19.5, 312.0},
-    {8, 6, "A10", 31.2, 125.0},       {8, 6, "", 35.6, 71.0},
-    {8, 9, "L4", 30.3, 121.0},        {8, 9, "", 91.6, 362.0},
-    {10, 0, "", 80.0, 2250.0},        {7, 0, "", 15.7, 0.0},
+    {9, 0, "H100 PCIe", 51.2, 756.0},
+    {9, 0, "H100 NVL", 60.0, 835.0},
+    {9, 0, "H200", 66.9, 989.0},
+    {9, 0, "", 66.9, 989.0},  // H100 SXM
+    {8, 0, "", 19.5, 312.0},
+    {8, 6, "A10", 31.2, 125.0},
+    {8, 6, "A40", 37.4, 149.7},
+    {8, 6, "A6000", 38.7, 154.8},
+    {8, 6, "", 35.6, 71.0},  // RTX 3090
+    {8, 9, "L40S", 91.6, 362.0},
+    {8, 9, "L40", 90.5, 181.0},
+    {8, 9, "L4", 30.3, 121.0},
+    {8, 9, "RTX 4090", 82.6, 165.2},
+    {8, 9, "", 91.6, 362.0},
+    {10, 0, "", 80.0, 2250.0},
+    {7, 0, "", 15.7, 0.0},
 };
 
 struct AmdRate {

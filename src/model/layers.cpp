@@ -72,11 +72,20 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   auto [cos, sin] = rope_tables(t, q);
   q = apply_rope(q, cos, sin);
   k = apply_rope(k, cos, sin);
-  // Grouped-query attention without materialising the repeated K and V heads: the attention
-  // kernels that support it read each KV head once per query group.
+  // Grouped-query attention. SDPA's enable_gqa spares materialising the repeated K and V heads
+  // where a fused kernel takes it: flash attention on the CPU, and on a GPU for 16-bit inputs.
+  // A GPU in fp32 would fall back to the math kernel (a [B, H, T, T] matrix kept for the
+  // backward), so there the heads are repeated for the memory-efficient kernel instead.
+  const bool grouped = n_kv_heads_ != n_heads_;
+  const bool fused_gqa = q.is_cpu() || q.scalar_type() != at::kFloat;
+  if (grouped && !fused_gqa) {
+    const int64_t rep = n_heads_ / n_kv_heads_;
+    k = k.repeat_interleave(rep, 1);
+    v = v.repeat_interleave(rep, 1);
+  }
   at::Tensor o = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                                   /*is_causal=*/true, /*scale=*/std::nullopt,
-                                                  /*enable_gqa=*/n_kv_heads_ != n_heads_);
+                                                  /*enable_gqa=*/grouped && fused_gqa);
   o = o.transpose(1, 2).reshape({b, t, n_heads_ * head_dim_});
   return ops::linear(o, as_compute(wo->weight, o));
 }

@@ -144,9 +144,11 @@ TEST(GpuRouterTest, NanLogitsChooseLikeTheCpuBackend) {
   if (!gpu) GTEST_SKIP() << "no GPU visible to this build";
   at::manual_seed(4);
   at::Tensor logits = at::randn({64, 32});
+  // A few bad rows among good ones: one all NaN, one with a single NaN (all NaN after a softmax,
+  // one NaN expert under a sigmoid), one with several.
   logits[0].fill_(NAN);
   logits[5][7] = NAN;
-  logits.select(1, 2).fill_(NAN);
+  logits[9][0] = logits[9][31] = logits[9][16] = NAN;
   for (const bool sigmoid : {false, true}) {
     RouteParams p{4, sigmoid, true, 4, 2};
     RouteResult c = ops::route(logits, p), g = ops::route(logits.to(gpu->torch_device(0)), p);

@@ -33,6 +33,12 @@ TEST(GpuSpecsTest, NvidiaPeaksComeFromTheDatasheetTableBySku) {
   EXPECT_DOUBLE_EQ(sxm.fp32_flops, 66.9e12);
   EXPECT_DOUBLE_EQ(gpu_peak(nvidia("NVIDIA H100 PCIe", 9, 0)).bf16_flops, 756e12);
   EXPECT_DOUBLE_EQ(gpu_peak(nvidia("NVIDIA A100-SXM4-80GB", 8, 0)).bf16_flops, 312e12);
+  // SKUs of one compute capability: the specific row before the generic one.
+  EXPECT_DOUBLE_EQ(gpu_peak(nvidia("NVIDIA H100 NVL", 9, 0)).bf16_flops, 835e12);
+  EXPECT_DOUBLE_EQ(gpu_peak(nvidia("NVIDIA L40S", 8, 9)).bf16_flops, 362e12);
+  EXPECT_DOUBLE_EQ(gpu_peak(nvidia("NVIDIA L40", 8, 9)).bf16_flops, 181e12);
+  EXPECT_DOUBLE_EQ(gpu_peak(nvidia("NVIDIA L4", 8, 9)).bf16_flops, 121e12);
+  EXPECT_DOUBLE_EQ(gpu_peak(nvidia("NVIDIA GeForce RTX 4090", 8, 9)).bf16_flops, 165.2e12);
   EXPECT_FALSE(sxm.source.empty());
   GpuPeak old = gpu_peak(nvidia("Tesla P100", 6, 0));
   EXPECT_EQ(old.bf16_flops, 0);

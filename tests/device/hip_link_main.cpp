@@ -1,6 +1,6 @@
 // Links the hipcc-built GPU kernels with the HIP runtime and asks it for devices: the part of a
 // ROCm build that a machine without a ROCm LibTorch can still check. Exits 0 when the runtime
-// answers (devices listed, or "no device" with a count of 0), 1 otherwise.
+// answers (devices listed, or exactly "no device"), 1 on any other runtime error.
 #include <cstdio>
 
 #include "kernels/gpu/moe_kernels.h"
@@ -10,7 +10,7 @@ int main() {
   int count = -1;
   const int rc = device_count(&count);
   std::printf("HIP runtime: %d device(s) (%s)\n", count, error_string(rc));
-  if (count < 0 || (rc != 0 && count != 0)) return 1;
+  if (rc != 0 && !is_no_device(rc)) return 1;
   for (int i = 0; i < count; ++i) {
     DeviceProps p;
     const int prc = device_props(i, &p);

@@ -110,10 +110,18 @@ TEST(MoELayerTest, RoutingWarmupBlendsNoiseThenSwitchesOff) {
   layer->train();
   plain->train();
   const double alphas[] = {0.25, 0.5, 0.75, 1.0, 1.0};
+  // The logit statistics: the first update takes the batch's own, later ones blend 0.99/0.01.
+  const at::Tensor logits = x.matmul(layer->router.detach().t());
+  const at::Tensor mean = logits.mean(0), var = logits.var(0, /*unbiased=*/false);
   for (int64_t step = 1; step <= 5; ++step) {
     layer->set_step(step, 7);
     EXPECT_DOUBLE_EQ(layer->warmup_alpha(), alphas[step - 1]);
     at::Tensor out = layer->forward(x), ref = plain->forward(x);
+    if (step <= 4) {  // the statistics are kept during warmup only
+      EXPECT_EQ(layer->logit_updates.item<int64_t>(), step);
+      EXPECT_TRUE(at::allclose(layer->logit_mean, mean, 1e-5, 1e-6)) << "step " << step;
+      EXPECT_TRUE(at::allclose(layer->logit_var, var, 1e-5, 1e-6)) << "step " << step;
+    }
     if (step < 4) {
       EXPECT_FALSE(at::allclose(out, ref)) << "step " << step;
     } else {
@@ -124,6 +132,30 @@ TEST(MoELayerTest, RoutingWarmupBlendsNoiseThenSwitchesOff) {
   layer->eval();
   layer->set_step(1, 7);
   EXPECT_TRUE(at::allclose(layer->forward(x), plain->forward(x), 1e-6, 1e-6));  // eval: no noise
+}
+
+TEST(MoELayerTest, RoutingWarmupStatisticsAreAnEmaSeededByTheFirstBatch) {
+  ModelConfig m;
+  m.d_model = 16;
+  MoEConfig e;
+  e.num_experts = 4;
+  e.top_k = 2;
+  e.expert_hidden = 8;
+  e.routing_warmup_steps = 10;
+  MoELayer layer(m, e);
+  layer->train();
+  at::Tensor x1 = at::randn({32, 16}), x2 = at::randn({32, 16}) + 1.0;
+  const at::Tensor w = layer->router.detach().t();
+  const at::Tensor l1 = x1.matmul(w), l2 = x2.matmul(w);
+  layer->set_step(1, 7);
+  layer->forward(x1);
+  layer->set_step(2, 7);
+  layer->forward(x2);
+  const at::Tensor mean = 0.99 * l1.mean(0) + 0.01 * l2.mean(0);
+  const at::Tensor var = 0.99 * l1.var(0, false) + 0.01 * l2.var(0, false);
+  EXPECT_TRUE(at::allclose(layer->logit_mean, mean, 1e-5, 1e-6));
+  EXPECT_TRUE(at::allclose(layer->logit_var, var, 1e-5, 1e-6));
+  EXPECT_EQ(layer->logit_updates.item<int64_t>(), 2);
 }
 
 TEST(MoELayerTest, ExpertBiasMovesTowardsBalance) {

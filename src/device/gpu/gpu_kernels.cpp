@@ -6,11 +6,8 @@
 #include <ATen/ATen.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
-#include <atomic>
-
 #include "device/gpu/gpu_kernels.h"
 #include "hetmoe/core/error.h"
-#include "hetmoe/core/logging.h"
 #include "kernels/gpu/moe_kernels.h"
 
 namespace hetmoe {
@@ -118,23 +115,12 @@ at::Tensor permute_backward(const at::Tensor& grad_permuted, const at::Tensor& r
   return out;
 }
 
-// Set when at::_grouped_mm refused a GPU the table expected it to run on (a LibTorch built
-// without it for that architecture): the per-expert loop serves from then on, with one warning.
-std::atomic<bool> g_grouped_mm_refused{false};
-
 // at::_grouped_mm takes bf16 with 16-byte aligned rows (hidden and expert_hidden multiples of 8)
-// and is a native grouped kernel only on some GPUs (device/gpu_specs); other cases take the
-// portable per-expert loop.
+// and is a native grouped kernel only on some GPUs (device/gpu_specs: elsewhere LibTorch
+// runs its own loop over groups); other cases take the portable per-expert loop.
 bool use_grouped_mm(const at::Tensor& x, const at::Tensor& w2) {
   return x.scalar_type() == at::kBFloat16 && x.size(1) % 8 == 0 && w2.size(1) % 8 == 0 &&
-         !g_grouped_mm_refused.load(std::memory_order_relaxed) &&
          grouped_mm_native(gpu_identity(x.get_device()));
-}
-
-void grouped_mm_refused(const c10::Error& e) {
-  if (!g_grouped_mm_refused.exchange(true))
-    HETMOE_LOG_WARN("%s: at::_grouped_mm failed (%s); expert GEMMs use the per-expert loop",
-                    kComponent, e.what_without_backtrace());
 }
 
 at::Tensor offsets_of(const at::Tensor& tokens_per_expert) {
@@ -151,20 +137,13 @@ at::Tensor swiglu(const at::Tensor& h) {
 
 at::Tensor expert_ffn_forward(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
                               const at::Tensor& tokens_per_expert, at::Tensor* h_out) {
-  if (use_grouped_mm(x, w2)) {
-    try {
-      at::Tensor offs = offsets_of(tokens_per_expert);
-      at::Tensor h = at::_grouped_mm(x, w13, offs);
-      at::Tensor y = at::_grouped_mm(swiglu(h), w2, offs);
-      if (h_out) *h_out = h;
-      return y;
-    } catch (const c10::OutOfMemoryError&) {
-      throw;
-    } catch (const c10::Error& e) {
-      grouped_mm_refused(e);
-    }
-  }
-  return aten_moe_kernels().expert_ffn_forward(x, w13, w2, tokens_per_expert, h_out);
+  if (!use_grouped_mm(x, w2))
+    return aten_moe_kernels().expert_ffn_forward(x, w13, w2, tokens_per_expert, h_out);
+  at::Tensor offs = offsets_of(tokens_per_expert);
+  at::Tensor h = at::_grouped_mm(x, w13, offs);
+  at::Tensor y = at::_grouped_mm(swiglu(h), w2, offs);
+  if (h_out) *h_out = h;
+  return y;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_ffn_backward(
@@ -188,16 +167,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_ffn_backward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w13,
     const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
-  if (use_grouped_mm(x, w2)) {
-    try {
-      return grouped_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
-    } catch (const c10::OutOfMemoryError&) {
-      throw;
-    } catch (const c10::Error& e) {
-      grouped_mm_refused(e);
-    }
-  }
-  return aten_moe_kernels().expert_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
+  if (!use_grouped_mm(x, w2))
+    return aten_moe_kernels().expert_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
+  return grouped_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
 }
 
 at::Tensor unpermute_forward(const at::Tensor& y, const at::Tensor& weight,
