@@ -137,10 +137,7 @@ TEST(MoELayerTest, RoutingWarmupBlendsNoiseThenSwitchesOff) {
 TEST(MoELayerTest, RoutingWarmupStatisticsAreAnEmaSeededByTheFirstBatch) {
   ModelConfig m;
   m.d_model = 16;
-  MoEConfig e;
-  e.num_experts = 4;
-  e.top_k = 2;
-  e.expert_hidden = 8;
+  MoEConfig e{/*num_experts=*/4, /*top_k=*/2, /*expert_hidden=*/8};
   e.routing_warmup_steps = 10;
   MoELayer layer(m, e);
   layer->train();
