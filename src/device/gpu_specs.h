@@ -3,6 +3,7 @@
 // at::_grouped_mm runs natively on it. Plain C++: tested on machines without a GPU.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "hetmoe/device/backend.h"
@@ -16,6 +17,8 @@ struct GpuIdentity {
   int major = 0, minor = 0;  // compute capability (ROCm reports an approximation)
   int multiprocessors = 0;   // SMs or compute units
   int clock_khz = 0;         // peak engine clock
+  int64_t memory_bytes = 0;
+  int64_t l2_bytes = 0;
 };
 
 struct GpuPeak {

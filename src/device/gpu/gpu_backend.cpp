@@ -16,10 +16,6 @@
 namespace hetmoe {
 namespace {
 
-const c10::impl::DeviceGuardImplInterface& guard_impl() {
-  return *c10::impl::getDeviceGuardImpl(kGpuDeviceType);
-}
-
 std::vector<GpuIdentity> query_identities() {
   std::vector<GpuIdentity> out;
   int n = 0;
@@ -37,6 +33,8 @@ std::vector<GpuIdentity> query_identities() {
     id.minor = p.minor;
     id.multiprocessors = p.multiprocessors;
     id.clock_khz = p.clock_khz;
+    id.memory_bytes = p.memory_bytes;
+    id.l2_bytes = p.l2_bytes;
     out.push_back(std::move(id));
   }
   return out;
@@ -50,12 +48,13 @@ const std::vector<GpuIdentity>& identities() {
 class GpuBackend final : public Backend {
  public:
   BackendKind kind() const override { return kGpuBackendKind; }
-  bool available() const override { return guard_impl().deviceCount() > 0; }
+  bool available() const override { return !identities().empty(); }
   c10::Device torch_device(int index) const override {
     return c10::Device(kGpuDeviceType, static_cast<c10::DeviceIndex>(index));
   }
   void synchronize(int index) const override {
-    guard_impl().synchronizeDevice(static_cast<c10::DeviceIndex>(index));
+    c10::impl::getDeviceGuardImpl(kGpuDeviceType)
+        ->synchronizeDevice(static_cast<c10::DeviceIndex>(index));
   }
   const MoEKernels& kernels() const override { return gpu_moe_kernels(); }
   int64_t peak_memory_bytes(int index) const override {
@@ -67,18 +66,13 @@ class GpuBackend final : public Backend {
 
   std::vector<DeviceInfo> devices() const override {
     std::vector<DeviceInfo> out;
-    const int n = available() ? static_cast<int>(identities().size()) : 0;
-    for (int i = 0; i < n; ++i) {
+    for (size_t i = 0; i < identities().size(); ++i) {
       const GpuIdentity& id = identities()[i];
-      gpu::DeviceProps p;
-      const int rc = gpu::device_props(i, &p);
-      HETMOE_CHECK(rc == 0, "device", "cannot read the properties of ", name(), " device ", i, ": ",
-                   gpu::error_string(rc));
       DeviceInfo d;
       d.kind = kGpuBackendKind;
-      d.index = i;
+      d.index = static_cast<int>(i);
       d.name = id.name;
-      d.memory_bytes = p.memory_bytes;
+      d.memory_bytes = id.memory_bytes;
       if (kGpuBackendKind == BackendKind::ROCm) {
         d.details["gfx_arch"] = id.arch;
         d.details["compute_units"] = std::to_string(id.multiprocessors);
@@ -87,7 +81,7 @@ class GpuBackend final : public Backend {
         d.details["multiprocessors"] = std::to_string(id.multiprocessors);
       }
       d.details["clock_mhz"] = std::to_string(id.clock_khz / 1000);
-      d.details["l2_bytes"] = std::to_string(p.l2_bytes);
+      d.details["l2_bytes"] = std::to_string(id.l2_bytes);
       const GpuPeak peak = gpu_peak(id);
       d.peak_fp32_flops = peak.fp32_flops;
       d.peak_bf16_flops = peak.bf16_flops;
