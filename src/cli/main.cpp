@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "hetmoe/comm/communicator.h"
 #include "hetmoe/core/error.h"
+#include "hetmoe/core/host_memory.h"
 #include "hetmoe/core/logging.h"
 #include "hetmoe/train/signals.h"
 
@@ -28,6 +29,8 @@ int fail(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before the first large allocation: freed training buffers stay mapped (core/host_memory.h).
+  hetmoe::keep_freed_host_memory();
   // Before any thread exists, so none of them ever runs a signal handler (train/signals.h).
   hetmoe::install_signal_watcher();
   CLI::App app{"hetmoe: Mixture-of-Experts training on heterogeneous accelerators", "hetmoe"};

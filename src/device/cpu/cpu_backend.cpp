@@ -9,6 +9,7 @@
 #include <sstream>
 #include <thread>
 
+#include "hetmoe/core/host_memory.h"
 #include "hetmoe/device/registry.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/dnnl_gemm.h"
@@ -102,6 +103,7 @@ class CpuBackend final : public Backend {
     d.details["blas"] = blas.empty() ? "unknown" : blas;
     d.details["onednn"] = at::hasMKLDNN() ? "oneDNN (bundled with LibTorch)" : "no";
     d.details["fp32_gemm"] = cpu::dnnl_status();
+    d.details["host_malloc"] = host_malloc_status().detail;
     const std::string parallel = at::get_parallel_info();
     const std::string tag = "ATen parallel backend: ";
     if (auto pos = parallel.find(tag); pos != std::string::npos)
