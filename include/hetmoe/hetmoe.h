@@ -24,6 +24,7 @@
 #include "hetmoe/config/config.h"
 #include "hetmoe/core/error.h"
 #include "hetmoe/core/fs.h"
+#include "hetmoe/core/host_memory.h"
 #include "hetmoe/core/logging.h"
 #include "hetmoe/core/version.h"
 #include "hetmoe/data/dataset.h"

@@ -250,6 +250,8 @@ int run() {
 int main() {
   // Before any thread exists: Ctrl-C then stops the run cleanly, and never lands inside a GEMM.
   hetmoe::install_signal_watcher();
+  // CPU training: freed activation and gradient buffers stay in malloc's heap for the next step.
+  hetmoe::keep_freed_host_memory();
   try {
     return run();
   } catch (const hetmoe::Error& e) {
