@@ -120,29 +120,31 @@ std::vector<int64_t> host_counts(const at::Tensor& tokens_per_expert) {
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
 }
 
-// a = silu(gate) * up for h = [gate | up], in two vectorised passes and no temporaries.
-at::Tensor swiglu(const at::Tensor& h) {
-  const int64_t f = h.size(1) / 2;
-  at::Tensor a = at::empty({h.size(0), f}, h.options());
-  at::silu_out(a, h.narrow(1, 0, f));
-  return a.mul_(h.narrow(1, f, f));
+}  // namespace
+
+// Two vectorised passes and no temporaries.
+at::Tensor swiglu_activation(const at::Tensor& h) {
+  const int64_t f = h.size(-1) / 2;
+  std::vector<int64_t> shape(h.sizes().begin(), h.sizes().end());
+  shape.back() = f;
+  at::Tensor a = at::empty(shape, h.options());
+  at::silu_out(a, h.narrow(-1, 0, f));
+  return a.mul_(h.narrow(-1, f, f));
 }
 
 // grad_h = [grad_a * up * silu'(gate) | grad_a * silu(gate)], written into one buffer through
 // ATen's fused silu_backward (4 vectorised passes instead of a chain of temporaries).
-at::Tensor swiglu_backward(const at::Tensor& grad_a, const at::Tensor& h) {
-  const int64_t f = h.size(1) / 2;
-  at::Tensor gate = h.narrow(1, 0, f), up = h.narrow(1, f, f);
-  at::Tensor grad_h = at::empty_like(h);
-  at::Tensor grad_gate = grad_h.narrow(1, 0, f), grad_up = grad_h.narrow(1, f, f);
+at::Tensor swiglu_activation_backward(const at::Tensor& grad_a, const at::Tensor& h) {
+  const int64_t f = h.size(-1) / 2;
+  at::Tensor gate = h.narrow(-1, 0, f), up = h.narrow(-1, f, f);
+  at::Tensor grad_h = at::empty(h.sizes(), h.options());
+  at::Tensor grad_gate = grad_h.narrow(-1, 0, f), grad_up = grad_h.narrow(-1, f, f);
   at::mul_out(grad_up, grad_a, up);
   at::silu_backward_out(grad_gate, grad_up, gate);
   at::silu_out(grad_up, gate);
   grad_up.mul_(grad_a);
   return grad_h;
 }
-
-}  // namespace
 
 at::Tensor grouped_swiglu_forward(MatmulFn mm, const at::Tensor& x, const at::Tensor& w13,
                                   const at::Tensor& w2, const at::Tensor& tokens_per_expert,
@@ -157,7 +159,7 @@ at::Tensor grouped_swiglu_forward(MatmulFn mm, const at::Tensor& x, const at::Te
     mm(h.narrow(0, offset, counts[e]), x.narrow(0, offset, counts[e]), w13[e], false);
     offset += counts[e];
   }
-  at::Tensor a = swiglu(h);
+  at::Tensor a = swiglu_activation(h);
   offset = 0;
   for (size_t e = 0; e < counts.size(); ++e) {
     if (counts[e] == 0) continue;
@@ -172,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_swiglu_backward(
     MatmulFn mm, const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h,
     const at::Tensor& w13, const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
   const auto counts = host_counts(tokens_per_expert);
-  at::Tensor a = swiglu(h);
+  at::Tensor a = swiglu_activation(h);
 
   at::Tensor grad_w2 = at::zeros_like(w2);
   at::Tensor grad_w13 = at::zeros_like(w13);
@@ -185,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_swiglu_backward(
     mm(grad_a.narrow(0, offset, counts[e]), gy, w2[e].t(), false);
     offset += counts[e];
   }
-  at::Tensor grad_h = swiglu_backward(grad_a, h);
+  at::Tensor grad_h = swiglu_activation_backward(grad_a, h);
   at::Tensor grad_x = at::empty_like(x);
   offset = 0;
   for (size_t e = 0; e < counts.size(); ++e) {

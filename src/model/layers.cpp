@@ -54,15 +54,6 @@ std::pair<at::Tensor, at::Tensor> AttentionImpl::rope_tables(int64_t seq_len,
           sin_.narrow(0, 0, seq_len).to(like.scalar_type())};
 }
 
-namespace {
-// Rotates pairs (i, i + d/2) of the last dimension; x [B, H, T, d], cos/sin [T, d/2].
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
-  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
-}
-}  // namespace
-
 at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   const int64_t b = x.size(0), t = x.size(1);
   auto proj = [&](torch::nn::Linear& l, int64_t heads) {
@@ -70,8 +61,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   };
   at::Tensor q = proj(wq, n_heads_), k = proj(wk, n_kv_heads_), v = proj(wv, n_kv_heads_);
   auto [cos, sin] = rope_tables(t, q);
-  q = apply_rope(q, cos, sin);
-  k = apply_rope(k, cos, sin);
+  q = ops::rotary_embedding(q, cos, sin);
+  k = ops::rotary_embedding(k, cos, sin);
   // Grouped-query attention. SDPA's enable_gqa spares materialising the repeated K and V heads
   // where a fused kernel takes it: flash attention on the CPU, and on a GPU for 16-bit inputs.
   // A GPU in fp32 would fall back to the math kernel (a [B, H, T, T] matrix kept for the
@@ -90,15 +81,14 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   return ops::linear(o, as_compute(wo->weight, o));
 }
 
-SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden) : hidden_(hidden) {
+SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden) {
   w13 = register_module("w13",
                         torch::nn::Linear(torch::nn::LinearOptions(dim, 2 * hidden).bias(false)));
   w2 = register_module("w2", torch::nn::Linear(torch::nn::LinearOptions(hidden, dim).bias(false)));
 }
 
 at::Tensor SwiGLUImpl::forward(const at::Tensor& x) {
-  at::Tensor h = ops::linear(x, as_compute(w13->weight, x));
-  at::Tensor a = at::silu(h.narrow(-1, 0, hidden_)) * h.narrow(-1, hidden_, hidden_);
+  at::Tensor a = ops::swiglu(ops::linear(x, as_compute(w13->weight, x)));
   return ops::linear(a, as_compute(w2->weight, a));
 }
 

@@ -152,6 +152,44 @@ struct LinearFn : torch::autograd::Function<LinearFn> {
   }
 };
 
+// out = x rotated by (cos, sin) pairwise over the halves of the last dimension, in four passes
+// and no temporaries; sign -1 turns the other way (the backward).
+void rotate_halves(const at::Tensor& out, const at::Tensor& x, const at::Tensor& cos,
+                   const at::Tensor& sin, double sign) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  at::Tensor o1 = out.narrow(-1, 0, half), o2 = out.narrow(-1, half, half);
+  at::mul_out(o1, x1, cos).addcmul_(x2, sin, -sign);  // x1 cos - x2 sin
+  at::mul_out(o2, x2, cos).addcmul_(x1, sin, sign);   // x2 cos + x1 sin
+}
+
+struct RotaryFn : torch::autograd::Function<RotaryFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
+                            const at::Tensor& sin) {
+    ctx->save_for_backward({cos, sin});
+    at::Tensor out = at::empty(x.sizes(), x.options());
+    rotate_halves(out, x, cos, sin, 1.0);
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // A rotation's transpose is its inverse.
+    auto s = ctx->get_saved_variables();
+    at::Tensor g = at::empty(grads[0].sizes(), grads[0].options());
+    rotate_halves(g, grads[0], s[0], s[1], -1.0);
+    return {g, at::Tensor(), at::Tensor()};
+  }
+};
+
+struct SwigluFn : torch::autograd::Function<SwigluFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h) {
+    ctx->save_for_backward({h});
+    return swiglu_activation(h);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {swiglu_activation_backward(grads[0], ctx->get_saved_variables()[0])};
+  }
+};
+
 struct ExpertFfnFn : torch::autograd::Function<ExpertFfnFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w13,
                             const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
@@ -300,6 +338,24 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w) {
   out_shape.back() = w.size(0);
   at::Tensor y = LinearFn::apply(x.reshape({-1, x.size(-1)}).contiguous(), w.contiguous());
   return y.view(out_shape);
+}
+
+at::Tensor swiglu(const at::Tensor& h) {
+  HETMOE_CHECK(h.dim() >= 1 && h.size(-1) % 2 == 0, "swiglu", "h ", h.sizes(),
+               " must have an even last dimension [gate | up]");
+  return SwigluFn::apply(h);
+}
+
+at::Tensor rotary_embedding(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  HETMOE_CHECK(x.dim() >= 2 && x.size(-1) % 2 == 0 && cos.dim() == 2 &&
+                   cos.sizes() == sin.sizes() && cos.size(0) == x.size(-2) &&
+                   cos.size(1) == x.size(-1) / 2,
+               "rotary_embedding", "x ", x.sizes(), " needs cos and sin [", x.size(-2), ", ",
+               x.size(-1) / 2, "], got ", cos.sizes(), " and ", sin.sizes());
+  HETMOE_CHECK(cos.scalar_type() == x.scalar_type() && sin.scalar_type() == x.scalar_type(),
+               "rotary_embedding", "cos and sin must have x's dtype ", x.scalar_type(), ", got ",
+               cos.scalar_type(), " and ", sin.scalar_type());
+  return RotaryFn::apply(x, cos, sin);
 }
 
 }  // namespace hetmoe::ops

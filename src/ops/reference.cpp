@@ -85,4 +85,10 @@ at::Tensor capacity_keep(const at::Tensor& expert_index, const at::Tensor& prior
   return keep;
 }
 
+at::Tensor rotary_embedding(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+}
+
 }  // namespace hetmoe::ops::reference

@@ -222,5 +222,103 @@ TEST(MoEOpsTest, RejectsMismatchedShapes) {
                Error);
 }
 
+TEST(SwigluTest, MatchesSiluTimesUpInValuesAndGradients) {
+  at::manual_seed(8);
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    at::Tensor base = at::randn({3, 5, 12}).to(dtype);
+    at::Tensor h1 = base.detach().requires_grad_(true);
+    at::Tensor h2 = base.detach().to(at::kFloat).requires_grad_(true);
+    at::Tensor a = ops::swiglu(h1);
+    at::Tensor b = at::silu(h2.narrow(-1, 0, 6)) * h2.narrow(-1, 6, 6);
+    ASSERT_EQ(a.sizes(), b.sizes());
+    EXPECT_EQ(a.scalar_type(), dtype);
+    const double tol = dtype == at::kFloat ? 1e-6 : 1e-2;
+    EXPECT_CLOSE(a.to(at::kFloat), b, tol);
+    at::Tensor g = at::randn_like(b);
+    (a.to(at::kFloat) * g).sum().backward();
+    (b * g).sum().backward();
+    EXPECT_CLOSE(h1.grad().to(at::kFloat), h2.grad(), tol);
+  }
+  EXPECT_THROW(ops::swiglu(at::randn({4, 7})), Error);
+}
+
+// RoPE tables for positions 0..t-1 and head dim d, as AttentionImpl builds them.
+std::pair<at::Tensor, at::Tensor> rope_tables(int64_t t, int64_t d, at::ScalarType dtype) {
+  at::Tensor inv = at::pow(10000.0, -at::arange(0, d / 2, at::kDouble) * 2.0 / d);
+  at::Tensor angles = at::outer(at::arange(0, t, at::kDouble), inv);
+  return {angles.cos().to(dtype), angles.sin().to(dtype)};
+}
+
+TEST(RotaryEmbeddingTest, MatchesTheCompositeFormulaInValuesAndGradients) {
+  at::manual_seed(5);
+  // [B, T, H, d] seen as [B, H, T, d], as the attention's projections are: not contiguous.
+  at::Tensor base = at::randn({2, 7, 3, 16}).transpose(1, 2);
+  auto [cos, sin] = rope_tables(7, 16, at::kFloat);
+  at::Tensor x1 = base.detach().requires_grad_(true), x2 = base.detach().requires_grad_(true);
+  at::Tensor a = ops::rotary_embedding(x1, cos, sin);
+  at::Tensor b = ops::reference::rotary_embedding(x2, cos, sin);
+  EXPECT_TRUE(a.is_contiguous());
+  EXPECT_CLOSE(a, b, 1e-6);
+  at::Tensor g = at::randn_like(b);
+  (a * g).sum().backward();
+  (b * g).sum().backward();
+  EXPECT_CLOSE(x1.grad(), x2.grad(), 1e-6);
+  // A rotation keeps each pair's length.
+  auto pair_norms = [](const at::Tensor& z) {
+    return z.narrow(-1, 0, 8).pow(2) + z.narrow(-1, 8, 8).pow(2);
+  };
+  EXPECT_CLOSE(pair_norms(a.detach()), pair_norms(base), 1e-5);
+}
+
+TEST(RotaryEmbeddingTest, Bf16StaysWithin1e2OfFp32) {
+  at::manual_seed(6);
+  at::Tensor x = at::randn({1, 4, 9, 32});
+  auto [cos, sin] = rope_tables(9, 32, at::kFloat);
+  auto [cos16, sin16] = rope_tables(9, 32, at::kBFloat16);
+  at::Tensor xb = x.to(at::kBFloat16).requires_grad_(true);
+  at::Tensor xf = x.to(at::kBFloat16).to(at::kFloat).requires_grad_(true);
+  at::Tensor a = ops::rotary_embedding(xb, cos16, sin16);
+  at::Tensor b = ops::reference::rotary_embedding(xf, cos, sin);
+  EXPECT_EQ(a.scalar_type(), at::kBFloat16);
+  EXPECT_CLOSE(a.to(at::kFloat), b, 1e-2);
+  at::Tensor g = at::randn_like(b);
+  (a.to(at::kFloat) * g).sum().backward();
+  (b * g).sum().backward();
+  EXPECT_CLOSE(xb.grad().to(at::kFloat), xf.grad(), 1e-2);
+}
+
+TEST(RotaryEmbeddingTest, PassesGradcheckInDouble) {
+  at::manual_seed(7);
+  at::Tensor x = at::randn({2, 5, 6}, at::kDouble).requires_grad_(true);
+  auto [cos, sin] = rope_tables(5, 6, at::kDouble);
+  at::Tensor y = ops::rotary_embedding(x, cos, sin);
+  at::Tensor g = at::randn_like(y);
+  (y * g).sum().backward();
+  at::Tensor analytic = x.grad();
+  at::Tensor numeric = at::zeros_like(x);
+  auto flat = x.detach().view(-1);
+  auto num = numeric.view(-1);
+  const double h = 1e-6;
+  for (int64_t i = 0; i < flat.numel(); ++i) {
+    const double keep = flat[i].item<double>();
+    flat[i] = keep + h;
+    const double up = (ops::rotary_embedding(x.detach(), cos, sin) * g).sum().item<double>();
+    flat[i] = keep - h;
+    const double down = (ops::rotary_embedding(x.detach(), cos, sin) * g).sum().item<double>();
+    flat[i] = keep;
+    num[i] = (up - down) / (2 * h);
+  }
+  EXPECT_CLOSE(analytic, numeric, 1e-7);
+}
+
+TEST(RotaryEmbeddingTest, RejectsTablesThatDoNotFit) {
+  at::Tensor x = at::randn({1, 2, 5, 8});
+  auto [cos, sin] = rope_tables(5, 8, at::kFloat);
+  EXPECT_THROW(ops::rotary_embedding(x, cos.narrow(0, 0, 4), sin.narrow(0, 0, 4)), Error);
+  EXPECT_THROW(ops::rotary_embedding(at::randn({1, 2, 5, 7}), cos, sin), Error);
+  EXPECT_THROW(ops::rotary_embedding(x, cos.to(at::kDouble), sin.to(at::kDouble)), Error);
+}
+
 }  // namespace
 }  // namespace hetmoe

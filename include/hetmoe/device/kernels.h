@@ -119,6 +119,10 @@ const MoEKernels& aten_moe_kernels();
 // Which routing slots ([N*k] bool) survive a capacity, by the PermuteOptions policy.
 at::Tensor capacity_keep_mask(const at::Tensor& expert_index, const at::Tensor& priority,
                               int64_t num_experts, int64_t capacity);
+// a = silu(gate) * up for h = [gate | up] (halves of the last dimension), and its backward
+// into one [..., 2F] buffer; ATen element-wise kernels, any device.
+at::Tensor swiglu_activation(const at::Tensor& h);
+at::Tensor swiglu_activation_backward(const at::Tensor& grad_a, const at::Tensor& h);
 // The grouped SwiGLU FFN (expert_ffn_forward/backward above) over any GEMM: one call per expert
 // slice into preallocated outputs, no per-expert allocation.
 at::Tensor grouped_swiglu_forward(MatmulFn mm, const at::Tensor& x, const at::Tensor& w13,

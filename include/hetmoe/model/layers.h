@@ -47,9 +47,6 @@ class SwiGLUImpl : public torch::nn::Module {
   SwiGLUImpl(int64_t dim, int64_t hidden);
   at::Tensor forward(const at::Tensor& x);
   torch::nn::Linear w13{nullptr}, w2{nullptr};
-
- private:
-  int64_t hidden_;
 };
 TORCH_MODULE(SwiGLU);
 

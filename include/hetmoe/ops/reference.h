@@ -24,4 +24,7 @@ at::Tensor moe_experts(const at::Tensor& x, const at::Tensor& expert_index,
 at::Tensor capacity_keep(const at::Tensor& expert_index, const at::Tensor& priority,
                          int64_t num_experts, int64_t capacity);
 
+// ops::rotary_embedding written out: [x1 cos - x2 sin, x2 cos + x1 sin], gradients by autograd.
+at::Tensor rotary_embedding(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
 }  // namespace hetmoe::ops::reference
