@@ -61,9 +61,7 @@ void AdamW::step_reference(double lr) {
 }
 
 void AdamW::zero_grad() {
-  for (Slot& s : slots_) {
-    if (s.param.grad().defined()) s.param.mutable_grad().zero_();
-  }
+  for (Slot& s : slots_) s.param.mutable_grad().reset();
 }
 
 std::map<std::string, at::Tensor> AdamW::state_dict() const {

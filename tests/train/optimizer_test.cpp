@@ -41,6 +41,26 @@ TEST(AdamWTest, StateRoundTripsAndRejectsMismatches) {
   EXPECT_THROW(b.load_state_dict(state), Error);
 }
 
+TEST(AdamWTest, ZeroGradDropsGradientsAndAccumulationStartsFromTheNextBackward) {
+  at::Tensor w = at::full({2, 3}, 1.0f).requires_grad_(true);
+  at::Tensor unused = at::full({2, 2}, 1.0f).requires_grad_(true);
+  AdamW opt({{"w", w}, {"unused", unused}}, AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+  at::Tensor x = at::randn({4, 2});
+  (x.matmul(w) * 3.0).sum().backward();
+  opt.step(0.01);
+  opt.zero_grad();
+  EXPECT_FALSE(w.grad().defined());
+  // Two micro-batches accumulate into what the first one left, not onto the old gradient.
+  (x.matmul(w)).sum().backward();
+  (x.matmul(w)).sum().backward();
+  const at::Tensor expected = 2.0 * x.sum(0).unsqueeze(1).expand({2, 3});
+  EXPECT_TRUE(at::allclose(w.grad(), expected, 1e-6, 1e-6));
+  // A parameter no backward reaches has no gradient and no update, weight decay included.
+  EXPECT_FALSE(unused.grad().defined());
+  opt.step(0.01);
+  EXPECT_TRUE(at::equal(unused, at::full({2, 2}, 1.0f)));
+}
+
 TEST(ClipTest, ScalesToTheMaxNormAndReportsTheNormBefore) {
   at::Tensor a = at::zeros({2}).requires_grad_(true), b = at::zeros({1}).requires_grad_(true);
   a.mutable_grad() = at::tensor({3.0f, 0.0f});
