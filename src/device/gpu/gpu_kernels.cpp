@@ -4,6 +4,7 @@
 // no tokens-per-expert host synchronisation). fp32 expert GEMMs, which _grouped_mm does not
 // take, and other GPUs use the portable per-expert loop.
 #include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include "device/gpu/gpu_kernels.h"
@@ -23,7 +24,9 @@ void check(int code, const char* what) {
   HETMOE_CHECK(code == 0, kComponent, what, " failed: ", gpu::error_string(code));
 }
 
-// The current stream of the current device, as LibTorch's own kernels use it.
+// The current stream of the current device, as LibTorch's own kernels use it. Every table entry
+// below first makes its tensors' device current (a DeviceGuard), so that is their device: a
+// kernel launched while another GPU is current would run on that GPU's stream and context.
 gpu::Stream stream() {
   const c10::impl::DeviceGuardImplInterface& impl = *c10::impl::getDeviceGuardImpl(kGpuDeviceType);
   return impl.getStream(impl.getDevice()).native_handle();
@@ -37,6 +40,7 @@ gpu::DType dtype_of(const at::Tensor& t) {
 }
 
 RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
+  const c10::DeviceGuard guard(logits.device());
   const int64_t n = logits.size(0), e = logits.size(1);
   HETMOE_CHECK(e <= 1024 && p.top_k <= 32, kComponent,
                "router kernel supports up to 1024 experts and "
@@ -62,6 +66,7 @@ RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
 at::Tensor route_backward(const at::Tensor& grad_scores, const at::Tensor& grad_weight,
                           const at::Tensor& scores, const at::Tensor& expert_index,
                           const RouteParams& p) {
+  const c10::DeviceGuard guard(scores.device());
   at::Tensor gs = grad_scores.defined() ? grad_scores.to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor gw = grad_weight.defined() ? grad_weight.to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor out = at::empty_like(scores);
@@ -76,6 +81,7 @@ at::Tensor route_backward(const at::Tensor& grad_scores, const at::Tensor& grad_
 
 PermuteResult permute_forward(const at::Tensor& x, const at::Tensor& expert_index,
                               int64_t num_experts, const PermuteOptions& options) {
+  const c10::DeviceGuard guard(x.device());
   // Capacity dropping is rare and not the hot path: the portable kernels do it (the combine
   // kernels below skip the dropped slots' -1 rows).
   if (options.capacity >= 0)
@@ -106,6 +112,7 @@ PermuteResult permute_forward(const at::Tensor& x, const at::Tensor& expert_inde
 
 at::Tensor permute_backward(const at::Tensor& grad_permuted, const at::Tensor& row_of_slot,
                             int64_t top_k) {
+  const c10::DeviceGuard guard(grad_permuted.device());
   const int64_t n = row_of_slot.numel() / top_k, h = grad_permuted.size(1);
   at::Tensor out = at::empty({n, h}, grad_permuted.options());
   check(gpu::sum_slot_rows(grad_permuted.data_ptr(), dtype_of(grad_permuted), h,
@@ -137,6 +144,7 @@ at::Tensor swiglu(const at::Tensor& h) {
 
 at::Tensor expert_ffn_forward(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
                               const at::Tensor& tokens_per_expert, at::Tensor* h_out) {
+  const c10::DeviceGuard guard(x.device());
   if (!use_grouped_mm(x, w2))
     return aten_moe_kernels().expert_ffn_forward(x, w13, w2, tokens_per_expert, h_out);
   at::Tensor offs = offsets_of(tokens_per_expert);
@@ -167,6 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_ffn_backward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w13,
     const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
+  const c10::DeviceGuard guard(x.device());
   if (!use_grouped_mm(x, w2))
     return aten_moe_kernels().expert_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
   return grouped_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
@@ -174,6 +183,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
 
 at::Tensor unpermute_forward(const at::Tensor& y, const at::Tensor& weight,
                              const at::Tensor& row_of_slot) {
+  const c10::DeviceGuard guard(y.device());
   const int64_t n = weight.size(0), k = weight.size(1), h = y.size(1);
   at::Tensor w = weight.to(at::kFloat).contiguous();
   at::Tensor out = at::empty({n, h}, y.options());
@@ -188,6 +198,7 @@ std::pair<at::Tensor, at::Tensor> unpermute_backward(const at::Tensor& grad_out,
                                                      const at::Tensor& y, const at::Tensor& weight,
                                                      const at::Tensor& row_of_slot,
                                                      const at::Tensor& slot) {
+  const c10::DeviceGuard guard(y.device());
   const int64_t m = y.size(0), h = y.size(1);
   at::Tensor w = weight.to(at::kFloat).contiguous();
   at::Tensor go = grad_out.to(y.scalar_type()).contiguous();
