@@ -30,7 +30,10 @@ int fail(const std::string& what) {
 
 int main(int argc, char** argv) {
   // Before the first large allocation: freed training buffers stay mapped (core/host_memory.h).
-  hetmoe::keep_freed_host_memory();
+  if (const hetmoe::HostMallocStatus m = hetmoe::keep_freed_host_memory(); !m.error.empty()) {
+    std::fprintf(stderr, "hetmoe: error: %s\n", m.error.c_str());
+    return 2;
+  }
   // Before any thread exists, so none of them ever runs a signal handler (train/signals.h).
   hetmoe::install_signal_watcher();
   CLI::App app{"hetmoe: Mixture-of-Experts training on heterogeneous accelerators", "hetmoe"};

@@ -2,6 +2,7 @@
 // and a short end-to-end run (prepare -> train -> resume -> generate).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "support/cli_runner.h"
@@ -46,6 +47,17 @@ TEST(CliTest, UnknownFlagIsAUsageError) {
   Result r = run("train --no-such-flag");
   EXPECT_EQ(r.code, 2);
   expect_contains(r, "--no-such-flag");
+}
+
+TEST(CliTest, HostMallocSettingIsShownAndAMeaninglessOneRefused) {
+  Result shown = run("devices");
+  EXPECT_EQ(shown.code, 0);
+  expect_contains(shown, "host_malloc: ");
+  setenv("HETMOE_HOST_MALLOC", "sytem", 1);
+  Result r = run("version");
+  unsetenv("HETMOE_HOST_MALLOC");
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "hetmoe: error: HETMOE_HOST_MALLOC='sytem' is not 'keep' or 'system'");
 }
 
 TEST(CliTest, MissingSubcommandIsAUsageError) {

@@ -66,9 +66,16 @@ TEST(HostMallocTest, LargeFreedBlocksStayInTheHeap) {
 #if !defined(__GLIBC__) || !__GLIBC_PREREQ(2, 33)
   GTEST_SKIP() << "needs glibc >= 2.33 (mallinfo2)";
 #else
-  if (sanitized()) GTEST_SKIP() << "a sanitizer's allocator replaces glibc's malloc";
   const auto env = clean_malloc_environment();
   const HostMallocStatus s = keep_freed_host_memory();
+  EXPECT_TRUE(s.error.empty());
+  if (sanitized()) {
+    // The sanitizer's malloc replaced glibc's: glibc's settings would mean nothing.
+    EXPECT_FALSE(s.tuned);
+    EXPECT_NE(s.detail.find("not glibc's"), std::string::npos) << s.detail;
+    return;
+  }
+  // (This changes malloc for the rest of the test process; ctest runs each test on its own.)
   ASSERT_TRUE(s.tuned) << s.detail;
   EXPECT_EQ(host_malloc_status().detail, s.detail);
   // glibc's default gives a block this large (above its 32 MiB ceiling for the mmap threshold) a
@@ -104,14 +111,21 @@ TEST(HostMallocTest, LeavesMallocAloneWhenTheUserSaysSo) {
     EXPECT_NE(s.detail.find("GLIBC_TUNABLES"), std::string::npos) << s.detail;
   }
   {
+    ScopedEnv typo("HETMOE_HOST_MALLOC", "sytem");
+    const HostMallocStatus s = keep_freed_host_memory();
+    EXPECT_FALSE(s.tuned);
+    EXPECT_EQ(s.error, "HETMOE_HOST_MALLOC='sytem' is not 'keep' or 'system'");
+  }
+  {
     ScopedEnv threshold("MALLOC_MMAP_THRESHOLD_", "65536");
     const HostMallocStatus s = keep_freed_host_memory();
     EXPECT_FALSE(s.tuned);
     EXPECT_NE(s.detail.find("MALLOC_MMAP_THRESHOLD_"), std::string::npos) << s.detail;
   }
   {
-    // Tunables for other parts of glibc are not malloc settings.
-    ScopedEnv tunables("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX512F");
+    // Tunables for other parts of glibc, or malloc's other settings, do not stand in the way.
+    ScopedEnv tunables("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX512F:glibc.malloc.tcache_count=0");
+    ScopedEnv arenas("MALLOC_ARENA_MAX", "2");
     const HostMallocStatus s = keep_freed_host_memory();
     EXPECT_EQ(s.detail.find("GLIBC_TUNABLES"), std::string::npos) << s.detail;
   }
