@@ -26,13 +26,24 @@ void AdamW::step(double lr) {
     step_reference(lr);
 }
 
+at::Tensor AdamW::gradient_of(Slot& s) {
+  const at::Tensor& g = s.param.grad();
+  if (g.defined()) {
+    s.had_grad = true;
+    return g;
+  }
+  return s.had_grad ? at::zeros_like(s.param) : at::Tensor();
+}
+
 void AdamW::step_fused(double lr) {
   for (const bool decay : {true, false}) {
     std::vector<at::Tensor> params, grads, avgs, avg_sqs, steps;
     for (Slot& s : slots_) {
-      if (s.decay != decay || !s.param.grad().defined()) continue;
+      if (s.decay != decay) continue;
+      at::Tensor g = gradient_of(s);
+      if (!g.defined()) continue;
       params.push_back(s.param);
-      grads.push_back(s.param.grad());
+      grads.push_back(g);
       avgs.push_back(s.exp_avg);
       avg_sqs.push_back(s.exp_avg_sq);
       // The kernel reads the step count (already incremented) from a tensor per parameter.
@@ -50,7 +61,7 @@ void AdamW::step_reference(double lr) {
   const double bc1 = 1.0 - std::pow(b1, static_cast<double>(steps_));
   const double bc2 = 1.0 - std::pow(b2, static_cast<double>(steps_));
   for (Slot& s : slots_) {
-    const at::Tensor& g = s.param.grad();
+    const at::Tensor g = gradient_of(s);
     if (!g.defined()) continue;
     if (s.decay && options_.weight_decay > 0) s.param.mul_(1.0 - lr * options_.weight_decay);
     s.exp_avg.mul_(b1).add_(g, 1.0 - b1);

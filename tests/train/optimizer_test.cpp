@@ -61,6 +61,27 @@ TEST(AdamWTest, ZeroGradDropsGradientsAndAccumulationStartsFromTheNextBackward) 
   EXPECT_TRUE(at::equal(unused, at::full({2, 2}, 1.0f)));
 }
 
+TEST(AdamWTest, AParameterReachedBeforeButNotThisStepMovesAsWithAZeroGradient) {
+  for (const bool fused : {true, false}) {
+    SCOPED_TRACE(fused ? "fused" : "reference");
+    AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+    o.fused = fused;
+    at::Tensor a = at::full({2, 2}, 1.0f).requires_grad_(true);
+    at::Tensor b = at::full({2, 2}, 1.0f).requires_grad_(true);
+    AdamW dropped({{"a", a}}, o), zeroed({{"b", b}}, o);
+    a.mutable_grad() = at::full({2, 2}, 0.5f);
+    b.mutable_grad() = at::full({2, 2}, 0.5f);
+    dropped.step(0.01);
+    zeroed.step(0.01);
+    dropped.zero_grad();                   // step 2: no backward reaches a
+    b.mutable_grad() = at::zeros({2, 2});  // what zero-filling used to leave
+    dropped.step(0.01);
+    zeroed.step(0.01);
+    EXPECT_TRUE(at::equal(a, b));
+    EXPECT_LT(a[0][0].item<float>(), 1.0f - 0.01f);  // momentum and decay went on
+  }
+}
+
 TEST(ClipTest, ScalesToTheMaxNormAndReportsTheNormBefore) {
   at::Tensor a = at::zeros({2}).requires_grad_(true), b = at::zeros({1}).requires_grad_(true);
   a.mutable_grad() = at::tensor({3.0f, 0.0f});

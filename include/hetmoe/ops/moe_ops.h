@@ -78,13 +78,14 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w);
 
 // silu(gate) * up for h = [gate | up] (halves of the last dimension), differentiable in h; the
 // backward writes both halves' gradients into one buffer (no zero-filled slice gradients).
+// Like the MoE operators above, it has no double backward (create_graph).
 at::Tensor swiglu(const at::Tensor& h);
 
 // Rotary position embedding, rotate-half layout: each pair (i, i + d/2) of x [..., T, d] turns by
 // the angle whose cos and sin are cos[t, i] and sin[t, i] ([T, d/2], x's dtype). Returns a
 // contiguous tensor. Differentiable in x: the backward is the inverse rotation, four element-wise
 // passes each way on any device (the composite formula took seven forward and a dozen backward,
-// zero-filled slice gradients among them).
+// zero-filled slice gradients among them). No double backward (create_graph).
 at::Tensor rotary_embedding(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 }  // namespace hetmoe::ops

@@ -24,13 +24,14 @@ class AdamW {
  public:
   AdamW(std::vector<std::pair<std::string, at::Tensor>> named_parameters, AdamWOptions options);
 
-  // One update with learning rate `lr` from the parameters' .grad(); parameters without a
-  // gradient are left alone.
+  // One update with learning rate `lr` from the parameters' .grad(); parameters that never had
+  // a gradient are left alone.
   void step(double lr);
   // Drops the gradients (PyTorch's set_to_none): the next backward's gradient becomes .grad()
   // as it is, instead of being added to a buffer of zeros, which saves a fill and an add per
-  // parameter per step. A parameter the next backward does not reach keeps no gradient, and
-  // step() leaves it alone, as it always did.
+  // parameter per step. step() still treats a parameter that has had a gradient before and got
+  // none this time as having a zero gradient (decay and momentum go on), and leaves one that
+  // never had a gradient alone.
   void zero_grad();
   int64_t steps_taken() const { return steps_; }
 
@@ -44,7 +45,10 @@ class AdamW {
     std::string name;
     at::Tensor param, exp_avg, exp_avg_sq;
     bool decay;
+    bool had_grad = false;  // some backward has reached the parameter
   };
+  // The gradient step() uses: .grad(), or zeros once the parameter has had one (undefined else).
+  static at::Tensor gradient_of(Slot& s);
   void step_reference(double lr);
   void step_fused(double lr);
   std::vector<Slot> slots_;
