@@ -60,8 +60,8 @@ HostMallocStatus decide() {
     s.detail = "left as it is (malloc is not glibc's: jemalloc, tcmalloc or a sanitizer?)";
     return s;
   }
-  // mallopt takes an int, so 2 GiB - 1 is the largest threshold it can set. glibc before 2.35
-  // caps the mmap threshold at 32 MiB (HEAP_MAX_SIZE / 2); take that where the larger is refused.
+  // mallopt takes an int, so 2 GiB - 1 is the largest threshold it can set. Older glibc caps the
+  // mmap threshold at 32 MiB (HEAP_MAX_SIZE / 2); take that where the larger is refused.
   int mmap_threshold = INT_MAX;
   if (mallopt(M_MMAP_THRESHOLD, mmap_threshold) != 1) {
     mmap_threshold = 32 << 20;
@@ -70,11 +70,7 @@ HostMallocStatus decide() {
       return s;
     }
   }
-  // glibc accepts any trim threshold; were it refused, the fixed mmap threshold would stay.
-  if (mallopt(M_TRIM_THRESHOLD, INT_MAX) != 1) {
-    s.detail = "mmap threshold set, trim threshold refused by mallopt";
-    return s;
-  }
+  mallopt(M_TRIM_THRESHOLD, INT_MAX);  // glibc takes any trim threshold
   s.tuned = true;
   s.detail = "keeps freed memory: main-heap blocks below " +
              std::to_string((static_cast<long long>(mmap_threshold) + 1) >> 20) +
