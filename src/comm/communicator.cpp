@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdlib>
+#include <map>
 #include <numeric>
 
 #include "comm/transports.h"
@@ -154,6 +155,19 @@ int launcher_local_rank() {
                  0);
 }
 
+namespace comm_detail {
+
+std::optional<std::pair<int, int>> first_shared_gpu(const std::vector<std::string>& gpus) {
+  std::map<std::string, int> first_rank;
+  for (int r = 0; r < static_cast<int>(gpus.size()); ++r) {
+    auto [it, fresh] = first_rank.emplace(gpus[r], r);
+    if (!fresh) return std::make_pair(it->second, r);
+  }
+  return std::nullopt;
+}
+
+}  // namespace comm_detail
+
 std::unique_ptr<Communicator> make_world_communicator(const CommOptions& options,
                                                       c10::DeviceType device_type) {
   using namespace comm_detail;
@@ -161,8 +175,16 @@ std::unique_ptr<Communicator> make_world_communicator(const CommOptions& options
                options.timeout_s);
   const bool launched = launched_by_mpi();
   const bool gpu = device_type == c10::DeviceType::CUDA;
-  auto automatic = [&]() -> std::unique_ptr<Communicator> {
-    if (launched && gpu && nccl_built() && mpi_built()) return make_nccl_world(options.timeout_s);
+  const bool nccl_possible = launched && gpu && nccl_built() && mpi_built();
+  // NCCL when it can carry this job, MPI otherwise (`nccl_refused`: why NCCL cannot).
+  auto automatic = [&](std::string nccl_refused) -> std::unique_ptr<Communicator> {
+    if (nccl_possible && nccl_refused.empty()) {
+      if (auto c = make_nccl_world(options.timeout_s, &nccl_refused)) return c;
+      HETMOE_LOG_WARN(
+          "[comm] not using NCCL: %s; using mpi (GPU tensors staged through host "
+          "memory)",
+          nccl_refused.c_str());
+    }
     if (launched && mpi_built()) return make_mpi_world(options.timeout_s);
     HETMOE_CHECK(!launched, "comm", "started by a parallel launcher with ", launcher_world_size(),
                  " ranks, but this hetmoe was built without MPI (HETMOE_WITH_MPI)");
@@ -170,7 +192,7 @@ std::unique_ptr<Communicator> make_world_communicator(const CommOptions& options
   };
   const std::string& b = options.backend;
   std::string unavailable;
-  if (b == "auto") return automatic();
+  if (b == "auto") return automatic("");
   if (b == "local") {
     HETMOE_CHECK(!launched, "comm", "comm.backend is local (one process) but the launcher started ",
                  launcher_world_size(), " ranks");
@@ -186,14 +208,14 @@ std::unique_ptr<Communicator> make_world_communicator(const CommOptions& options
       unavailable = "NCCL carries CUDA tensors only and backend.device is not cuda";
     else if (!mpi_built())
       unavailable = "NCCL bootstraps over MPI, which is not built in";
-    else
-      return make_nccl_world(options.timeout_s);
+    else if (auto c = make_nccl_world(options.timeout_s, &unavailable))
+      return c;
   } else {
     HETMOE_FAIL("comm", "comm.backend '", b, "' is not one of auto, mpi, nccl, local");
   }
   HETMOE_CHECK(!options.strict, "comm", "comm.backend is ", b, " but ", unavailable,
                " (comm.strict is on)");
-  auto chosen = automatic();
+  auto chosen = automatic(b == "nccl" ? unavailable : "");
   HETMOE_LOG_WARN("[comm] comm.backend %s unavailable: %s; using %s", b.c_str(),
                   unavailable.c_str(), chosen->backend().c_str());
   return chosen;

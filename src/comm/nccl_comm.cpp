@@ -8,7 +8,11 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <optional>
@@ -292,9 +296,40 @@ std::string nccl_version() {
          std::to_string(v % 100);
 }
 
-std::unique_ptr<Communicator> make_nccl_world(double timeout_s) {
+namespace {
+
+// This process's GPU as "host PCI-bus-id" (the device index where the bus id is unknown).
+std::string this_gpu() {
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  int device = 0;
+  cudaGetDevice(&device);
+  char bus[64] = {};
+  if (cudaDeviceGetPCIBusId(bus, sizeof bus, device) != cudaSuccess)
+    std::snprintf(bus, sizeof bus, "cuda:%d", device);
+  return std::string(host) + " " + bus;
+}
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_nccl_world(double timeout_s, std::string* refused) {
   // MPI carries the unique id and tells each process its rank.
   std::unique_ptr<Communicator> mpi = make_mpi_world(timeout_s);
+  // Every rank learns every rank's GPU, so all of them decide alike.
+  constexpr int64_t kIdBytes = 320;
+  const std::string gpu = this_gpu();
+  at::Tensor mine = at::zeros({kIdBytes}, at::kByte);
+  std::memcpy(mine.data_ptr(), gpu.data(), std::min<size_t>(gpu.size(), kIdBytes - 1));
+  const at::Tensor all = mpi->all_gather(mine);
+  std::vector<std::string> gpus;
+  for (int r = 0; r < mpi->size(); ++r)
+    gpus.emplace_back(reinterpret_cast<const char*>(all.data_ptr<uint8_t>() + r * kIdBytes));
+  if (auto shared = first_shared_gpu(gpus)) {
+    *refused = detail::concat("ranks ", shared->first, " and ", shared->second, " share the GPU ",
+                              gpus[shared->first], ", and NCCL needs one GPU per rank (start at ",
+                              "most as many ranks per node as it has GPUs)");
+    return nullptr;
+  }
   ncclUniqueId id;
   if (mpi->rank() == 0 && ncclGetUniqueId(&id) != ncclSuccess)
     HETMOE_FAIL("comm", "ncclGetUniqueId failed");
@@ -305,7 +340,8 @@ std::unique_ptr<Communicator> make_nccl_world(double timeout_s) {
   ncclComm_t comm = nullptr;
   const ncclResult_t r = ncclCommInitRank(&comm, mpi->size(), id, mpi->rank());
   HETMOE_CHECK(r == ncclSuccess, "comm", "ncclCommInitRank on rank ", mpi->rank(), " of ",
-               mpi->size(), " failed: ", ncclGetErrorString(r));
+               mpi->size(), " failed: ", ncclGetErrorString(r), " (", ncclGetLastError(nullptr),
+               ")");
   return std::make_unique<NcclCommunicator>(comm, "world", timeout_s);
 }
 

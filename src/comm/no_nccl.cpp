@@ -8,7 +8,7 @@ bool nccl_built() {
 std::string nccl_version() {
   return "";
 }
-std::unique_ptr<Communicator> make_nccl_world(double) {
+std::unique_ptr<Communicator> make_nccl_world(double, std::string*) {
   HETMOE_FAIL("comm", "this hetmoe was built without NCCL (HETMOE_WITH_NCCL)");
 }
 }  // namespace hetmoe::comm_detail

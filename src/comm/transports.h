@@ -3,7 +3,10 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "hetmoe/comm/communicator.h"
 
@@ -18,9 +21,15 @@ std::unique_ptr<Communicator> make_mpi_world(double timeout_s);
 bool mpi_active();  // initialised and not finalised
 void mpi_abort(int exit_code);
 
-// NCCL: built when HETMOE_WITH_NCCL resolved on (CUDA builds). Bootstraps over MPI.
+// NCCL: built when HETMOE_WITH_NCCL resolved on (CUDA builds). Bootstraps over MPI. NCCL
+// refuses two ranks on one GPU ("invalid usage"), so make_nccl_world first compares the ranks'
+// GPUs and, when two share one, returns nullptr with the reason in *refused.
 bool nccl_built();
 std::string nccl_version();
-std::unique_ptr<Communicator> make_nccl_world(double timeout_s);
+std::unique_ptr<Communicator> make_nccl_world(double timeout_s, std::string* refused);
+
+// Each rank's GPU as one string (host and PCI bus id), in rank order: the first two ranks that
+// name the same GPU, if any.
+std::optional<std::pair<int, int>> first_shared_gpu(const std::vector<std::string>& gpus);
 
 }  // namespace hetmoe::comm_detail

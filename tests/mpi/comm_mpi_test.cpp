@@ -1,8 +1,10 @@
 // The communicator under mpirun (2 and 4 ranks): every operation against the same computation
 // done in one process, uneven all-to-all with zero splits, sub-communicators, and (in its own
 // run, HETMOE_TEST_WITHHOLD=1) the timeout path. Every rank runs every test; the exit code is
-// the same on all ranks.
+// the same on all ranks. HETMOE_TEST_COMM=nccl runs them through NCCL; =nccl_shared checks that
+// ranks sharing one GPU get MPI instead.
 #include <ATen/ATen.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -290,6 +292,41 @@ int withhold_main() {
   return 0;
 }
 
+// Every rank on cuda:0 (HETMOE_TEST_COMM=nccl_shared, 2 ranks on any GPU machine): NCCL would
+// fail with "invalid usage", so comm.backend nccl with comm.strict must be refused with the
+// reason, and auto must give MPI. Exit 77 (ctest: skipped) where no GPU is visible.
+int shared_gpu_main() {
+  if (!at::hasCUDA()) {
+    std::fprintf(stderr, "skipped: needs a CUDA device, none is visible\n");
+    return 77;
+  }
+  c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(c10::Device("cuda:0"));
+  int failed = 0;
+  CommOptions strict{"nccl", true, 60};
+  try {
+    make_world_communicator(strict, c10::DeviceType::CUDA);
+    std::fprintf(stderr, "FAIL: NCCL accepted ranks that share one GPU\n");
+    failed = 1;
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    std::fprintf(stderr, "strict nccl refused: %s\n", what.c_str());
+    if (what.find("share the GPU") == std::string::npos ||
+        what.find("comm.strict is on") == std::string::npos) {
+      std::fprintf(stderr, "FAIL: the refusal does not say that ranks share a GPU\n");
+      failed = 1;
+    }
+  }
+  auto comm = make_world_communicator(CommOptions{"auto", false, 60}, c10::DeviceType::CUDA);
+  if (comm->backend() != "mpi") {
+    std::fprintf(stderr, "FAIL: auto chose %s for ranks that share one GPU\n",
+                 comm->backend().c_str());
+    failed = 1;
+  }
+  at::Tensor any = at::full({1}, failed, at::kInt);
+  comm->all_reduce(any, ReduceOp::Max);
+  return any.item<int>();
+}
+
 }  // namespace
 }  // namespace hetmoe
 
@@ -297,6 +334,8 @@ int main(int argc, char** argv) {
   using namespace hetmoe;
   if (const char* w = std::getenv("HETMOE_TEST_WITHHOLD"); w && std::string(w) == "1")
     return withhold_main();
+  if (const char* c = std::getenv("HETMOE_TEST_COMM"); c && std::string(c) == "nccl_shared")
+    return shared_gpu_main();
   ::testing::InitGoogleTest(&argc, argv);
   // HETMOE_TEST_COMM=nccl runs the same tests through the NCCL transport (host tensors staged
   // through the GPU); exit code 77 (ctest: skipped) where no GPU is visible.
