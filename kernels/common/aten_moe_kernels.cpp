@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "hetmoe/device/kernels.h"
+#include "kernels/common/route_token.h"
 
 namespace hetmoe {
 
@@ -29,6 +30,13 @@ at::Tensor capacity_keep_mask(const at::Tensor& expert_index, const at::Tensor& 
 
 namespace {
 
+// The k best of each row, best first, ties to the lower index (as route_token.h chooses; topk
+// leaves the order of equal values unspecified).
+at::Tensor best_first(const at::Tensor& values, int64_t k) {
+  return std::get<1>(values.sort(/*stable=*/true, /*dim=*/-1, /*descending=*/true))
+      .narrow(-1, 0, k);
+}
+
 RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
   RouteResult r;
   r.scores = p.sigmoid ? logits.sigmoid() : logits.softmax(-1);
@@ -37,7 +45,7 @@ RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
   if (p.n_groups > 1) {
     const int64_t n = logits.size(0), per_group = logits.size(1) / p.n_groups;
     at::Tensor group_score = std::get<0>(choice.view({n, p.n_groups, per_group}).max(-1));
-    at::Tensor best_groups = std::get<1>(group_score.topk(p.topk_groups, -1));
+    at::Tensor best_groups = best_first(group_score, p.topk_groups);
     at::Tensor allowed = at::zeros({n, p.n_groups}, logits.options().dtype(at::kBool))
                              .scatter_(1, best_groups, true)
                              .unsqueeze(-1)
@@ -45,9 +53,10 @@ RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
                              .reshape({n, -1});
     choice = choice.masked_fill(allowed.logical_not(), -INFINITY);
   }
-  r.expert_index = std::get<1>(choice.topk(p.top_k, /*dim=*/-1, /*largest=*/true, /*sorted=*/true));
+  r.expert_index = best_first(choice, p.top_k);
   at::Tensor values = r.scores.gather(1, r.expert_index);
-  r.expert_weight = p.renormalize ? values / values.sum(-1, /*keepdim=*/true) : values;
+  r.expert_weight =
+      p.renormalize ? values / (values.sum(-1, /*keepdim=*/true) + router::kRenormEps) : values;
   r.tokens_per_expert = at::bincount(r.expert_index.reshape(-1), {}, logits.size(1));
   return r;
 }
@@ -61,7 +70,7 @@ at::Tensor route_backward(const at::Tensor& grad_scores, const at::Tensor& grad_
     if (p.renormalize) {
       // w = s / S with S = sum(s): dL/ds_j = (g_j - sum_i g_i w_i) / S.
       at::Tensor selected = scores.gather(1, expert_index);
-      at::Tensor sum = selected.sum(-1, true);
+      at::Tensor sum = selected.sum(-1, true) + router::kRenormEps;
       at::Tensor w = selected / sum;
       grad_selected = (grad_weight - (grad_weight * w).sum(-1, true)) / sum;
     }

@@ -19,6 +19,11 @@ namespace hetmoe::router {
 // Group selection keeps its choice in a 64-bit mask.
 constexpr int kMaxGroups = 64;
 
+// Added to the sum the weights are renormalised by: sigmoid scores that all underflow to 0
+// (logits below about -104) give weights 0 instead of 0/0. Below half an fp32 ulp of any sum
+// over 1e-13, so it changes nothing else.
+constexpr float kRenormEps = 1e-20f;
+
 // True when (v, i) ranks strictly after (prev_v, prev_i) in "value descending, index ascending".
 HETMOE_HOST_DEVICE bool after(float v, int i, float prev_v, int prev_i) {
   return v < prev_v || (v == prev_v && i > prev_i);
@@ -103,7 +108,7 @@ HETMOE_HOST_DEVICE void route_token(const float* logits, const float* bias, int 
     prev_i = best_i;
   }
   if (renormalize)
-    for (int j = 0; j < k; ++j) weight[j] /= total;
+    for (int j = 0; j < k; ++j) weight[j] /= total + kRenormEps;
 }
 
 // One token's backward: the logits' gradient from the scores' gradient (may be null) and the
@@ -113,11 +118,12 @@ HETMOE_HOST_DEVICE void route_token_backward(const float* grad_scores, const flo
                                              bool sigmoid, bool renormalize, float* grad_sel,
                                              float* grad_logits) {
   // The gradient reaching each selected score through its (renormalised) weight:
-  // w_j = s_j / S gives dL/ds_j = (g_j - sum_i g_i w_i) / S.
+  // w_j = s_j / S gives dL/ds_j = (g_j - sum_i g_i w_i) / S, with S the sum plus kRenormEps.
   for (int j = 0; j < k; ++j) grad_sel[j] = grad_weight ? grad_weight[j] : 0.0f;
   if (renormalize && grad_weight) {
     float sum = 0.0f, dot = 0.0f;
     for (int j = 0; j < k; ++j) sum += s[index[j]];
+    sum += kRenormEps;
     for (int j = 0; j < k; ++j) dot += grad_sel[j] * (s[index[j]] / sum);
     for (int j = 0; j < k; ++j) grad_sel[j] = (grad_sel[j] - dot) / sum;
   }

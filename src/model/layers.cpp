@@ -226,6 +226,11 @@ at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t s
     // same on every rank.
     at::Tensor global_counts =
         exchange_ ? exchange_->sum_over_token_ranks(r.tokens_per_expert) : r.tokens_per_expert;
+    // P_i: the mean routing probability of expert i. Sigmoid scores do not sum to 1 over the
+    // experts, so each token's are normalised first (DeepSeek-V3, Megatron-Core); without it
+    // sum_i P_i is about E/2 and the loss pushes every logit down alike.
+    const at::Tensor probs =
+        params.sigmoid ? r.scores / (r.scores.sum(-1, /*keepdim=*/true) + 1e-20) : r.scores;
     if (moe_.aux_loss_type == "sequence" && seq_len > 0 && n % seq_len == 0) {
       // Balance within each sequence: f and P per sequence, the loss averaged over sequences.
       const int64_t seqs = n / seq_len;
@@ -233,13 +238,13 @@ at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t s
                               .scatter_add_(1, r.expert_index.view({seqs, seq_len * k}),
                                             at::ones({seqs, seq_len * k}, r.scores.options()));
       at::Tensor fraction = counts / static_cast<double>(seq_len * k);
-      stats->aux_loss = e * (fraction * r.scores.view({seqs, seq_len, e}).mean(1)).sum(1).mean();
+      stats->aux_loss = e * (fraction * probs.view({seqs, seq_len, e}).mean(1)).sum(1).mean();
     } else {
       // f_i over the whole global batch (every rank's tokens), P_i over this rank's: the mean
       // of this loss over ranks is then exactly the single-process loss of the global batch.
       const int64_t ranks = exchange_ ? exchange_->token_ranks() : 1;
       at::Tensor fraction = global_counts.to(at::kFloat) / static_cast<double>(n * k * ranks);
-      stats->aux_loss = e * (fraction * r.scores.mean(0)).sum();
+      stats->aux_loss = e * (fraction * probs.mean(0)).sum();
     }
     stats->z_loss = at::logsumexp(logits, -1).pow(2).mean();
     stats->tokens_per_expert = global_counts;

@@ -32,10 +32,11 @@ RouteResult route(const at::Tensor& logits, const RouteParams& p) {
       for (size_t g = static_cast<size_t>(p.topk_groups); g < groups.size(); ++g)
         choice.narrow(0, groups[g].second * per_group, per_group).fill_(-INFINITY);
     }
-    at::Tensor order = std::get<1>(choice.sort(0, /*descending=*/true));
+    // Stable: equal scores go to the lower expert id, as on every backend.
+    at::Tensor order = std::get<1>(choice.sort(/*stable=*/true, 0, /*descending=*/true));
     at::Tensor sel = order.narrow(0, 0, p.top_k);
     at::Tensor w = r.scores[t].index_select(0, sel);
-    if (p.renormalize) w = w / w.sum();
+    if (p.renormalize) w = w / (w.sum() + 1e-20);  // route_token.h's kRenormEps
     weights.push_back(w);
     indices.push_back(sel);
     for (int64_t j = 0; j < p.top_k; ++j) counts[sel[j].item<int64_t>()] += 1;

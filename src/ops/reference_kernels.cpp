@@ -27,7 +27,7 @@ at::Tensor like(const at::Tensor& host, const at::Tensor& like) {
 // The routing weights of the chosen experts from differentiable scores (what route computes).
 at::Tensor chosen_weights(const at::Tensor& scores, const at::Tensor& index, bool renormalize) {
   at::Tensor w = scores.gather(1, index);
-  return renormalize ? w / w.sum(1, true) : w;
+  return renormalize ? w / (w.sum(1, true) + 1e-20) : w;  // route_token.h's kRenormEps
 }
 
 RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {

@@ -61,6 +61,34 @@ TEST(MoELayerTest, RouterLossesMatchHandComputedValues) {
   EXPECT_EQ(s.dropped.item<int64_t>(), 0);
 }
 
+// Sigmoid scores: P_i comes from each token's scores normalised to sum 1 (DeepSeek-V3), so the
+// loss is 1 at perfect balance whatever the scale of the scores, and its gradient then pushes no
+// logit.
+TEST(MoELayerTest, SigmoidBalanceLossNormalisesEachTokensScores) {
+  ModelConfig m;
+  m.d_model = 4;
+  MoEConfig e;
+  e.num_experts = 4;
+  e.top_k = 2;
+  e.expert_hidden = 2;
+  e.num_shared_experts = 0;
+  e.score_func = "sigmoid";
+  MoELayer layer(m, e);
+  {
+    at::NoGradGuard g;
+    layer->router.copy_(at::eye(4) * 3.0);
+  }
+  // Token t's logits: 3 for expert t, 1.5 for expert t+1 (mod 4), 0 for the others. It chooses
+  // those two, so every expert gets 2 of the 8 slots and, by symmetry, P_i = 1/4.
+  at::Tensor x = at::eye(4) + at::roll(at::eye(4), 1, 1) * 0.5;
+  MoEStats s;
+  layer->forward(x, &s);
+  ASSERT_TRUE(at::equal(s.tokens_per_expert, at::full({4}, 2, at::kLong))) << s.tokens_per_expert;
+  EXPECT_NEAR(s.aux_loss.item<double>(), 1.0, 1e-6);
+  s.aux_loss.backward();
+  EXPECT_LT(layer->router.grad().abs().max().item<double>(), 1e-6) << layer->router.grad();
+}
+
 TEST(MoELayerTest, CapacityDropsLowestWeightSlotsAndCountsThem) {
   ModelConfig m;
   m.d_model = 8;

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
 #include <string>
 
@@ -89,6 +90,40 @@ INSTANTIATE_TEST_SUITE_P(Cases, KernelImplTest,
                                   (c.sigmoid ? "_sigmoid" : "") +
                                   (c.capacity >= 0 ? "_capacity" : "") + (c.bias ? "_bias" : "");
                          });
+
+// Rows where selection has ties or the scores degenerate: every table must choose alike (ties
+// to the lower expert id, NaN last) and underflowing sigmoid scores must give weights of 0, not
+// 0/0, with finite gradients.
+TEST(KernelImplTest, TiesNanAndUnderflowChooseAlikeOnEveryTable) {
+  const int64_t e = 8;
+  at::Tensor rows = at::zeros({4, e});
+  rows[1].fill_(std::nan(""));
+  rows[2].fill_(-200.0);  // sigmoid(-200) is 0 in fp32
+  rows[3] = at::tensor({1.0, 1.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0});
+  for (const bool grouped : {false, true}) {
+    RouteParams p;
+    p.top_k = 3;
+    p.sigmoid = true;
+    p.renormalize = true;
+    if (grouped) p.n_groups = 4, p.topk_groups = 2;
+    std::map<ops::KernelImpl, at::Tensor> index;
+    for (ops::KernelImpl impl :
+         {ops::KernelImpl::Native, ops::KernelImpl::Portable, ops::KernelImpl::Reference}) {
+      SCOPED_TRACE(ops::to_string(impl) + (grouped ? " grouped" : ""));
+      ops::KernelImplGuard guard(impl);
+      at::Tensor logits = rows.clone().requires_grad_(true);
+      RouteResult r = ops::route(logits, p);
+      index[impl] = r.expert_index;
+      EXPECT_TRUE(at::equal(r.expert_index[0], at::arange(3, at::kLong))) << r.expert_index[0];
+      EXPECT_TRUE(at::equal(r.expert_index[1], at::arange(3, at::kLong))) << r.expert_index[1];
+      EXPECT_TRUE(at::equal(r.expert_weight[2], at::zeros({3}))) << r.expert_weight[2];
+      (r.expert_weight.narrow(0, 2, 1).sum() + r.expert_weight.narrow(0, 0, 1).sum()).backward();
+      EXPECT_TRUE(logits.grad().narrow(0, 2, 1).isfinite().all().item<bool>());
+    }
+    EXPECT_TRUE(at::equal(index[ops::KernelImpl::Portable], index[ops::KernelImpl::Native]));
+    EXPECT_TRUE(at::equal(index[ops::KernelImpl::Reference], index[ops::KernelImpl::Native]));
+  }
+}
 
 TEST(KernelImplTest, NamesRoundTripAndUnknownIsRefused) {
   for (ops::KernelImpl k :
