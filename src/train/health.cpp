@@ -1,5 +1,6 @@
 #include "hetmoe/train/health.h"
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -41,13 +42,16 @@ HealthMonitor::Verdict HealthMonitor::judge(int64_t step, double loss, double gr
       std::snprintf(buf, sizeof buf, "loss spike: %.4f > %.4f (mean %.4f + %.1f x std %.4f)", loss,
                     limit, mean, options_.spike_threshold, std);
       if (last_was_spike_ && options_.spike_lr_scale > 0) {
-        // Persistent: the model has moved on; learn from it, gently.
+        // Persistent: the model has moved on; learn from it, gently. The step is applied, so its
+        // loss joins the window: a lasting change of the loss level is absorbed within a few
+        // steps instead of being skipped every other step for ever. The run of spikes goes on
+        // (the next spike is scaled too) until a step passes the test.
         ++scaled_;
         v.action = Action::ScaledUpdate;
         v.lr_scale = options_.spike_lr_scale;
         v.why = std::string(buf) + " again: update with lr x " +
                 std::to_string(options_.spike_lr_scale).substr(0, 4);
-        last_was_spike_ = false;
+        remember(loss);
         return v;
       }
       last_was_spike_ = true;
@@ -57,9 +61,14 @@ HealthMonitor::Verdict HealthMonitor::judge(int64_t step, double loss, double gr
     }
   }
   last_was_spike_ = false;
+  remember(loss);
+  return v;
+}
+
+void HealthMonitor::remember(double loss) {
+  const size_t window = static_cast<size_t>(std::max<int64_t>(2, options_.spike_window));
   recent_.push_back(loss);
   while (recent_.size() > window) recent_.pop_front();
-  return v;
 }
 
 void HealthMonitor::defer(int64_t step, const std::vector<int64_t>& streams) {

@@ -387,6 +387,24 @@ TEST(HealthTest, ASpikeIsSkippedDeferredAndReplayedAndAPersistentOneScalesTheLr)
   EXPECT_EQ(h.replayed(), 4);  // micro-batches: 2 from step 7, 2 from step 11
 }
 
+// A lasting jump of the loss level (new data, a changed schedule) is not a spike for ever: the
+// first step is skipped, the persistent ones are applied with the scaled LR and join the window,
+// and after a few steps the new level passes as normal.
+TEST(HealthTest, ALastingShiftOfTheLossLevelIsAbsorbed) {
+  HealthMonitor h(HealthOptions{5, 6.0, 50, 0.1, 100});
+  int64_t step = 0;
+  for (int i = 0; i < 50; ++i)
+    ASSERT_EQ(h.judge(++step, 2.0 + 0.01 * (i % 3 - 1), 1.0).action, HealthMonitor::Action::Update);
+  std::vector<HealthMonitor::Action> got;
+  for (int i = 0; i < 10; ++i) got.push_back(h.judge(++step, 3.0, 1.0).action);
+  using A = HealthMonitor::Action;
+  const std::vector<A> want{A::Skip,   A::ScaledUpdate, A::ScaledUpdate, A::Update, A::Update,
+                            A::Update, A::Update,       A::Update,       A::Update, A::Update};
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(h.spikes(), 3);
+  EXPECT_EQ(h.scaled_updates(), 2);
+}
+
 TEST(HealthTest, MonitorStateRoundTripsThroughJson) {
   HealthMonitor a(HealthOptions{5, 3.0, 6, 0.1, 2});
   for (int s = 1; s <= 5; ++s) a.judge(s, 2.0 + 0.01 * s, 1.0);

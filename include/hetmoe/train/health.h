@@ -16,6 +16,7 @@ struct HealthOptions {
   double spike_threshold = 6.0;  // a spike: loss > mean + threshold * std of recent losses; 0: off
   int64_t spike_window = 50;     // recent losses kept (the first half must fill before judging)
   double spike_lr_scale = 0.1;   // a spike right after a spike: update with lr * this instead
+                                 // (0: skip again)
   int64_t spike_replay_after =
       100;  // a skipped batch is trained again this many steps later; 0: never
 };
@@ -49,8 +50,10 @@ class HealthMonitor {
   void load(const std::string& json);
 
  private:
+  void remember(double loss);  // a loss of an applied step joins the window
+
   HealthOptions options_;
-  std::deque<double> recent_;  // finite losses of updated steps
+  std::deque<double> recent_;  // losses of applied steps (scaled ones included)
   int64_t consecutive_bad_ = 0, bad_total_ = 0;
   int64_t spikes_ = 0, scaled_ = 0, replayed_ = 0;
   bool last_was_spike_ = false;
