@@ -98,24 +98,36 @@ Trainer::Trainer(Config config, TrainerOptions options)
                " is the global micro-batch and must split evenly over the ", world,
                " ranks; use a multiple of ", world);
   local_batch_ = t.micro_batch / world;
+  if (config_.moe.top_k == 1 && config_.moe.renormalize &&
+      config_.model.n_layers > config_.model.first_k_dense)
+    HETMOE_LOG_WARN(
+        "moe.top_k is 1 and moe.renormalize is on: every routing weight is then 1, so the router "
+        "learns only from the balance and z losses; set moe.renormalize false to scale each "
+        "token's expert output by its score (Switch Transformer)");
 
   LoadedCheckpoint resumed;
   const fs::path out(config_.run.out_dir);
-  if (!options_.resume.empty()) {
+  if (!options_.resume.empty())
     resumed = load_checkpoint(options_.resume, true, checkpoint_shard());
-  } else if (is_rank0() && fs::exists(out) && holds_run(out)) {
-    HETMOE_CHECK(options_.overwrite, "train", "run directory '", out.string(),
-                 "' already holds a run; pass --resume ", out.string(),
-                 " to continue it or --overwrite to replace it");
-    for (const char* a : kRunArtifacts) {
-      std::string why;
-      HETMOE_CHECK(remove_tree((out / a).string(), &why), "train", "--overwrite: cannot remove '",
-                   (out / a).string(), "': ", why);
+  // out_dir may hold a run: the one being resumed (<run>/checkpoints/step_N), or another one,
+  // which only overwrite may replace. Nothing is removed until every check below has passed.
+  bool replace = false;
+  if (is_rank0() && fs::exists(out) && holds_run(out)) {
+    std::error_code same_ec;
+    const bool continuing =
+        !options_.resume.empty() &&
+        fs::equivalent(out, fs::path(resumed.dir).parent_path().parent_path(), same_ec);
+    if (!continuing) {
+      HETMOE_CHECK(options_.overwrite, "train", "run directory '", out.string(), "' already holds ",
+                   options_.resume.empty()
+                       ? "a run; continue it (--resume " + out.string() +
+                             ", TrainerOptions::resume) or replace it"
+                       : "another run than the one being resumed ('" + resumed.dir +
+                             "'); pick an empty run.out_dir, or replace that run",
+                   " (--overwrite, TrainerOptions::overwrite)");
+      replace = true;
     }
   }
-  std::error_code ec;
-  fs::create_directories(out, ec);
-  HETMOE_CHECK(!ec, "train", "cannot create run directory '", out.string(), "': ", ec.message());
 
   data_ = options_.data ? options_.data : std::make_shared<TokenDataset>(config_.data.path);
   const std::string data_name = data_->describe();
@@ -150,6 +162,19 @@ Trainer::Trainer(Config config, TrainerOptions options)
     optimizer_->load_state_dict(resumed.optimizer);
     state_ = resumed.state;
     health_.load(state_.health);
+  }
+  // Every check has passed: now the run directory may change.
+  if (replace) {
+    for (const char* a : kRunArtifacts) {
+      std::string why;
+      HETMOE_CHECK(remove_tree((out / a).string(), &why), "train", "--overwrite: cannot remove '",
+                   (out / a).string(), "': ", why);
+    }
+  }
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  HETMOE_CHECK(!ec, "train", "cannot create run directory '", out.string(), "': ", ec.message());
+  if (!options_.resume.empty()) {
     if (is_rank0()) truncate_metrics(out / "metrics.jsonl", state_.step);
     HETMOE_LOG_INFO("resumed from %s at step %lld", resumed.dir.c_str(),
                     static_cast<long long>(state_.step));

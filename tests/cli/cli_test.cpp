@@ -136,6 +136,20 @@ TEST(CliTest, PrepareTrainResumeGenerate) {
   expect_contains(r, "line");
 }
 
+// Top-1 routing with renormalised weights trains, but its router gets no gradient from the
+// language-model loss: the run says so once.
+TEST(CliTest, TopOneRoutingWithRenormalisationIsWarnedAbout) {
+  Fixture f;
+  ASSERT_EQ(f.prepare().code, 0);
+  Result r = run("train --config " + f.config + " --set train.steps=2 --set moe.top_k=1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_contains(r, "moe.top_k is 1 and moe.renormalize is on");
+  r = run("train --config " + f.config +
+          " --set train.steps=2 --set moe.top_k=1 --set moe.renormalize=false --overwrite");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("moe.renormalize is on"), std::string::npos) << r.output;
+}
+
 // A model trained on ids from a data source of one's own (data.tokenizer none) has no text to
 // decode: generate says so instead of printing bytes that mean nothing.
 TEST(CliTest, GenerateRefusesAModelWithoutTheByteTokenizer) {

@@ -175,12 +175,64 @@ TEST(TrainerTest, RefusesToOverwriteARunUnlessAsked) {
     Trainer again(c);
     FAIL() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("already holds a run; pass --resume"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("already holds a run; continue it (--resume"),
+              std::string::npos)
         << e.what();
   }
   Trainer(c, TrainerOptions{"", /*overwrite=*/true}).run();
   // --overwrite replaces the run's own files and nothing else.
   EXPECT_TRUE(fs::exists(dir.path() / "run" / "notes.txt"));
+}
+
+// An overwrite that fails a check (here: the data) leaves the old run as it was.
+TEST(TrainerTest, AnOverwriteThatFailsItsChecksRemovesNothing) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.steps = 3;
+  Trainer(c).run();
+  const fs::path run = dir.path() / "run";
+  ASSERT_TRUE(fs::exists(run / "checkpoints") && fs::exists(run / "metrics.jsonl"));
+  Config bad = c;
+  bad.data.path = dir.str("no-such-data");
+  EXPECT_THROW(Trainer(bad, TrainerOptions{"", /*overwrite=*/true}), Error);
+  EXPECT_TRUE(fs::exists(run / "checkpoints"));
+  EXPECT_TRUE(fs::exists(run / "metrics.jsonl"));
+  EXPECT_TRUE(fs::exists(run / "resolved.yaml"));
+}
+
+// Resuming run A with run.out_dir at another run B would mix the two: refused unless B is to be
+// replaced; an empty directory takes the continued run (a fork).
+TEST(TrainerTest, ResumingIntoAnotherRunsDirectoryIsRefusedUnlessReplacing) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config a = tiny_config(dir);
+  a.train.steps = 3;
+  a.run.out_dir = dir.str("a");
+  Trainer(a).run();
+  Config b = a;
+  b.run.out_dir = dir.str("b");
+  Trainer(b).run();
+  Config cont = a;
+  cont.train.steps = 4;
+  cont.run.out_dir = dir.str("b");
+  try {
+    Trainer t(cont, TrainerOptions{dir.str("a")});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already holds another run than the one being resumed"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(fs::exists(dir.path() / "b" / "checkpoints" / "latest"));
+  // Continuing in its own directory needs no overwrite.
+  Config own = a;
+  own.train.steps = 4;
+  EXPECT_EQ(Trainer(own, TrainerOptions{dir.str("a")}).run().steps, 4);
+  // A fork into an empty directory.
+  cont.run.out_dir = dir.str("fork");
+  EXPECT_EQ(Trainer(cont, TrainerOptions{dir.str("a")}).run().steps, 4);
+  EXPECT_TRUE(fs::exists(dir.path() / "fork" / "resolved.yaml"));
 }
 
 TEST(TrainerTest, DataTooShortForTheWindowIsAnErrorBeforeTraining) {
