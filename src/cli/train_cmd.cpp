@@ -26,16 +26,26 @@ int run_train(const TrainArgs& a) {
   std::string config_path = a.config;
   std::string resume_dir;
   if (!a.resume.empty()) {
-    resume_dir = find_checkpoint(a.resume);
-    // Without --config the run continues with the configuration it was saved with.
-    if (config_path.empty())
-      config_path = (std::filesystem::path(resume_dir) / "resolved.yaml").string();
-    if (a.out_dir.empty()) {
-      // The run directory is the checkpoint's grandparent (<run>/checkpoints/step_N).
-      overrides.insert(
-          overrides.begin(),
-          {"run.out_dir", std::filesystem::path(resume_dir).parent_path().parent_path().string()});
+    namespace fs = std::filesystem;
+    const fs::path given(a.resume);
+    HETMOE_CHECK(fs::exists(given), "checkpoint", "'", a.resume, "' does not exist");
+    fs::path run;
+    if (fs::exists(given / "state.json")) {
+      // A checkpoint directory: that one, with the configuration it was saved with.
+      resume_dir = a.resume;
+      run = given.parent_path().parent_path();  // <run>/checkpoints/step_N
+      if (config_path.empty()) config_path = (given / "resolved.yaml").string();
+    } else {
+      // A run directory: the trainer takes its newest checkpoint that verifies (falling back
+      // past a damaged one), with the run's configuration.
+      resume_dir = a.resume;
+      run = given;
+      if (config_path.empty())
+        config_path = fs::exists(given / "resolved.yaml")
+                          ? (given / "resolved.yaml").string()
+                          : (fs::path(resumable_checkpoint(a.resume)) / "resolved.yaml").string();
     }
+    if (a.out_dir.empty()) overrides.insert(overrides.begin(), {"run.out_dir", run.string()});
   }
   HETMOE_CHECK(!config_path.empty(), "cli", "train needs --config FILE or --resume DIR");
   Config config = load_config(config_path, overrides);

@@ -130,14 +130,18 @@ std::string step_name(int64_t step) {
   return buf;
 }
 
-// Keeps the newest `keep` step directories (0: all) and clears temporaries of saves that died.
+// Keeps the newest `keep` step directories up to `current` (0: all) and clears temporaries of
+// saves that died. Checkpoints past `current` (the future of a run resumed from an earlier step)
+// are neither counted nor removed: keep_last must not trade the new timeline's checkpoints for
+// the abandoned one's.
 void rotate_checkpoints(const fs::path& root, const fs::path& current, int64_t keep) {
   std::vector<fs::path> steps;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(root, ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind("step_", 0) == 0 && entry.is_directory()) steps.push_back(entry.path());
-    if (name.rfind(".tmp-", 0) == 0 && entry.is_directory()) {
+    if (name.rfind("step_", 0) == 0 && entry.is_directory() && name <= current.filename().string())
+      steps.push_back(entry.path());
+    if ((name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0) && entry.is_directory()) {
       std::string why;
       if (!remove_tree(entry.path().string(), &why))
         HETMOE_LOG_WARN("[checkpoint] cannot remove stale '%s': %s", entry.path().c_str(),
@@ -282,9 +286,17 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
     write_text_file((tmp_dir / "state.json").string(), j.dump(2) + "\n");
     fsync_dir(tmp_dir);
 
+    // A checkpoint of this step already there (a run resumed from an earlier step) is moved
+    // aside, not removed, until the new one is in place: `latest` may name it meanwhile.
     std::string why;
-    HETMOE_CHECK(remove_tree(final_dir.string(), &why), "checkpoint", "cannot replace '",
-                 final_dir.string(), "': ", why);
+    const fs::path old_dir = root / (".old-" + final_dir.filename().string());
+    HETMOE_CHECK(remove_tree(old_dir.string(), &why), "checkpoint", "cannot remove '",
+                 old_dir.string(), "': ", why);
+    if (fs::exists(final_dir)) {
+      fs::rename(final_dir, old_dir, ec);
+      HETMOE_CHECK(!ec, "checkpoint", "cannot move '", final_dir.string(),
+                   "' aside: ", ec.message());
+    }
     fs::rename(tmp_dir, final_dir, ec);
     HETMOE_CHECK(!ec, "checkpoint", "cannot move checkpoint into '", final_dir.string(),
                  "': ", ec.message());
@@ -294,6 +306,7 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
     fs::rename(latest_tmp, root / "latest", ec);
     HETMOE_CHECK(!ec, "checkpoint", "cannot update '", (root / "latest").string(), "'");
     fsync_dir(root);
+    remove_tree(old_dir.string(), &why);
     rotate_checkpoints(root, final_dir, config.train.keep_last);
   }
   barrier(shard);
@@ -318,25 +331,46 @@ std::string find_checkpoint(const std::string& path) {
 
 namespace {
 
+// A run directory's checkpoints to try, best first: the one `latest` names, then the older ones,
+// newest first (never newer ones: they belong to a timeline a resume abandoned). When `latest`
+// is missing or names no checkpoint (a crash while it was replaced), every checkpoint, newest
+// first.
+std::vector<fs::path> run_candidates(const fs::path& run) {
+  std::vector<fs::path> steps;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(run / "checkpoints", ec))
+    if (e.is_directory() && e.path().filename().string().rfind("step_", 0) == 0)
+      steps.push_back(e.path());
+  std::sort(steps.rbegin(), steps.rend());
+  const fs::path latest = run / "checkpoints" / "latest";
+  std::string name = fs::exists(latest) ? read_text_file(latest.string()) : "";
+  while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+  const fs::path named = run / "checkpoints" / name;
+  if (name.empty() || !fs::exists(named / "state.json")) {
+    HETMOE_CHECK(!steps.empty(), "checkpoint", "'", run.string(),
+                 "' is neither a checkpoint directory (no state.json) nor a run directory with "
+                 "checkpoints");
+    HETMOE_LOG_WARN("[checkpoint] '%s' %s; trying every checkpoint, newest first", latest.c_str(),
+                    name.empty() ? "is missing or empty"
+                                 : ("names '" + name + "', which is not a checkpoint").c_str());
+    return steps;
+  }
+  std::vector<fs::path> out{named};
+  for (const auto& p : steps)
+    if (p.filename().string() < named.filename().string()) out.push_back(p);
+  return out;
+}
+
 // The checkpoint `path` names, verified. A run directory yields its newest checkpoint that
 // verifies (with a warning for each one skipped); a checkpoint directory must verify itself.
 std::string verified_checkpoint(const std::string& path) {
   const fs::path given(path);
-  const bool run_dir = fs::exists(given) && !fs::exists(given / "state.json");
-  std::string chosen = find_checkpoint(path);
-  if (!run_dir) {
-    verify_checkpoint(chosen);  // an explicitly named checkpoint must itself be sound
-    return chosen;
+  HETMOE_CHECK(fs::exists(given), "checkpoint", "'", path, "' does not exist");
+  if (fs::exists(given / "state.json")) {
+    verify_checkpoint(path);  // an explicitly named checkpoint must itself be sound
+    return path;
   }
-  std::vector<fs::path> candidates{chosen};
-  std::vector<fs::path> steps;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(given / "checkpoints", ec))
-    if (e.is_directory() && e.path().filename().string().rfind("step_", 0) == 0)
-      steps.push_back(e.path());
-  std::sort(steps.rbegin(), steps.rend());
-  for (const auto& p : steps)
-    if (p != fs::path(chosen)) candidates.push_back(p);
+  const std::vector<fs::path> candidates = run_candidates(given);
   std::string problems;
   for (const auto& dir : candidates) {
     try {
@@ -346,12 +380,20 @@ std::string verified_checkpoint(const std::string& path) {
       HETMOE_LOG_WARN("%s; trying an older checkpoint", e.what());
       continue;
     }
-    if (dir != fs::path(chosen))
+    if (dir != candidates.front())
       HETMOE_LOG_WARN("[checkpoint] using %s, the newest checkpoint that verifies", dir.c_str());
     return dir.string();
   }
   HETMOE_FAIL("checkpoint", "no valid checkpoint under '", path, "': ", problems);
 }
+
+}  // namespace
+
+std::string resumable_checkpoint(const std::string& path) {
+  return verified_checkpoint(path);
+}
+
+namespace {
 
 // The verified checkpoint `path` names, its config and training state; returns its manifest.
 CheckpointManifest open_checkpoint(const std::string& path, LoadedCheckpoint& c) {

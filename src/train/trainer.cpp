@@ -464,10 +464,14 @@ double Trainer::evaluate() {
 }
 
 std::string Trainer::save() {
+  // The same step again (a stop signal right after a periodic save): it is on disk already, and
+  // writing it anew would only lengthen a shutdown that may have a deadline.
+  if (saved_step_ == state_.step && !last_checkpoint_.empty()) return last_checkpoint_;
   const std::map<std::string, at::Tensor> weights = model_->state_tensors();
   state_.health = health_.save();
   last_checkpoint_ = save_checkpoint(config_.run.out_dir, config_, state_, weights,
                                      optimizer_->state_dict(), checkpoint_shard());
+  saved_step_ = state_.step;
   if (options_.on_checkpoint) options_.on_checkpoint(state_.step, last_checkpoint_);
   return last_checkpoint_;
 }
@@ -605,7 +609,7 @@ TrainResult Trainer::run() {
     }
     if ((t.save_every > 0 && state_.step % t.save_every == 0) || (last && t.save_final)) save();
     if (!last && stop_requested()) {
-      // SIGINT/SIGTERM: the step is done; keep it and stop cleanly.
+      // SIGINT/SIGTERM: the step is done; keep it (save() of a step just saved is a no-op).
       const std::string where = save();
       HETMOE_LOG_WARN("stopped by signal %d after step %lld; saved %s; continue with --resume %s",
                       StopSignals::received(), static_cast<long long>(state_.step), where.c_str(),

@@ -1,6 +1,7 @@
 // The hetmoe executable: exit codes and one-line messages for bad flags, files and configs,
 // and a short end-to-end run (prepare -> train -> resume -> generate).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <string>
@@ -134,6 +135,21 @@ TEST(CliTest, PrepareTrainResumeGenerate) {
   r = run("generate --checkpoint " + f.dir.str("run") + " --prompt line --tokens 20 --seed 3");
   ASSERT_EQ(r.code, 0) << r.output;
   expect_contains(r, "line");
+}
+
+// --resume RUN falls back past a damaged newest checkpoint, as the library does.
+TEST(CliTest, ResumeOfARunDirectoryFallsBackPastADamagedCheckpoint) {
+  Fixture f;
+  ASSERT_EQ(f.prepare().code, 0);
+  Result r = run("train --config " + f.config + " --set train.steps=3 --set train.save_every=1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string model = f.dir.str("run/checkpoints/step_00000003/model.safetensors");
+  ASSERT_EQ(::truncate(model.c_str(), 100), 0);
+  r = run("train --resume " + f.dir.str("run") + " --set train.steps=4");
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_contains(r, "trying an older checkpoint");
+  expect_contains(r, "step_00000002 at step 2");
+  expect_contains(r, "step 4/4");
 }
 
 // Top-1 routing with renormalised weights trains, but its router gets no gradient from the

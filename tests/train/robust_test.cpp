@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -95,6 +96,64 @@ TEST(CheckpointTest, ResumeFallsBackToTheNewestValidCheckpoint) {
   EXPECT_NE(
       error_of([&] { Trainer(c, TrainerOptions{c.run.out_dir}); }).find("no valid checkpoint"),
       std::string::npos);
+}
+
+// A run directory whose `latest` is gone or names a missing step still resumes, from its newest
+// checkpoint that verifies; checkpoints newer than `latest` (a future a resume abandoned) are
+// never taken.
+TEST(CheckpointTest, ResumeFindsCheckpointsWithoutAUsableLatest) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.steps = 4;
+  c.train.save_every = 1;
+  Trainer(c).run();
+  const fs::path root = fs::path(c.run.out_dir) / "checkpoints";
+  fs::remove(root / "latest");
+  EXPECT_EQ(Trainer(c, TrainerOptions{c.run.out_dir}).state().step, 4);
+  std::ofstream(root / "latest") << "step_00000009\n";
+  EXPECT_EQ(Trainer(c, TrainerOptions{c.run.out_dir}).state().step, 4);
+  std::ofstream(root / "latest", std::ios::trunc) << "step_00000002\n";
+  damage(step_dir(c, 2) + "/model.safetensors", false);
+  EXPECT_EQ(Trainer(c, TrainerOptions{c.run.out_dir}).state().step, 1);
+}
+
+// Resumed from step 2 of a 4-step run, keep_last counts the new timeline only: it keeps the new
+// step 3 and leaves the abandoned step 4 alone until the new run replaces it.
+TEST(CheckpointTest, KeepLastAfterAResumeFromAnEarlierStepKeepsTheNewCheckpoints) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.steps = 4;
+  c.train.save_every = 1;
+  Trainer(c).run();
+  Config again = c;
+  again.train.keep_last = 2;
+  Trainer t(again, TrainerOptions{step_dir(c, 2)});
+  t.train_step();
+  t.save();
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(fs::path(c.run.out_dir) / "checkpoints"))
+    names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"latest", "step_00000002", "step_00000003",
+                                             "step_00000004"}));
+  // Saving a step again rewrites nothing.
+  struct stat before {};
+  ASSERT_EQ(stat(step_dir(c, 3).c_str(), &before), 0);
+  EXPECT_EQ(t.save(), step_dir(c, 3));
+  struct stat after {};
+  ASSERT_EQ(stat(step_dir(c, 3).c_str(), &after), 0);
+  EXPECT_EQ(before.st_ino, after.st_ino);
+  // The new timeline reaches step 4: the abandoned checkpoint is replaced, keep_last applies.
+  t.train_step();
+  t.save();
+  names.clear();
+  for (const auto& e : fs::directory_iterator(fs::path(c.run.out_dir) / "checkpoints"))
+    names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"latest", "step_00000003", "step_00000004"}));
+  EXPECT_EQ(load_checkpoint(c.run.out_dir).state.step, 4);
 }
 
 TEST(CheckpointTest, KeepLastRotatesOldCheckpointsAway) {

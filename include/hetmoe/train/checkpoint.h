@@ -56,6 +56,12 @@ void verify_checkpoint(const std::string& dir);
 // directory (its checkpoints/latest). Throws hetmoe::Error("[checkpoint] ...") when none exists.
 std::string find_checkpoint(const std::string& path);
 
+// The checkpoint a resume from `path` would load, verified: a checkpoint directory must verify
+// itself; a run directory gives the newest checkpoint that verifies, from the one
+// checkpoints/latest names back to older ones (or every one, newest first, when latest is
+// missing or broken). Throws hetmoe::Error("[checkpoint] ...") when none verifies.
+std::string resumable_checkpoint(const std::string& path);
+
 struct LoadedCheckpoint {
   std::string dir;
   Config config;

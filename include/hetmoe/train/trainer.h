@@ -84,7 +84,8 @@ class Trainer {
   double train_step();
   // Mean cross-entropy (nats/token) over train.eval_batches fixed validation windows.
   double evaluate();
-  // Writes a checkpoint now (and calls on_checkpoint); returns its directory.
+  // Writes a checkpoint now (and calls on_checkpoint); returns its directory. A step already
+  // saved is not written again (its directory is returned).
   std::string save();
   // The last step's measurements (what on_step received; seconds and tokens_per_s are filled by
   // run() only).
@@ -130,6 +131,7 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   TrainState state_;
   int64_t skipped_ = 0;
+  int64_t saved_step_ = -1;  // the step last_checkpoint_ holds
   HealthMonitor health_;
   std::vector<std::vector<int64_t>> idle_steps_;  // per MoE layer, per expert
   int64_t last_imbalance_warning_ = -1000000;
