@@ -119,14 +119,21 @@ std::map<std::string, at::Tensor> TransformerImpl::state_tensors() const {
 void TransformerImpl::load_state_tensors(const std::map<std::string, at::Tensor>& tensors,
                                          const std::string& source) {
   at::NoGradGuard no_grad;
-  for (auto& [name, t] : state_tensors()) {
+  const std::map<std::string, at::Tensor> mine = state_tensors();
+  // Every check before any copy: a refused checkpoint leaves the model as it was.
+  for (const auto& [name, t] : mine) {
     auto it = tensors.find(name);
     HETMOE_CHECK(it != tensors.end(), "model", "'", source, "' has no tensor '", name,
                  "' (was it made with another model config?)");
     HETMOE_CHECK(it->second.sizes() == t.sizes(), "model", "'", source, "': tensor '", name,
                  "' has shape ", it->second.sizes(), ", the model needs ", t.sizes());
-    t.copy_(it->second);
   }
+  // A tensor this model lacks means a bigger model (more layers, shared experts): loading the
+  // rest would silently drop part of it.
+  for (const auto& [name, t] : tensors)
+    HETMOE_CHECK(mine.count(name) != 0, "model", "'", source, "' holds tensor '", name,
+                 "', which this model does not have (was it made with another model config?)");
+  for (const auto& [name, t] : mine) t.copy_(tensors.at(name));
 }
 
 ForwardOutput TransformerImpl::forward(const at::Tensor& tokens) {

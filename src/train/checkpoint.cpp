@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -257,6 +258,11 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
                         {"step", state.step},
                         {"tokens_seen", state.tokens_seen},
                         {"last_val_loss", state.last_val_loss},
+                        {"log_window",
+                         {{"loss_sum", std::isfinite(state.log_loss_sum)
+                                           ? nlohmann::json(state.log_loss_sum)
+                                           : nlohmann::json(nullptr)},  // JSON has no NaN
+                          {"steps", state.log_steps}}},
                         {"seed", config.train.seed},
                         {"world_size", shard.world},
                         {"expert_parallel", shard.expert_parallel},
@@ -404,6 +410,8 @@ CheckpointManifest open_checkpoint(const std::string& path, LoadedCheckpoint& c)
   c.state.step = m.step;
   c.state.tokens_seen = m.tokens_seen;
   c.state.last_val_loss = m.last_val_loss;
+  c.state.log_loss_sum = m.log_loss_sum;
+  c.state.log_steps = m.log_steps;
   c.state.health = m.health;
   return m;
 }

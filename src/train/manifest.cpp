@@ -1,5 +1,6 @@
 #include "hetmoe/train/manifest.h"
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "core/json_int.h"
@@ -24,6 +25,15 @@ CheckpointManifest parse_checkpoint_manifest(const std::string& text, const std:
     m.step = json_int64(j.at("step"), "checkpoint", where + "step");
     m.tokens_seen = json_int64(j.at("tokens_seen"), "checkpoint", where + "tokens_seen");
     m.last_val_loss = j.value("last_val_loss", -1.0);
+    if (j.contains("log_window")) {
+      const auto& w = j.at("log_window");
+      HETMOE_CHECK(w.is_object(), "checkpoint", source, ": log_window is not an object");
+      m.log_loss_sum = w.contains("loss_sum") && w.at("loss_sum").is_null()
+                           ? std::nan("")  // a non-finite sum is written as null
+                           : w.value("loss_sum", 0.0);
+      m.log_steps = json_int64(w.at("steps"), "checkpoint", where + "log_window.steps");
+      HETMOE_CHECK(m.log_steps >= 0, "checkpoint", source, ": negative log_window.steps");
+    }
     if (j.contains("world_size")) {
       const int64_t w = json_int64(j.at("world_size"), "checkpoint", where + "world_size");
       HETMOE_CHECK(w >= 1 && w <= (1 << 24), "checkpoint", where, "world_size ", w,

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <set>
 
 #include "hetmoe/core/error.h"
 
@@ -93,13 +94,24 @@ void AdamW::load_state_dict(const std::map<std::string, at::Tensor>& state) {
                  "' has shape ", it->second.sizes(), ", the model needs ", like.sizes());
     return it->second;
   };
-  at::NoGradGuard no_grad;
-  for (Slot& s : slots_) {
-    s.exp_avg.copy_(get("exp_avg/" + s.name, s.exp_avg));
-    s.exp_avg_sq.copy_(get("exp_avg_sq/" + s.name, s.exp_avg_sq));
+  // Every check before any copy; an entry for a parameter this model lacks is refused too.
+  std::set<std::string> known{"step"};
+  for (const Slot& s : slots_) {
+    get("exp_avg/" + s.name, s.exp_avg);
+    get("exp_avg_sq/" + s.name, s.exp_avg_sq);
+    known.insert("exp_avg/" + s.name);
+    known.insert("exp_avg_sq/" + s.name);
   }
+  for (const auto& [key, t] : state)
+    HETMOE_CHECK(known.count(key) != 0, "optimizer", "checkpoint has optimizer entry '", key,
+                 "' for a parameter this model does not have");
   auto it = state.find("step");
   HETMOE_CHECK(it != state.end(), "optimizer", "checkpoint has no optimizer entry 'step'");
+  at::NoGradGuard no_grad;
+  for (Slot& s : slots_) {
+    s.exp_avg.copy_(state.at("exp_avg/" + s.name));
+    s.exp_avg_sq.copy_(state.at("exp_avg_sq/" + s.name));
+  }
   steps_ = it->second.item<int64_t>();
 }
 

@@ -380,7 +380,6 @@ double Trainer::train_step_unguarded() {
   const HealthMonitor::Verdict verdict = health_.judge(step, stats.loss, grad_norm);
   stats.skipped = verdict.action == HealthMonitor::Action::Skip;
   if (verdict.action == HealthMonitor::Action::Skip) {
-    ++skipped_;
     if (std::isfinite(stats.loss) && std::isfinite(grad_norm)) {
       // A spike: see these batches again later (not the replayed ones a second time).
       health_.defer(step, std::vector<int64_t>(streams.begin(), streams.begin() + t.grad_accum));
@@ -531,7 +530,7 @@ void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, i
                       {"model_tflops", tokens_per_s * flops_per_token_ / 1e12},
                       {"expert_imbalance", imbalance},
                       {"expert_load", load},
-                      {"skipped_steps", skipped_},
+                      {"skipped_steps", health_.skipped_steps()},
                       {"bad_steps", health_.bad_steps()},
                       {"loss_spikes", health_.spikes()},
                       {"spike_lr_scaled", health_.scaled_updates()},
@@ -566,8 +565,6 @@ TrainResult Trainer::run() {
   const int64_t first_step = state_.step;
   const auto start = clock::now();
   TrainResult result;
-  double train_loss_window = 0;
-  int64_t window = 0;
   StopSignals signals;
   const Backend& backend = backend_for(device_);
   StepProfiler profiler(config_.run.profile_start, config_.run.profile_steps, device_,
@@ -586,8 +583,8 @@ TrainResult Trainer::run() {
                        std::max(step_seconds, 1e-9);
       options_.on_step(m);
     }
-    train_loss_window += loss;
-    ++window;
+    state_.log_loss_sum += loss;
+    ++state_.log_steps;
     const bool last = state_.step == t.steps;
     double val_loss = -1;
     if (state_.step % t.eval_every == 0 || last) {
@@ -601,11 +598,11 @@ TrainResult Trainer::run() {
       const double elapsed = std::chrono::duration<double>(clock::now() - start).count();
       // The log line and metrics.jsonl carry the mean loss since the last record.
       StepRecord logged = last_;
-      logged.loss = train_loss_window / static_cast<double>(window);
+      logged.loss = state_.log_loss_sum / static_cast<double>(state_.log_steps);
       record(logged, step_seconds, elapsed, first_step, val_loss);
       result.final_train_loss = logged.loss;
-      train_loss_window = 0;
-      window = 0;
+      state_.log_loss_sum = 0;
+      state_.log_steps = 0;
     }
     if ((t.save_every > 0 && state_.step % t.save_every == 0) || (last && t.save_final)) save();
     if (!last && stop_requested()) {
@@ -630,7 +627,7 @@ TrainResult Trainer::run() {
   result.mfu = peak_flops_ > 0
                    ? result.tokens_per_s * flops_per_token_ / (peak_flops_ * grid_->world_size())
                    : 0.0;
-  result.skipped_steps = skipped_;
+  result.skipped_steps = health_.skipped_steps();
   result.checkpoint = last_checkpoint_;
   return result;
 }

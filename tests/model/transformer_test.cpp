@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "hetmoe/core/error.h"
 #include "hetmoe/model/transformer.h"
 #include "support/tensor_test_util.h"
 
@@ -162,6 +163,37 @@ TEST(MoELayerTest, RoutingWarmupBlendsNoiseThenSwitchesOff) {
   EXPECT_TRUE(at::allclose(layer->forward(x), plain->forward(x), 1e-6, 1e-6));  // eval: no noise
 }
 
+// The warmup noise differs between the micro-batches of a step and between steps given the same
+// seed, and set_step replays it exactly.
+TEST(MoELayerTest, RoutingWarmupNoiseIsFreshPerForwardAndReplayable) {
+  ModelConfig m;
+  m.d_model = 16;
+  MoEConfig e;
+  e.num_experts = 8;
+  e.top_k = 2;
+  e.expert_hidden = 8;
+  e.routing_warmup_steps = 100;
+  MoELayer layer(m, e);
+  layer->train();
+  at::Tensor x = at::randn({64, 16});
+  auto outputs = [&](int64_t step) {
+    {
+      at::NoGradGuard g;  // the same statistics before each replay
+      layer->logit_updates.zero_();
+    }
+    layer->set_step(step, 7);
+    at::Tensor first = layer->forward(x).detach();
+    return std::make_pair(first, layer->forward(x).detach());
+  };
+  const auto [a1, a2] = outputs(1);
+  EXPECT_FALSE(at::allclose(a1, a2)) << "two micro-batches of a step drew the same noise";
+  const auto [b1, b2] = outputs(1);
+  EXPECT_TRUE(at::equal(a1, b1));
+  EXPECT_TRUE(at::equal(a2, b2));
+  const auto [c1, c2] = outputs(2);
+  EXPECT_FALSE(at::allclose(a1, c1)) << "steps 1 and 2 drew the same noise";
+}
+
 TEST(MoELayerTest, RoutingWarmupStatisticsAreAnEmaSeededByTheFirstBatch) {
   ModelConfig m;
   m.d_model = 16;
@@ -268,6 +300,28 @@ TEST(TransformerTest, ShapesAndParameterCounts) {
   EXPECT_EQ(built.active_per_token, planned.active_per_token);
   const int64_t expert = 3 * m.d_model * e.expert_hidden;
   EXPECT_EQ(built.total - built.active_per_token, 2 * (e.num_experts - e.top_k) * expert);
+}
+
+// Loading tensors: a missing one, a wrong shape, and a tensor this model lacks (a checkpoint of a
+// deeper model) are all refused, and a refused load changes nothing.
+TEST(TransformerTest, LoadStateTensorsRefusesAnyMismatchAndCopiesNothingThen) {
+  Transformer small(small_model(), small_moe());
+  ModelConfig deeper_config = small_model();
+  deeper_config.n_layers = 4;
+  Transformer deeper(deeper_config, small_moe());
+  const at::Tensor before = small->head.detach().clone();
+  try {
+    small->load_state_tensors(deeper->state_tensors(), "ckpt");
+    ADD_FAILURE() << "a deeper model's tensors were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'ckpt' holds tensor 'blocks.3."), std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(at::equal(small->head.detach(), before));
+  EXPECT_THROW(deeper->load_state_tensors(small->state_tensors(), "ckpt"), Error);
+  Transformer twin(small_model(), small_moe());
+  small->load_state_tensors(twin->state_tensors(), "twin");
+  EXPECT_TRUE(at::equal(small->head.detach(), twin->head.detach()));
 }
 
 TEST(TransformerTest, TiedEmbeddingsShareOneMatrix) {

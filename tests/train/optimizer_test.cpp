@@ -35,6 +35,10 @@ TEST(AdamWTest, StateRoundTripsAndRejectsMismatches) {
   b.load_state_dict(state);
   EXPECT_EQ(b.steps_taken(), 1);
   EXPECT_TRUE(at::equal(b.state_dict()["exp_avg/w"], state["exp_avg/w"]));
+  // State for a parameter this optimizer does not have (a checkpoint of a bigger model).
+  auto extra = state;
+  extra["exp_avg/gone"] = at::zeros({2});
+  EXPECT_THROW(b.load_state_dict(extra), Error);
   state["exp_avg/w"] = at::zeros({2, 2});
   EXPECT_THROW(b.load_state_dict(state), Error);
   state.erase("exp_avg_sq/w");

@@ -68,7 +68,7 @@ class TransformerImpl : public torch::nn::Module {
   // Parameters and buffers by name: what a checkpoint holds.
   std::map<std::string, at::Tensor> state_tensors() const;
   // Copies a checkpoint's tensors in; throws hetmoe::Error naming `source` and the first tensor
-  // that is missing or has another shape.
+  // that is missing, has another shape or is not one of this model's (nothing is copied then).
   void load_state_tensors(const std::map<std::string, at::Tensor>& tensors,
                           const std::string& source);
 

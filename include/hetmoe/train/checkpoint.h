@@ -21,6 +21,10 @@ struct TrainState {
   int64_t step = 0;         // optimizer steps completed
   int64_t tokens_seen = 0;  // training tokens consumed
   double last_val_loss = -1;
+  // The training losses summed since the last logged step, and how many: the next log line's
+  // mean covers them, so it reads the same after a resume as without one.
+  double log_loss_sum = 0;
+  int64_t log_steps = 0;
   // The training-health monitor's state (recent losses, deferred batches, counters) as JSON,
   // so a resumed run makes the same skip decisions; "" when there is none.
   std::string health;

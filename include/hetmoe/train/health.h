@@ -44,6 +44,9 @@ class HealthMonitor {
   int64_t spikes() const { return spikes_; }
   int64_t scaled_updates() const { return scaled_; }
   int64_t replayed() const { return replayed_; }
+  // Updates not applied: every non-finite step and every spike not given a scaled update (part
+  // of the saved state, so it counts on across a resume).
+  int64_t skipped_steps() const { return bad_total_ + spikes_ - scaled_; }
 
   // JSON of the whole state; load() restores it (throws hetmoe::Error on malformed text).
   std::string save() const;

@@ -17,6 +17,8 @@ struct CheckpointManifest {
   int64_t step = 0;
   int64_t tokens_seen = 0;
   double last_val_loss = -1;
+  double log_loss_sum = 0;  // TrainState's log window (absent in older checkpoints: 0)
+  int64_t log_steps = 0;
   int world_size = 1;
   int64_t expert_parallel = 1;
   std::string health = "{}";  // the training-health monitor's state, JSON

@@ -130,7 +130,6 @@ class Trainer {
   Transformer model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
   TrainState state_;
-  int64_t skipped_ = 0;
   int64_t saved_step_ = -1;  // the step last_checkpoint_ holds
   HealthMonitor health_;
   std::vector<std::vector<int64_t>> idle_steps_;  // per MoE layer, per expert
