@@ -146,6 +146,7 @@ MoELayerImpl::MoELayerImpl(const ModelConfig& model, const MoEConfig& moe, Exper
 void MoELayerImpl::set_step(int64_t step, uint64_t noise_seed) {
   step_ = step;
   noise_seed_ = noise_seed;
+  draws_ = 0;
 }
 
 double MoELayerImpl::warmup_alpha() const {
@@ -167,8 +168,14 @@ at::Tensor MoELayerImpl::warmup_logits(const at::Tensor& logits) {
   }
   const double alpha = warmup_alpha();
   if (alpha >= 1.0) return logits;
-  // Noise from a stream fixed by (seed, layer, step), so a resumed run draws the same noise.
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(noise_seed_);
+  // Noise from a stream fixed by (seed, step, draw within the step): each micro-batch of a step
+  // gets its own, every step differs even when the caller passes the same seed each time, and a
+  // resumed run draws the same noise.
+  uint64_t z = noise_seed_ + 0x9E3779B97F4A7C15ULL * (static_cast<uint64_t>(step_) * 4099ULL +
+                                                      static_cast<uint64_t>(draws_++) + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(z ^ (z >> 31));
   at::Tensor eps =
       at::randn(logits.sizes(), gen, at::TensorOptions().dtype(at::kFloat)).to(logits.device());
   at::Tensor noise = logit_mean + logit_var.sqrt() * eps;

@@ -115,7 +115,9 @@ class MoELayerImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x, MoEStats* stats = nullptr, int64_t seq_len = 0);
 
   // The training step about to run (1-based) and the random stream of this layer's routing
-  // noise: Ling's stochastic routing warmup blends the logits with noise while step <= W.
+  // noise: Ling's stochastic routing warmup blends the logits with noise while step <= W. The
+  // noise of each training forward comes from (noise_seed, step, forwards since set_step): the
+  // micro-batches of a step draw apart, and so do steps given the same noise_seed.
   void set_step(int64_t step, uint64_t noise_seed);
   // Aux-loss-free balancing: nudges each expert's selection bias by bias_update_rate towards the
   // mean load (up when the expert got fewer tokens than the mean, down when more).
@@ -145,6 +147,7 @@ class MoELayerImpl : public torch::nn::Module {
   std::shared_ptr<ExpertExchange> exchange_;
   int64_t step_ = 0;
   uint64_t noise_seed_ = 0;
+  int64_t draws_ = 0;  // routing-warmup noise draws since set_step (one per training forward)
 };
 TORCH_MODULE(MoELayer);
 
