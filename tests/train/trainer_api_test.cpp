@@ -2,6 +2,8 @@
 // on_step / on_eval / on_checkpoint callbacks with the step's metrics (losses, expert load).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <filesystem>
 #include <memory>
 #include <numeric>
@@ -36,6 +38,22 @@ class RampSource final : public DataSource {
 
  private:
   int64_t vocab_;
+};
+
+// Says vocab_size 32, then writes id `id` everywhere: a source that breaks its promise.
+class BrokenPromiseSource final : public DataSource {
+ public:
+  explicit BrokenPromiseSource(int32_t id) : id_(id) {}
+  int64_t vocab_size() const override { return 32; }
+  int64_t split_size(Split) const override { return 1 << 12; }
+  void sample_windows(Split, int64_t batch, int64_t len, uint64_t, uint64_t, int32_t* out,
+                      int64_t) const override {
+    std::fill(out, out + batch * len, id_);
+  }
+  std::string describe() const override { return "broken source"; }
+
+ private:
+  int32_t id_;
 };
 
 TEST(TrainerApiTest, CustomDataSourceAndCallbacks) {
@@ -93,6 +111,31 @@ TEST(TrainerApiTest, ADataSourceWithTooLargeAVocabularyIsNamed) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("'ramp source' has vocab_size"), std::string::npos)
         << e.what();
+  }
+}
+
+// A source whose ids exceed model.vocab_size (its vocab_size() said otherwise) is a [data] error
+// naming it, not an indexing failure inside the model.
+TEST(TrainerApiTest, TokenIdsOutsideTheVocabularyAreNamed) {
+  TempDir dir;
+  Config c = test_support::tiny_config(dir);
+  TrainerOptions o;
+  o.overwrite = true;  // each case starts afresh in the same run directory
+  for (const int32_t id : {static_cast<int32_t>(c.model.vocab_size), int32_t{-3}}) {
+    o.data = std::make_shared<BrokenPromiseSource>(id);
+    Trainer t(c, o);
+    try {
+      t.train_step();
+      ADD_FAILURE() << "no error for id " << id;
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("[data] 'broken source' gave token id " + std::to_string(id)),
+                std::string::npos)
+          << what;
+      EXPECT_NE(what.find("outside [0, model.vocab_size = " + std::to_string(c.model.vocab_size)),
+                std::string::npos)
+          << what;
+    }
   }
 }
 

@@ -13,6 +13,7 @@
 #include "hetmoe/core/error.h"
 #include "hetmoe/data/dataset.h"
 #include "hetmoe/model/transformer.h"
+#include "hetmoe/parallel/grid.h"
 #include "hetmoe/train/checkpoint.h"
 #include "hetmoe/train/health.h"
 
@@ -20,7 +21,6 @@ namespace hetmoe {
 
 class Backend;
 class AdamW;
-class ProcessGrid;
 class AllToAllExchange;
 
 // What one optimizer step measured: the argument of TrainerOptions::on_step. Losses and loads are
