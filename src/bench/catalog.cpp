@@ -1,5 +1,7 @@
 #include "hetmoe/bench/catalog.h"
 
+#include <dlfcn.h>
+
 #include <yaml-cpp/yaml.h>
 
 #include <unistd.h>
@@ -201,7 +203,7 @@ DeviceCatalog parse_device_catalog(const std::string& yaml_text, const std::stri
 DeviceCatalog load_device_catalog(const std::string& path) {
   std::ifstream in(path);
   HETMOE_CHECK(in.good(), kComponent, "cannot read device catalog '", path,
-               "' (give one with --catalog FILE or HETMOE_DEVICES)");
+               "' (name one: hetmoe's --catalog FILE, or the HETMOE_DEVICES variable)");
   std::stringstream text;
   text << in.rdbuf();
   return parse_device_catalog(text.str(), path);
@@ -210,13 +212,18 @@ DeviceCatalog load_device_catalog(const std::string& path) {
 std::string default_catalog_path() {
   if (const char* env = std::getenv("HETMOE_DEVICES"); env && *env) return env;
   std::vector<std::string> candidates = {"configs/devices.yaml"};
+  auto beside = [&](const std::string& file) {  // <prefix>/{bin,lib}/file -> <prefix>/share/...
+    const std::string dir = file.substr(0, file.rfind('/'));
+    candidates.push_back(dir + "/../share/hetmoe/configs/devices.yaml");
+  };
   char exe[4096];
   const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (n > 0) {
-    std::string dir(exe, static_cast<size_t>(n));
-    dir = dir.substr(0, dir.rfind('/'));
-    candidates.push_back(dir + "/../share/hetmoe/configs/devices.yaml");
-  }
+  if (n > 0) beside(std::string(exe, static_cast<size_t>(n)));
+  // A program that embeds hetmoe lives anywhere; libhetmoe.so lives in the install prefix.
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&default_catalog_path), &info) != 0 && info.dli_fname &&
+      std::string(info.dli_fname).find('/') != std::string::npos)
+    beside(info.dli_fname);
   for (const std::string& c : candidates)
     if (std::ifstream(c).good()) return c;
   return candidates.front();

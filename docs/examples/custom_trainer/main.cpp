@@ -238,6 +238,14 @@ int run() {
       failures.push_back("the mean loss of the last 10 steps (" + std::to_string(last10) +
                          ") is not below 0.75 x the first (" + std::to_string(first) + ")");
   }
+  // The device catalog an installed hetmoe carries (configs/devices.yaml, found from
+  // libhetmoe.so's prefix wherever this program runs): peaks and prices for cost estimates.
+  const hetmoe::DeviceCatalog catalog = hetmoe::load_device_catalog(hetmoe::default_catalog_path());
+  if (const hetmoe::CatalogDevice* h100 = catalog.find("nvidia-h100-sxm"))
+    std::printf("catalog %s: %s, %.0f TFLOP/s bf16 peak\n", catalog.source.c_str(),
+                h100->description.c_str(), h100->peak_bf16_tflops);
+  else
+    failures.push_back("the installed device catalog has no nvidia-h100-sxm entry");
   for (const std::string& f : failures)
     std::fprintf(stderr, "custom_trainer_example: FAILED: %s\n", f.c_str());
   if (!failures.empty()) return 1;

@@ -41,7 +41,8 @@ DeviceCatalog parse_device_catalog(const std::string& yaml_text, const std::stri
 
 // Where `hetmoe bench` and `hetmoe plan` look by default: $HETMOE_DEVICES, else
 // configs/devices.yaml under the current directory, else <prefix>/share/hetmoe/configs/devices.yaml
-// next to the running executable; the first of those when none exists.
+// of the prefix of the running executable or of libhetmoe.so (for a program that embeds hetmoe);
+// the first of those when none exists.
 std::string default_catalog_path();
 
 }  // namespace hetmoe
