@@ -84,7 +84,8 @@ void add_bench_command(CLI::App& root, int& status) {
                   "Comma-separated backends to run on (default: every available one)")
       ->type_name("cpu,cuda,...");
   cmd->add_option("-o,--out", a->out, "Write the results as JSON (schema hetmoe-bench/1)")
-      ->type_name("FILE.json");
+      ->type_name("FILE.json")
+      ->check(non_empty());
   cmd->add_option("--dtype", a->dtype, "Compute dtype (default: the config's backend.dtype)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
   cmd->add_option("--catalog", a->catalog,

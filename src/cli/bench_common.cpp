@@ -1,6 +1,10 @@
 #include "cli/bench_common.h"
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 
 #include "hetmoe/core/error.h"
@@ -14,7 +18,7 @@ std::vector<std::string> split_list(const std::string& text, const std::string& 
   while (true) {
     const size_t comma = text.find(',', start);
     out.push_back(text.substr(start, comma == std::string::npos ? comma : comma - start));
-    HETMOE_CHECK(!out.back().empty(), "cli", option, " '", text, "' has an empty item");
+    HETMOE_CHECK(!out.back().empty(), "usage", option, " '", text, "' has an empty item");
     if (comma == std::string::npos) return out;
     start = comma + 1;
   }
@@ -41,7 +45,7 @@ std::vector<std::string> pick_backends(const std::vector<std::string>& names) {
       if (b->name() == n) found = b;
     std::string known;
     for (const Backend* b : backends()) known += (known.empty() ? "" : ", ") + b->name();
-    HETMOE_CHECK(found, "cli", "backend '", n, "' is not built into this hetmoe (built: ", known,
+    HETMOE_CHECK(found, "usage", "backend '", n, "' is not built into this hetmoe (built: ", known,
                  ")");
     HETMOE_CHECK(found->available(), "cli", "backend '", n,
                  "' is built in but has no usable device on this machine (see `hetmoe devices`)");
@@ -50,26 +54,41 @@ std::vector<std::string> pick_backends(const std::vector<std::string>& names) {
   return out;
 }
 
+namespace {
+// A new, uniquely named file beside `path` (never one of the user's); -1 when none can be made.
+int temp_beside(const std::string& path, std::string& name) {
+  name = path + ".tmp-XXXXXX";
+  return mkstemp(name.data());
+}
+}  // namespace
+
 void check_writable(const std::string& path) {
-  const std::string probe = path + ".probe";
-  {
-    std::ofstream out(probe);
-    HETMOE_CHECK(out.good(), "cli", "cannot write '", path,
-                 "': its directory does not exist or is not writable");
-  }
+  HETMOE_CHECK(!std::filesystem::is_directory(path), "usage", "'", path,
+               "' is a directory; name a file to write");
+  std::string probe;
+  const int fd = temp_beside(path, probe);
+  HETMOE_CHECK(fd >= 0, "cli", "cannot write '", path,
+               "': its directory does not exist or is not writable");
+  close(fd);
   std::remove(probe.c_str());
 }
 
 void write_file_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
+  std::string tmp;
+  const int fd = temp_beside(path, tmp);
+  HETMOE_CHECK(fd >= 0, "cli", "cannot write beside '", path, "'");
+  close(fd);
   {
     std::ofstream out(tmp, std::ios::trunc);
     out << text;
     out.flush();
+    if (!out.good()) std::remove(tmp.c_str());
     HETMOE_CHECK(out.good(), "cli", "cannot write '", tmp, "'");
   }
-  HETMOE_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cli", "cannot move '", tmp, "' to '",
-               path, "'");
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    HETMOE_FAIL("cli", "cannot move '", tmp, "' to '", path, "'");
+  }
 }
 
 DeviceCatalog open_catalog(const std::string& explicit_path) {

@@ -35,11 +35,11 @@ std::pair<CheckSide, CheckSide> sides_of(const CheckArgs& a, const Config& confi
   std::vector<std::string> kernels =
       a.kernels.empty() ? std::vector<std::string>{"native"} : split_list(a.kernels, "--kernels");
   for (const std::string& d : dtypes)
-    HETMOE_CHECK(d == "fp32" || d == "bf16", "cli", "--dtypes: unknown dtype '", d,
+    HETMOE_CHECK(d == "fp32" || d == "bf16", "usage", "--dtypes: unknown dtype '", d,
                  "' (known: fp32, bf16)");
   const int pairs = (devices.size() == 2) + (dtypes.size() == 2) + (kernels.size() == 2);
   HETMOE_CHECK(devices.size() <= 2 && dtypes.size() <= 2 && kernels.size() <= 2 && pairs <= 1,
-               "cli",
+               "usage",
                "give two values to exactly one of --backends, --dtypes and --kernels (the "
                "one thing that differs between the two sides)");
   if (pairs == 0) kernels = {kernels[0] == "reference" ? "native" : kernels[0], "reference"};
@@ -139,6 +139,7 @@ void add_check_command(CLI::App& root, int& status) {
   cmd->add_option("--tolerance", a->tolerance,
                   "Largest relative loss difference (default: by what differs, see "
                   "docs/benchmarks.md)")
+      ->check(finite_number())
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--loss-window", a->loss_window,
                   "Compare the losses as moving means over this many steps (1: step by step)")
@@ -146,6 +147,7 @@ void add_check_command(CLI::App& root, int& status) {
       ->capture_default_str();
   cmd->add_option("--op-tolerance", a->op_tolerance,
                   "Largest relative operator difference on the first batch")
+      ->check(finite_number())
       ->check(CLI::NonNegativeNumber);
   cmd->callback([a, &status] {
     init_logging(0, "warn");

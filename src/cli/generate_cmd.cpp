@@ -48,12 +48,14 @@ void add_generate_command(CLI::App& root, int& status) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   cmd->add_option("-t,--temperature", a->sample.temperature, "Sampling temperature; 0 is greedy")
       ->default_val(0.8)
+      ->check(finite_number())
       ->check(CLI::Range(0.0, 100.0));
   cmd->add_option("-k,--top-k", a->sample.top_k, "Sample among the k likeliest tokens; 0: all")
       ->default_val(0)
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", a->sample.seed, "Sampling seed")->default_val(0);
-  cmd->add_option("--device", a->device, "Device (default: the checkpoint's backend.device)");
+  cmd->add_option("--device", a->device, "Device (default: the checkpoint's backend.device)")
+      ->check(non_empty());
   cmd->callback([a, &status] { status = run_generate(*a); });
 }
 

@@ -17,14 +17,14 @@
 namespace {
 // A runtime error: said once, with the rank in multi-rank jobs, and then the whole job ends so
 // no other rank is left waiting in a collective.
-int fail(const std::string& what) {
+int fail(const std::string& what, int code = 1) {
   if (hetmoe::launched_by_mpi())
     std::fprintf(stderr, "hetmoe: error: rank %d: %s\n", hetmoe::launcher_rank(), what.c_str());
   else
     std::fprintf(stderr, "hetmoe: error: %s\n", what.c_str());
   std::fflush(stderr);
-  hetmoe::abort_job(1);
-  return 1;
+  hetmoe::abort_job(code);
+  return code;
 }
 }  // namespace
 
@@ -58,7 +58,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "hetmoe: error: %s\nRun with --help for usage.\n", e.what());
     return 2;
   } catch (const hetmoe::Error& e) {
-    return fail(e.what());
+    // "[usage]": a flag's value that the CLI checks itself (exit 2, as CLI11's own checks).
+    return fail(e.what(), e.component() == "usage" ? 2 : 1);
   } catch (const c10::Error& e) {
     return fail(std::string("[libtorch] ") + e.what_without_backtrace());
   } catch (const std::exception& e) {

@@ -41,6 +41,11 @@ std::string gb(int64_t bytes) {
 
 // 1234567.8 -> "1,234,568"
 std::string thousands(double v) {
+  if (!(std::abs(v) < 1e15)) {  // beyond what a table needs (and llround's range), or NaN
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3g", v);
+    return buf;
+  }
   std::string digits = std::to_string(static_cast<long long>(std::llround(v)));
   for (int i = static_cast<int>(digits.size()) - 3; i > (digits[0] == '-' ? 1 : 0); i -= 3)
     digits.insert(static_cast<size_t>(i), ",");
@@ -87,7 +92,13 @@ int run_plan(const PlanArgs& a) {
   const std::string dtype = a.dtype.empty() ? config.backend.dtype : a.dtype;
   PlanGrid grid;
   grid.expert = config.parallel.expert_parallel;
-  if (!a.grid.empty()) grid = parse_grid(a.grid);
+  if (!a.grid.empty()) {
+    try {
+      grid = parse_grid(a.grid);
+    } catch (const Error& e) {  // the flag's syntax: a usage error
+      throw Error("usage", std::string(e.what()).substr(e.component().size() + 3));
+    }
+  }
   const TrainingPlan p = plan_training(config, grid, dtype);
   const DeviceCatalog catalog = open_catalog(a.catalog);
   const std::map<std::string, double> measured = measured_mfu(a.bench, catalog, dtype);
@@ -161,6 +172,7 @@ void add_plan_command(CLI::App& root, int& status) {
   cmd->add_option("-g,--grid", a->grid,
                   "Process grid: data- and expert-parallel ranks (default: dp=1, "
                   "ep=parallel.expert_parallel)")
+      ->check(non_empty())
       ->type_name("dp=N,ep=M");
   cmd->add_option("--dtype", a->dtype, "Compute dtype (default: the config's backend.dtype)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
@@ -170,9 +182,11 @@ void add_plan_command(CLI::App& root, int& status) {
       ->check(CLI::ExistingFile)
       ->type_name("FILE.json");
   cmd->add_option("--mfu", a->mfu, "Assumed MFU of the nominal peak for unmeasured devices")
+      ->check(finite_number())
       ->check(CLI::Range(1e-6, 1.0))
       ->capture_default_str();
   cmd->add_option("--tokens", a->tokens, "Training tokens to price")
+      ->check(finite_number())
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--catalog", a->catalog, "Device catalog (default: configs/devices.yaml)")

@@ -47,7 +47,7 @@ int run_train(const TrainArgs& a) {
     }
     if (a.out_dir.empty()) overrides.insert(overrides.begin(), {"run.out_dir", run.string()});
   }
-  HETMOE_CHECK(!config_path.empty(), "cli", "train needs --config FILE or --resume DIR");
+  HETMOE_CHECK(!config_path.empty(), "usage", "train needs --config FILE or --resume DIR");
   Config config = load_config(config_path, overrides);
   init_logging(0, config.run.log_level);
   HETMOE_LOG_INFO("config %s -> run directory %s", config_path.c_str(), config.run.out_dir.c_str());
@@ -75,9 +75,11 @@ void add_train_command(CLI::App& root, int& status) {
       ->type_name("KEY=VALUE");
   cmd->add_option("--resume", args->resume,
                   "Continue the run in this run directory (or from this checkpoint directory)")
-      ->type_name("DIR");
+      ->type_name("DIR")
+      ->check(non_empty());
   cmd->add_option("-o,--out-dir", args->out_dir, "Run directory (same as --set run.out_dir=DIR)")
-      ->type_name("DIR");
+      ->type_name("DIR")
+      ->check(non_empty());
   cmd->add_flag("--overwrite", args->overwrite,
                 "Start afresh in an out_dir that already holds a run, replacing its checkpoints "
                 "and metrics");

@@ -253,22 +253,19 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
   if (shard.world > 1) digests = shard.comm->all_gather(digests);
   barrier(shard);  // every shard is on disk before the manifest says so
   if (shard.rank == 0) {
-    nlohmann::json j = {{"format", "hetmoe-checkpoint"},
-                        {"version", 1},
-                        {"step", state.step},
-                        {"tokens_seen", state.tokens_seen},
-                        {"last_val_loss", state.last_val_loss},
-                        {"log_window",
-                         {{"loss_sum", std::isfinite(state.log_loss_sum)
-                                           ? nlohmann::json(state.log_loss_sum)
-                                           : nlohmann::json(nullptr)},  // JSON has no NaN
-                          {"steps", state.log_steps}}},
-                        {"seed", config.train.seed},
-                        {"world_size", shard.world},
-                        {"expert_parallel", shard.expert_parallel},
-                        {"health", state.health.empty() ? nlohmann::json::object()
-                                                        : nlohmann::json::parse(state.health)},
-                        {"data_sampler", "stateless: windows are a function of (seed, step)"}};
+    nlohmann::json j = {
+        {"format", "hetmoe-checkpoint"},
+        {"version", 1},
+        {"step", state.step},
+        {"tokens_seen", state.tokens_seen},
+        {"last_val_loss", state.last_val_loss},
+        {"log_window", {{"loss_sum", state.log_loss_sum}, {"steps", state.log_steps}}},
+        {"seed", config.train.seed},
+        {"world_size", shard.world},
+        {"expert_parallel", shard.expert_parallel},
+        {"health",
+         state.health.empty() ? nlohmann::json::object() : nlohmann::json::parse(state.health)},
+        {"data_sampler", "stateless: windows are a function of (seed, step)"}};
     nlohmann::json files = nlohmann::json::array();
     nlohmann::json sums = nlohmann::json::object();
     const int64_t* dg = digests.data_ptr<int64_t>();

@@ -8,6 +8,21 @@
 
 namespace hetmoe {
 
+namespace {
+
+// A loss field: a number, or null for a loss that was NaN or infinite (JSON has no such numbers,
+// and a diverged run must still leave loadable checkpoints); `missing` when absent.
+double loss_value(const nlohmann::json& j, const char* key, double missing,
+                  const std::string& where) {
+  if (!j.contains(key)) return missing;
+  const nlohmann::json& v = j.at(key);
+  if (v.is_null()) return std::nan("");
+  HETMOE_CHECK(v.is_number(), "checkpoint", where, key, " is not a number");
+  return v.get<double>();
+}
+
+}  // namespace
+
 CheckpointManifest parse_checkpoint_manifest(const std::string& text, const std::string& source) {
   CheckpointManifest m;
   nlohmann::json j;
@@ -24,13 +39,11 @@ CheckpointManifest parse_checkpoint_manifest(const std::string& text, const std:
     const std::string where = source + ": ";
     m.step = json_int64(j.at("step"), "checkpoint", where + "step");
     m.tokens_seen = json_int64(j.at("tokens_seen"), "checkpoint", where + "tokens_seen");
-    m.last_val_loss = j.value("last_val_loss", -1.0);
+    m.last_val_loss = loss_value(j, "last_val_loss", -1.0, where);
     if (j.contains("log_window")) {
       const auto& w = j.at("log_window");
       HETMOE_CHECK(w.is_object(), "checkpoint", source, ": log_window is not an object");
-      m.log_loss_sum = w.contains("loss_sum") && w.at("loss_sum").is_null()
-                           ? std::nan("")  // a non-finite sum is written as null
-                           : w.value("loss_sum", 0.0);
+      m.log_loss_sum = loss_value(w, "loss_sum", 0.0, where + "log_window.");
       m.log_steps = json_int64(w.at("steps"), "checkpoint", where + "log_window.steps");
       HETMOE_CHECK(m.log_steps >= 0, "checkpoint", source, ": negative log_window.steps");
     }

@@ -107,8 +107,12 @@ Trainer::Trainer(Config config, TrainerOptions options)
 
   LoadedCheckpoint resumed;
   const fs::path out(config_.run.out_dir);
-  if (!options_.resume.empty())
+  if (!options_.resume.empty()) {
     resumed = load_checkpoint(options_.resume, true, checkpoint_shard());
+    HETMOE_CHECK(resumed.state.step <= t.steps, "train", "'", resumed.dir, "' is at step ",
+                 resumed.state.step, ", past train.steps ", t.steps,
+                 "; give train.steps above it to continue the run");
+  }
   // out_dir may hold a run: the one being resumed (<run>/checkpoints/step_N), or another one,
   // which only overwrite may replace. Nothing is removed until every check below has passed.
   bool replace = false;
@@ -175,6 +179,12 @@ Trainer::Trainer(Config config, TrainerOptions options)
   fs::create_directories(out, ec);
   HETMOE_CHECK(!ec, "train", "cannot create run directory '", out.string(), "': ", ec.message());
   if (!options_.resume.empty()) {
+    // The resumed step's checkpoint is this run's latest until a new one is written (and, in its
+    // own run directory, saving that step again would rewrite it for nothing).
+    last_checkpoint_ = resumed.dir;
+    std::error_code same_ec;
+    if (fs::equivalent(out, fs::path(resumed.dir).parent_path().parent_path(), same_ec))
+      saved_step_ = state_.step;
     if (is_rank0()) truncate_metrics(out / "metrics.jsonl", state_.step);
     HETMOE_LOG_INFO("resumed from %s at step %lld", resumed.dir.c_str(),
                     static_cast<long long>(state_.step));

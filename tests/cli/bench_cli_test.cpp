@@ -46,15 +46,22 @@ TEST_F(BenchCliTest, BenchWritesTheTableAndTheJsonDocument) {
 
 TEST_F(BenchCliTest, BenchRefusesBadBackendsAndUnwritableOutputsBeforeRunning) {
   Result r = run("bench --config " + config_ + " --backends tpu");
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.code, 2);
   expect_contains(r, "backend 'tpu' is not built into this hetmoe");
   r = run("bench --config " + config_ + " --backends cpu, --no-train --no-ops");
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.code, 2);
   expect_contains(r, "--backends 'cpu,' has an empty item");
   r = run("bench --config " + config_ + " --out /nonexistent/dir/b.json");
   EXPECT_EQ(r.code, 1);
   expect_contains(r, "cannot write '/nonexistent/dir/b.json'");
   EXPECT_EQ(r.output.find("op.route"), std::string::npos) << "nothing ran";
+  // A directory where the JSON should go: refused before running, and no file left beside it.
+  r = run("bench --config " + config_ + " --out " + dir_.str());
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "is a directory; name a file to write");
+  EXPECT_EQ(r.output.find("op.route"), std::string::npos) << "nothing ran";
+  r = run("bench --config " + config_ + " --out ''");
+  EXPECT_EQ(r.code, 2);
   r = run("bench --config " + config_ + " --repeats 0");
   EXPECT_EQ(r.code, 2);
   r = run("bench --config " + config_ + " --catalog " + dir_.write("bad.yaml", "devices: 3\n"));
@@ -88,10 +95,20 @@ TEST_F(BenchCliTest, PlanRefusesGridsAndDocumentsThatDoNotFit) {
   EXPECT_EQ(r.code, 1);
   expect_contains(r, "ep=3 does not divide moe.num_experts 4");
   r = run("plan --config " + config_ + " --grid tp=2");
-  EXPECT_EQ(r.code, 1);
-  expect_contains(r, "unknown part 'tp'");
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "[usage] bad --grid 'tp=2': unknown part 'tp'");
   r = run("plan --config " + config_ + " --mfu 1.5");
   EXPECT_EQ(r.code, 2);
+  // NaN passes CLI11's ranges; it is refused by name.
+  for (const char* flag : {"--mfu nan", "--tokens nan", "--tokens inf"}) {
+    r = run("plan --config " + config_ + " " + flag);
+    EXPECT_EQ(r.code, 2) << flag;
+    expect_contains(r, "is not a finite number");
+  }
+  // Astronomical but finite: printed as such, not as an overflowed integer.
+  r = run("plan --config " + config_ + catalog_ + " --tokens 1e300");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("-9,223"), std::string::npos) << r.output;
   r = run("plan --config " + config_ + " --bench " + dir_.write("x.json", "{\"schema\": 1}"));
   EXPECT_EQ(r.code, 1);
   expect_contains(r, "is not a hetmoe benchmark result");
@@ -110,14 +127,17 @@ TEST_F(BenchCliTest, CheckPassesForTheReferencePathAndFailsBeyondATolerance) {
 
 TEST_F(BenchCliTest, CheckRefusesAmbiguousSides) {
   Result r = run("check --config " + config_ + " --dtypes fp32,bf16 --kernels native,reference");
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.code, 2);
   expect_contains(r, "give two values to exactly one of --backends, --dtypes and --kernels");
   r = run("check --config " + config_ + " --kernels native,fast");
   EXPECT_EQ(r.code, 1);
   expect_contains(r, "unknown kernel implementation 'fast'");
   r = run("check --config " + config_ + " --backends cpu,tpu");
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.code, 2);
   expect_contains(r, "backend 'tpu' is not built into this hetmoe");
+  r = run("check --config " + config_ + " --tolerance nan");
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "'nan' is not a finite number");
 }
 
 }  // namespace

@@ -80,8 +80,14 @@ TEST(CliTest, TrainHelpDocumentsEveryFlag) {
 
 TEST(CliTest, TrainWithoutConfigOrResumeFails) {
   Result r = run("train");
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.code, 2);
   expect_contains(r, "needs --config FILE or --resume DIR");
+  // An empty value is not "not given": it would silently fall back to the config's out_dir.
+  r = run("train --config " + std::string(HETMOE_SOURCE_DIR) + "/configs/tiny.yaml --out-dir ''");
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "must not be empty");
+  r = run("train --resume ''");
+  EXPECT_EQ(r.code, 2);
 }
 
 TEST(CliTest, BadConfigValueAndUnknownOverrideAreOneLineErrors) {
@@ -150,6 +156,15 @@ TEST(CliTest, ResumeOfARunDirectoryFallsBackPastADamagedCheckpoint) {
   expect_contains(r, "trying an older checkpoint");
   expect_contains(r, "step_00000002 at step 2");
   expect_contains(r, "step 4/4");
+  // A checkpoint past train.steps is refused, not resumed into doing nothing.
+  r = run("train --resume " + f.dir.str("run") + " --set train.steps=3");
+  EXPECT_EQ(r.code, 1);
+  expect_contains(r, "is at step 4, past train.steps 3");
+  // A finished run resumed again has nothing to do; it names the checkpoint it holds.
+  r = run("train --resume " + f.dir.str("run") + " --set train.steps=4");
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_contains(r, "done: 4 steps");
+  expect_contains(r, "checkpoint " + f.dir.str("run/checkpoints/step_00000004"));
 }
 
 // Top-1 routing with renormalised weights trains, but its router gets no gradient from the

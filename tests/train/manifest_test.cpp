@@ -2,6 +2,7 @@
 // (the fuzz target's first finding, a mistyped "format", is a case here).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 
 #include "hetmoe/core/error.h"
@@ -30,6 +31,25 @@ TEST(ManifestTest, ParsesAValidManifest) {
   EXPECT_EQ(m.expert_parallel, 2);
   EXPECT_EQ(m.files.at("model.safetensors").bytes, 12);
   EXPECT_EQ(m.health, R"({"spikes":1})");
+}
+
+// A diverged run's losses are NaN, which JSON writes as null: its checkpoints must still load.
+TEST(ManifestTest, NullLossesReadAsNaNAndTheLogWindowRoundTrips) {
+  const CheckpointManifest m = parse_checkpoint_manifest(
+      R"({"format": "hetmoe-checkpoint", "step": 3, "tokens_seen": 30, "last_val_loss": null,
+          "log_window": {"loss_sum": null, "steps": 2}})",
+      "state.json");
+  EXPECT_TRUE(std::isnan(m.last_val_loss));
+  EXPECT_TRUE(std::isnan(m.log_loss_sum));
+  EXPECT_EQ(m.log_steps, 2);
+  const CheckpointManifest old = parse_checkpoint_manifest(
+      R"({"format": "hetmoe-checkpoint", "step": 3, "tokens_seen": 30})", "state.json");
+  EXPECT_EQ(old.last_val_loss, -1);  // before any evaluation
+  EXPECT_EQ(old.log_steps, 0);
+  EXPECT_NE(error_of(R"({"format": "hetmoe-checkpoint", "step": 3, "tokens_seen": 30,
+                         "last_val_loss": "low"})")
+                .find("last_val_loss is not a number"),
+            std::string::npos);
 }
 
 TEST(ManifestTest, RefusesMalformedManifestsWithAClearError) {
