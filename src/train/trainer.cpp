@@ -30,8 +30,10 @@ namespace fs = std::filesystem;
 namespace hetmoe {
 namespace {
 
-// Artifacts a run writes into its out_dir; --overwrite removes exactly these and nothing else.
+// Artifacts a run writes into its out_dir; --overwrite replaces exactly these and nothing else.
 const char* const kRunArtifacts[] = {"checkpoints", "metrics.jsonl", "resolved.yaml"};
+// Where --overwrite keeps them until the new run's first checkpoint.
+const char* const kReplacedDir = ".replaced-run";
 
 bool holds_run(const fs::path& dir) {
   for (const char* a : kRunArtifacts)
@@ -168,14 +170,24 @@ Trainer::Trainer(Config config, TrainerOptions options)
     health_.load(state_.health);
   }
   // Every check has passed: now the run directory may change.
-  if (replace) {
-    for (const char* a : kRunArtifacts) {
-      std::string why;
-      HETMOE_CHECK(remove_tree((out / a).string(), &why), "train", "--overwrite: cannot remove '",
-                   (out / a).string(), "': ", why);
-    }
-  }
   std::error_code ec;
+  if (replace) {
+    // Moved aside, not removed: the run being replaced comes back if this one fails before its
+    // first checkpoint (an out-of-memory step, a diverging config), and goes when it has one.
+    const fs::path aside = out / kReplacedDir;
+    std::string why;
+    HETMOE_CHECK(remove_tree(aside.string(), &why), "train", "--overwrite: cannot remove '",
+                 aside.string(), "': ", why);
+    fs::create_directories(aside, ec);
+    HETMOE_CHECK(!ec, "train", "--overwrite: cannot create '", aside.string(), "': ", ec.message());
+    for (const char* a : kRunArtifacts) {
+      if (!fs::exists(out / a)) continue;
+      fs::rename(out / a, aside / a, ec);
+      HETMOE_CHECK(!ec, "train", "--overwrite: cannot move '", (out / a).string(),
+                   "' aside: ", ec.message());
+    }
+    replaced_pending_ = true;
+  }
   fs::create_directories(out, ec);
   HETMOE_CHECK(!ec, "train", "cannot create run directory '", out.string(), "': ", ec.message());
   if (!options_.resume.empty()) {
@@ -228,7 +240,38 @@ Trainer::Trainer(Config config, TrainerOptions options)
                   static_cast<long long>(data_->split_size(Split::Val)));
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+  if (!replaced_pending_) return;
+  // This run ends without a checkpoint: put back the run it was to replace.
+  const fs::path out(config_.run.out_dir), aside = out / kReplacedDir;
+  std::error_code ec;
+  for (const char* a : kRunArtifacts) {
+    if (!fs::exists(aside / a)) continue;
+    std::string why;
+    remove_tree((out / a).string(), &why);
+    fs::rename(aside / a, out / a, ec);
+  }
+  std::string why;
+  if (!ec && remove_tree(aside.string(), &why))
+    HETMOE_LOG_WARN(
+        "the run ended before its first checkpoint; the run it was to replace "
+        "(--overwrite) is back in '%s'",
+        out.c_str());
+  else
+    HETMOE_LOG_WARN(
+        "the run ended before its first checkpoint; the run it was to replace is in "
+        "'%s'",
+        aside.c_str());
+}
+
+void Trainer::commit_replacement() {
+  if (!replaced_pending_) return;
+  replaced_pending_ = false;
+  std::string why;
+  const fs::path aside = fs::path(config_.run.out_dir) / kReplacedDir;
+  if (!remove_tree(aside.string(), &why))
+    HETMOE_LOG_WARN("cannot remove the replaced run in '%s': %s", aside.c_str(), why.c_str());
+}
 
 bool Trainer::is_rank0() const {
   return grid_->rank() == 0;
@@ -489,6 +532,7 @@ std::string Trainer::save() {
   last_checkpoint_ = save_checkpoint(config_.run.out_dir, config_, state_, weights,
                                      optimizer_->state_dict(), checkpoint_shard());
   saved_step_ = state_.step;
+  commit_replacement();
   if (options_.on_checkpoint) options_.on_checkpoint(state_.step, last_checkpoint_);
   return last_checkpoint_;
 }
@@ -647,6 +691,7 @@ TrainResult Trainer::run() {
                    : 0.0;
   result.skipped_steps = health_.skipped_steps();
   result.checkpoint = last_checkpoint_;
+  commit_replacement();  // finished (or stopped) without an error: the old run goes
   return result;
 }
 

@@ -237,6 +237,35 @@ TEST(TrainerTest, AnOverwriteThatFailsItsChecksRemovesNothing) {
   EXPECT_TRUE(fs::exists(run / "resolved.yaml"));
 }
 
+// --overwrite keeps the old run aside until the new one has a checkpoint: a new run that fails
+// at its first step (here: a callback throws) gives the old one back; one that succeeds removes
+// it.
+TEST(TrainerTest, AnOverwritingRunThatFailsBeforeItsFirstCheckpointRestoresTheOldRun) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.steps = 4;
+  Trainer(c).run();
+  const fs::path run = dir.path() / "run";
+  auto text = [](const fs::path& p) {
+    std::ifstream in(p);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string metrics = text(run / "metrics.jsonl");
+  TrainerOptions failing{"", /*overwrite=*/true};
+  failing.on_step = [](const StepMetrics&) { throw std::runtime_error("boom"); };
+  EXPECT_THROW(Trainer(c, failing).run(), std::runtime_error);
+  EXPECT_EQ(text(run / "metrics.jsonl"), metrics);
+  EXPECT_EQ(load_checkpoint(run.string()).state.step, 4);
+  EXPECT_FALSE(fs::exists(run / ".replaced-run"));
+  Config shorter = c;
+  shorter.train.steps = 3;
+  Trainer(shorter, TrainerOptions{"", /*overwrite=*/true}).run();
+  EXPECT_EQ(load_checkpoint(run.string()).state.step, 3);
+  EXPECT_FALSE(fs::exists(run / "checkpoints" / "step_00000004"));
+  EXPECT_FALSE(fs::exists(run / ".replaced-run"));
+}
+
 // Resuming run A with run.out_dir at another run B would mix the two: refused unless B is to be
 // replaced; an empty directory takes the continued run (a fork).
 TEST(TrainerTest, ResumingIntoAnotherRunsDirectoryIsRefusedUnlessReplacing) {

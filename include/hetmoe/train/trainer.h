@@ -131,6 +131,10 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   TrainState state_;
   int64_t saved_step_ = -1;  // the step last_checkpoint_ holds
+  // --overwrite moved the old run aside (rank 0); it is restored if this run ends before its
+  // first checkpoint, removed by commit_replacement() once it has one or run() returns.
+  bool replaced_pending_ = false;
+  void commit_replacement();
   HealthMonitor health_;
   std::vector<std::vector<int64_t>> idle_steps_;  // per MoE layer, per expert
   int64_t last_imbalance_warning_ = -1000000;
