@@ -160,7 +160,21 @@ at::Tensor MoELayerImpl::warmup_logits(const at::Tensor& logits) {
     // Running statistics (EMA, momentum 0.99; the first update takes the batch's own).
     at::NoGradGuard no_grad;
     // Decided on the device: reading the counter on the host would synchronise every layer.
-    at::Tensor mean = logits.mean(0), var = logits.var(0, /*unbiased=*/false);
+    at::Tensor mean, var;
+    if (exchange_ && exchange_->token_ranks() > 1) {
+      // Over the global micro-batch, every rank's tokens, as one process sees them: each grid
+      // shape then keeps the same statistics (and every rank the same buffers).
+      const at::Tensor l = logits.detach().to(at::kDouble);
+      const at::Tensor sums =
+          exchange_->sum_over_token_ranks(at::stack({l.sum(0), l.pow(2).sum(0)}));
+      const double count = static_cast<double>(logits.size(0) * exchange_->token_ranks());
+      const at::Tensor m = sums[0] / count;
+      mean = m.to(at::kFloat);
+      var = (sums[1] / count - m * m).clamp_min(0).to(at::kFloat);
+    } else {
+      mean = logits.mean(0);
+      var = logits.var(0, /*unbiased=*/false);
+    }
     at::Tensor first = logit_updates.eq(0);
     logit_mean.copy_(at::where(first, mean, logit_mean.mul(0.99).add(mean, 0.01)));
     logit_var.copy_(at::where(first, var, logit_var.mul(0.99).add(var, 0.01)));
@@ -176,8 +190,13 @@ at::Tensor MoELayerImpl::warmup_logits(const at::Tensor& logits) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(z ^ (z >> 31));
+  // Drawn for the global micro-batch; this rank takes its block, so a token gets the same noise
+  // whatever the grid.
+  const int64_t n = logits.size(0), ranks = exchange_ ? exchange_->token_ranks() : 1;
   at::Tensor eps =
-      at::randn(logits.sizes(), gen, at::TensorOptions().dtype(at::kFloat)).to(logits.device());
+      at::randn({n * ranks, logits.size(1)}, gen, at::TensorOptions().dtype(at::kFloat));
+  if (ranks > 1) eps = eps.narrow(0, exchange_->token_rank() * n, n);
+  eps = eps.to(logits.device());
   at::Tensor noise = logit_mean + logit_var.sqrt() * eps;
   return alpha * logits + (1.0 - alpha) * noise;
 }

@@ -97,6 +97,22 @@ comm: {{timeout_s: 120}}
         check(rel(rows[-1]["val_loss"], base[-1]["val_loss"]) <= tol,
               f"{name}: val loss {rows[-1]['val_loss']:.7f} vs {base[-1]['val_loss']:.7f}")
 
+    # Ling's routing warmup: logit statistics over the global micro-batch and noise drawn per
+    # global token, so a grid gives the one-process losses with it on too.
+    warm = {}
+    for ranks, ep in ((1, 1), (4, 2)):
+        out = os.path.join(tmp, f"warm-{ranks}-{ep}")
+        r = train(tmp, ranks, ep, out, extra=("--set", "moe.routing_warmup_steps=4"))
+        check(r.returncode == 0, f"routing warmup on {ranks} ranks: exit {r.returncode}"
+              + ("" if r.returncode == 0 else "\n" + r.stderr[-2000:]))
+        if r.returncode == 0:
+            warm[(ranks, ep)] = metrics(out)
+    if len(warm) == 2:
+        a, b = warm[(4, 2)], warm[(1, 1)]
+        worst = max(rel(x["loss"], y["loss"]) for x, y in zip(a, b))
+        check(len(a) == len(b) and worst <= tol,
+              f"routing warmup, 4 ranks, expert_parallel 2: losses within {worst:.1e} of one process")
+
     # The time split: the MoE kernels on every CPU run; the exchanges, and the shared-expert
     # work done while tokens travelled, on expert-parallel ones.
     for grid, (name, rows) in runs.items():

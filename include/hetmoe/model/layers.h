@@ -85,7 +85,10 @@ class ExpertExchange {
   virtual at::Tensor combine(const at::Tensor& rows, const Dispatched& dispatched) = 0;
   // Sum of `t` over every rank that holds tokens (routing statistics; no gradient).
   virtual at::Tensor sum_over_token_ranks(const at::Tensor& t) = 0;
+  // How many ranks hold tokens, and which of them this one is: rank r's tokens are block r of
+  // the global micro-batch (equal blocks, in rank order).
   virtual int64_t token_ranks() const = 0;
+  virtual int64_t token_rank() const = 0;
 };
 
 // Which experts a layer holds: [first, first + count) of moe.num_experts (count -1: all).

@@ -36,6 +36,7 @@ class AllToAllExchange final : public ExpertExchange {
   at::Tensor combine(const at::Tensor& rows, const Dispatched& dispatched) override;
   at::Tensor sum_over_token_ranks(const at::Tensor& t) override;
   int64_t token_ranks() const override { return grid_.world_size(); }
+  int64_t token_rank() const override { return grid_.rank(); }
 
   // Seconds spent moving rows towards the experts (dispatch forward, combine backward) and back
   // (combine forward, dispatch backward) since the last call; resets both.
