@@ -92,16 +92,16 @@ void add_bench_command(CLI::App& root, int& status) {
                   "Device catalog for peaks and prices (default: configs/devices.yaml)")
       ->check(CLI::ExistingFile);
   cmd->add_option("--warmup", a->options.warmup, "Untimed calls before each operator's samples")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative())
       ->capture_default_str();
   cmd->add_option("--repeats", a->options.repeats, "Timed samples per operator and ceiling")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   cmd->add_option("--train-warmup", a->options.train_warmup, "Untimed training steps")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative())
       ->capture_default_str();
   cmd->add_option("--train-steps", a->options.train_steps, "Timed training steps")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   cmd->add_flag("--no-train", a->no_train, "Skip the training-step benchmark");
   cmd->add_flag("--no-ops", a->no_ops, "Skip the operator benchmarks");

@@ -134,21 +134,19 @@ void add_check_command(CLI::App& root, int& status) {
                   "the default with one backend and one dtype: native,reference")
       ->type_name("native,reference");
   cmd->add_option("-n,--steps", a->steps, "Training steps on each side")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   cmd->add_option("--tolerance", a->tolerance,
                   "Largest relative loss difference (default: by what differs, see "
                   "docs/benchmarks.md)")
-      ->check(finite_number())
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--loss-window", a->loss_window,
                   "Compare the losses as moving means over this many steps (1: step by step)")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   cmd->add_option("--op-tolerance", a->op_tolerance,
                   "Largest relative operator difference on the first batch")
-      ->check(finite_number())
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->callback([a, &status] {
     init_logging(0, "warn");
     status = run_check(*a);

@@ -15,18 +15,33 @@ inline CLI::Validator non_empty() {
       [](std::string& s) { return s.empty() ? std::string("must not be empty") : std::string(); },
       "NONEMPTY");
 }
-inline CLI::Validator finite_number() {
+namespace detail {
+// A check that the value is a finite number for which `ok` holds; `what` names the kind.
+template <typename Ok>
+CLI::Validator number_check(const char* what, const char* name, Ok ok) {
   return CLI::Validator(
-      [](std::string& s) {
+      [what, ok](std::string& s) {
         try {
           size_t used = 0;
           const double v = std::stod(s, &used);
-          if (used == s.size() && std::isfinite(v)) return std::string();
+          if (used == s.size() && std::isfinite(v) && ok(v)) return std::string();
         } catch (const std::exception&) {
         }
-        return "'" + s + "' is not a finite number";
+        return "'" + s + "' is not " + what;
       },
-      "FINITE");
+      name);
+}
+}  // namespace detail
+inline CLI::Validator finite_number() {
+  return detail::number_check("a finite number", "FINITE", [](double) { return true; });
+}
+// CLI11's PositiveNumber and NonNegativeNumber print their range with 300 digits.
+inline CLI::Validator positive() {
+  return detail::number_check("a finite number > 0", "POSITIVE", [](double v) { return v > 0; });
+}
+inline CLI::Validator non_negative() {
+  return detail::number_check("a finite number >= 0", "NONNEGATIVE",
+                              [](double v) { return v >= 0; });
 }
 
 void add_train_command(CLI::App& root, int& status);

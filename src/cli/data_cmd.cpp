@@ -21,6 +21,7 @@ void add_data_command(CLI::App& root, int& status) {
   prep->add_option("--val-fraction", opts->val_fraction,
                    "Fraction of documents held out for validation")
       ->default_val(0.05)
+      ->check(finite_number())
       ->check(CLI::Range(0.0, 0.999));
   prep->add_option("--separator", opts->separator,
                    "A line with exactly this text separates documents inside a file (fortune "

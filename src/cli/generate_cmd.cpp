@@ -52,7 +52,7 @@ void add_generate_command(CLI::App& root, int& status) {
       ->check(CLI::Range(0.0, 100.0));
   cmd->add_option("-k,--top-k", a->sample.top_k, "Sample among the k likeliest tokens; 0: all")
       ->default_val(0)
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--seed", a->sample.seed, "Sampling seed")->default_val(0);
   cmd->add_option("--device", a->device, "Device (default: the checkpoint's backend.device)")
       ->check(non_empty());

@@ -48,6 +48,20 @@ int main(int argc, char** argv) {
   hetmoe::cli::add_plan_command(app, status);
   hetmoe::cli::add_check_command(app, status);
   hetmoe::init_logging(0, "info");
+  // CLI11 calls an unknown command a missing one ("A subcommand is required").
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string known;
+    bool found = false;
+    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+      found = found || sub->get_name() == argv[1];
+      known += (known.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!found) {
+      std::fprintf(stderr, "hetmoe: error: unknown command '%s' (commands: %s)\n", argv[1],
+                   known.c_str());
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -55,7 +69,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "hetmoe: error: %s\nRun with --help for usage.\n", e.what());
+    std::fprintf(stderr, "hetmoe: error: %s (see --help)\n", e.what());
     return 2;
   } catch (const hetmoe::Error& e) {
     // "[usage]": a flag's value that the CLI checks itself (exit 2, as CLI11's own checks).

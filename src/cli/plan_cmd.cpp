@@ -186,8 +186,7 @@ void add_plan_command(CLI::App& root, int& status) {
       ->check(CLI::Range(1e-6, 1.0))
       ->capture_default_str();
   cmd->add_option("--tokens", a->tokens, "Training tokens to price")
-      ->check(finite_number())
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   cmd->add_option("--catalog", a->catalog, "Device catalog (default: configs/devices.yaml)")
       ->check(CLI::ExistingFile);

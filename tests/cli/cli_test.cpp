@@ -44,10 +44,21 @@ struct Fixture {
   }
 };
 
+// Usage errors: exit 2 and one line that names the flag (or command) and what is wrong with it.
 TEST(CliTest, UnknownFlagIsAUsageError) {
   Result r = run("train --no-such-flag");
   EXPECT_EQ(r.code, 2);
   expect_contains(r, "--no-such-flag");
+  EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << "one line:\n" << r.output;
+  r = run("trian");
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "unknown command 'trian' (commands: train, data");
+  r = run("generate --checkpoint x --prompt a --top-k -1");
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "--top-k: '-1' is not a finite number >= 0");
+  r = run("data prepare --input x --out y --val-fraction abc");
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "--val-fraction: 'abc' is not a finite number");
 }
 
 TEST(CliTest, HostMallocSettingIsShownAndAMeaninglessOneRefused) {
