@@ -44,7 +44,9 @@ RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
   choice = choice.masked_fill(choice.isnan(), -INFINITY);  // NaN ranks last, as on every backend
   if (p.n_groups > 1) {
     const int64_t n = logits.size(0), per_group = logits.size(1) / p.n_groups;
-    at::Tensor group_score = std::get<0>(choice.view({n, p.n_groups, per_group}).max(-1));
+    // A group's score: the sum of its group_members best choices, best first (as route_token.h).
+    at::Tensor group_score =
+        std::get<0>(choice.view({n, p.n_groups, per_group}).topk(p.group_members, -1)).sum(-1);
     at::Tensor best_groups = best_first(group_score, p.topk_groups);
     at::Tensor allowed = at::zeros({n, p.n_groups}, logits.options().dtype(at::kBool))
                              .scatter_(1, best_groups, true)

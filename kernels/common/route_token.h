@@ -53,10 +53,33 @@ HETMOE_HOST_DEVICE void token_scores(const float* logits, int e, bool sigmoid, f
   for (int i = 0; i < e; ++i) s[i] *= inv;
 }
 
-// Bit g set when the token may choose from group g: the topk_groups groups whose best member
-// ranks highest (all groups when n_groups == 1). Requires n_groups <= kMaxGroups.
+// A group's score: the sum of its `members` best choice values, best first (members 1: its best;
+// 2: DeepSeek-V3's top-2 sum). O(members x group size), no scratch memory.
+HETMOE_HOST_DEVICE float group_score(const float* s, const float* bias, int first, int size,
+                                     int members) {
+  float sum = 0.0f, prev_v = INFINITY;
+  int prev_i = -1;
+  for (int m = 0; m < members; ++m) {
+    float best_v = -INFINITY;
+    int best_i = -1;
+    for (int i = first; i < first + size; ++i) {
+      const float v = choice_of(s, bias, i);
+      if (after(v, i, prev_v, prev_i) && (best_i < 0 || after(best_v, best_i, v, i))) {
+        best_v = v;
+        best_i = i;
+      }
+    }
+    sum += best_v;
+    prev_v = best_v;
+    prev_i = best_i;
+  }
+  return sum;
+}
+
+// Bit g set when the token may choose from group g: the topk_groups groups with the highest
+// group_score (all groups when n_groups == 1). Requires n_groups <= kMaxGroups.
 HETMOE_HOST_DEVICE uint64_t allowed_groups(const float* s, const float* bias, int e, int n_groups,
-                                           int topk_groups) {
+                                           int topk_groups, int group_members) {
   if (n_groups <= 1) return ~0ULL;
   const int per_group = e / n_groups;
   uint64_t allowed = 0;
@@ -66,8 +89,7 @@ HETMOE_HOST_DEVICE uint64_t allowed_groups(const float* s, const float* bias, in
     float best_v = -INFINITY;
     int best_g = -1;
     for (int g = 0; g < n_groups; ++g) {
-      float v = -INFINITY;
-      for (int i = g * per_group; i < (g + 1) * per_group; ++i) v = fmaxf(v, choice_of(s, bias, i));
+      const float v = group_score(s, bias, g * per_group, per_group, group_members);
       if (after(v, g, prev_v, prev_g) && (best_g < 0 || after(best_v, best_g, v, g))) {
         best_v = v;
         best_g = g;
@@ -83,10 +105,10 @@ HETMOE_HOST_DEVICE uint64_t allowed_groups(const float* s, const float* bias, in
 // One token's forward: scores [e], then its k experts best first (ties to the lower id) among
 // the allowed groups, and their unbiased scores as weights, renormalised to sum 1 when asked.
 HETMOE_HOST_DEVICE void route_token(const float* logits, const float* bias, int e, int k,
-                                    int n_groups, int topk_groups, bool sigmoid, bool renormalize,
-                                    float* s, int64_t* index, float* weight) {
+                                    int n_groups, int topk_groups, int group_members, bool sigmoid,
+                                    bool renormalize, float* s, int64_t* index, float* weight) {
   token_scores(logits, e, sigmoid, s);
-  const uint64_t allowed = allowed_groups(s, bias, e, n_groups, topk_groups);
+  const uint64_t allowed = allowed_groups(s, bias, e, n_groups, topk_groups, group_members);
   const int per_group = n_groups > 1 ? e / n_groups : e;
   float prev_v = INFINITY, total = 0.0f;
   int prev_i = -1;

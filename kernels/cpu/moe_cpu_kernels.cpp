@@ -43,8 +43,9 @@ RouteResult route_forward(const at::Tensor& logits_in, const RouteParams& p) {
   at::parallel_for(0, n, grain_for(e), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t)
       router::route_token(l_all + t * e, bias, static_cast<int>(e), static_cast<int>(k),
-                          static_cast<int>(p.n_groups), static_cast<int>(p.topk_groups), p.sigmoid,
-                          p.renormalize, s_all + t * e, idx_all + t * k, w_all + t * k);
+                          static_cast<int>(p.n_groups), static_cast<int>(p.topk_groups),
+                          static_cast<int>(p.group_members), p.sigmoid, p.renormalize,
+                          s_all + t * e, idx_all + t * k, w_all + t * k);
   });
   r.tokens_per_expert = at::zeros({e}, logits.options().dtype(at::kLong));
   int64_t* counts = r.tokens_per_expert.data_ptr<int64_t>();

@@ -36,13 +36,13 @@ int device_props(int device, DeviceProps* out);
 
 // Fused router, one pass per token with no host synchronisation: scores = softmax or sigmoid of
 // the fp32 logits [n, e]; selection by score + bias (bias may be null) among the experts of the
-// token's topk_groups best groups (n_groups contiguous groups scored by their best member;
-// n_groups == 1 disables it); top-k best first, ties to the lower id; weights = the unbiased
-// scores of the chosen experts (renormalised when asked); tokens-per-expert counts (zeroed here,
-// then accumulated). e <= 1024, k <= 32, n_groups <= 64.
+// token's topk_groups best groups (n_groups contiguous groups, each scored by the sum of its
+// group_members best members; n_groups == 1 disables it); top-k best first, ties to the lower
+// id; weights = the unbiased scores of the chosen experts (renormalised when asked);
+// tokens-per-expert counts (zeroed here, then accumulated). e <= 1024, k <= 32, n_groups <= 64.
 int router_forward(const float* logits, const float* bias, int64_t n, int e, int k, int n_groups,
-                   int topk_groups, bool sigmoid, bool renormalize, float* scores, int64_t* index,
-                   float* weight, int64_t* counts, Stream stream);
+                   int topk_groups, int group_members, bool sigmoid, bool renormalize,
+                   float* scores, int64_t* index, float* weight, int64_t* counts, Stream stream);
 
 // Gradient of the logits from the gradients of scores (may be null) and of weight (may be null).
 int router_backward(const float* grad_scores, const float* grad_weight, const float* scores,

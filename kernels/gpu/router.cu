@@ -14,14 +14,14 @@ constexpr int kMaxTopK = 32;  // the glue refuses more
 
 __global__ void router_forward_kernel(const float* __restrict__ logits,
                                       const float* __restrict__ bias, int64_t n, int e, int k,
-                                      int n_groups, int topk_groups, bool sigmoid, bool renormalize,
-                                      float* __restrict__ scores, int64_t* __restrict__ index,
-                                      float* __restrict__ weight,
+                                      int n_groups, int topk_groups, int group_members,
+                                      bool sigmoid, bool renormalize, float* __restrict__ scores,
+                                      int64_t* __restrict__ index, float* __restrict__ weight,
                                       unsigned long long* __restrict__ counts) {
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < n;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    router::route_token(logits + t * e, bias, e, k, n_groups, topk_groups, sigmoid, renormalize,
-                        scores + t * e, index + t * k, weight + t * k);
+    router::route_token(logits + t * e, bias, e, k, n_groups, topk_groups, group_members, sigmoid,
+                        renormalize, scores + t * e, index + t * k, weight + t * k);
     for (int j = 0; j < k; ++j) atomicAdd(counts + index[t * k + j], 1ULL);
   }
 }
@@ -48,14 +48,14 @@ const char* error_string(int code) {
 }
 
 int router_forward(const float* logits, const float* bias, int64_t n, int e, int k, int n_groups,
-                   int topk_groups, bool sigmoid, bool renormalize, float* scores, int64_t* index,
-                   float* weight, int64_t* counts, Stream stream) {
+                   int topk_groups, int group_members, bool sigmoid, bool renormalize,
+                   float* scores, int64_t* index, float* weight, int64_t* counts, Stream stream) {
   cudaStream_t s = as_stream(stream);
   int rc = static_cast<int>(cudaMemsetAsync(counts, 0, sizeof(int64_t) * e, s));
   if (rc != 0 || n == 0) return rc;
   router_forward_kernel<<<blocks_for(n, kThreads), kThreads, 0, s>>>(
-      logits, bias, n, e, k, n_groups, topk_groups, sigmoid, renormalize, scores, index, weight,
-      reinterpret_cast<unsigned long long*>(counts));
+      logits, bias, n, e, k, n_groups, topk_groups, group_members, sigmoid, renormalize, scores,
+      index, weight, reinterpret_cast<unsigned long long*>(counts));
   return last_error();
 }
 

@@ -486,6 +486,10 @@ void validate(const Config& c) {
     HETMOE_FAIL(kComponent, "moe.topk_groups (", e.topk_groups, ") must be in [1, moe.n_groups (",
                 e.n_groups, ")]");
   }
+  if (e.group_score_members < 1 || e.group_score_members > e.num_experts / e.n_groups) {
+    HETMOE_FAIL(kComponent, "moe.group_score_members (", e.group_score_members,
+                ") must be in [1, experts per group (", e.num_experts / e.n_groups, ")]");
+  }
   if (e.n_groups > 1 && e.top_k > e.topk_groups * (e.num_experts / e.n_groups)) {
     HETMOE_FAIL(kComponent, "moe.top_k (", e.top_k,
                 ") must be <= moe.topk_groups x experts per "

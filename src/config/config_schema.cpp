@@ -86,6 +86,9 @@ std::vector<KeySpec> build_schema() {
                  {"micro_batch", "sequence"}),
       HETMOE_KEY(moe, n_groups, "group-limited routing: experts form n_groups groups (1: off)"),
       HETMOE_KEY(moe, topk_groups, "group-limited routing: groups a token may choose experts in"),
+      HETMOE_KEY(moe, group_score_members,
+                 "group-limited routing: a group's score is the sum of its best this-many "
+                 "(biased) scores (1: DeepSeek-V2; 2: DeepSeek-V3, Ling 2.0)"),
       HETMOE_KEY(moe, bias_update_rate,
                  "aux-loss-free balancing: per-step update of the selection-only expert bias "
                  "(0: off)"),

@@ -108,6 +108,7 @@ RouteParams route_params(const MoEConfig& moe) {
   p.renormalize = moe.renormalize;
   p.n_groups = moe.n_groups;
   p.topk_groups = moe.topk_groups;
+  p.group_members = moe.group_score_members;
   return p;
 }
 

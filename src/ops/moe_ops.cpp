@@ -77,13 +77,15 @@ struct RouteFn : torch::autograd::Function<RouteFn> {
   // selection options beyond top_k/sigmoid/renormalize do not affect the backward.
   static variable_list forward(AutogradContext* ctx, const at::Tensor& logits,
                                const at::Tensor& bias, int64_t top_k, bool sigmoid,
-                               bool renormalize, int64_t n_groups, int64_t topk_groups) {
+                               bool renormalize, int64_t n_groups, int64_t topk_groups,
+                               int64_t group_members) {
     RouteParams p;
     p.top_k = top_k;
     p.sigmoid = sigmoid;
     p.renormalize = renormalize;
     p.n_groups = n_groups;
     p.topk_groups = topk_groups;
+    p.group_members = group_members;
     if (bias.numel() > 0) p.bias = bias;
     OpTimer timer(kRoute, logits);
     RouteResult r = kernels_for(logits).route_forward(logits, p);
@@ -99,7 +101,14 @@ struct RouteFn : torch::autograd::Function<RouteFn> {
     OpTimer timer(kRoute, saved[0]);
     at::Tensor g = kernels_for(saved[0]).route_backward(grads[0], grads[2], saved[0], saved[1],
                                                         params_from(ctx));
-    return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {g,
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor()};  // one per forward input
   }
 };
 
@@ -281,6 +290,9 @@ RouteResult route(const at::Tensor& logits, const RouteParams& params) {
                " exceeds the router's limit of ", router::kMaxGroups);
   HETMOE_CHECK(params.topk_groups >= 1 && params.topk_groups <= params.n_groups, "route",
                "topk_groups ", params.topk_groups, " outside [1, ", params.n_groups, "]");
+  HETMOE_CHECK(params.group_members >= 1 && params.group_members <= e / params.n_groups, "route",
+               "group_members ", params.group_members, " outside [1, ", e / params.n_groups,
+               "] (experts per group)");
   const int64_t choosable = params.n_groups > 1 ? params.topk_groups * (e / params.n_groups) : e;
   HETMOE_CHECK(params.top_k >= 1 && params.top_k <= choosable, "route", "top_k ", params.top_k,
                " outside [1, ", choosable, "] (experts in the chosen groups)");
@@ -290,8 +302,9 @@ RouteResult route(const at::Tensor& logits, const RouteParams& params) {
                  " entries for ", e, " experts");
     bias = params.bias.detach().to(logits.device(), at::kFloat).contiguous();
   }
-  auto out = RouteFn::apply(logits.to(at::kFloat).contiguous(), bias, params.top_k, params.sigmoid,
-                            params.renormalize, params.n_groups, params.topk_groups);
+  auto out =
+      RouteFn::apply(logits.to(at::kFloat).contiguous(), bias, params.top_k, params.sigmoid,
+                     params.renormalize, params.n_groups, params.topk_groups, params.group_members);
   return RouteResult{out[0], out[1], out[2], out[3]};
 }
 

@@ -26,8 +26,14 @@ RouteResult route(const at::Tensor& logits, const RouteParams& p) {
     choice.masked_fill_(choice.isnan(), -INFINITY);  // NaN ranks last
     if (p.n_groups > 1) {
       std::vector<std::pair<float, int64_t>> groups;
-      for (int64_t g = 0; g < p.n_groups; ++g)
-        groups.emplace_back(-choice.narrow(0, g * per_group, per_group).max().item<float>(), g);
+      for (int64_t g = 0; g < p.n_groups; ++g) {
+        // The group's score: the sum of its group_members best choices, best first.
+        at::Tensor best = std::get<0>(choice.narrow(0, g * per_group, per_group)
+                                          .sort(/*stable=*/true, 0, /*descending=*/true));
+        float score = 0.0f;
+        for (int64_t m = 0; m < p.group_members; ++m) score += best[m].item<float>();
+        groups.emplace_back(-score, g);
+      }
       std::sort(groups.begin(), groups.end());
       for (size_t g = static_cast<size_t>(p.topk_groups); g < groups.size(); ++g)
         choice.narrow(0, groups[g].second * per_group, per_group).fill_(-INFINITY);

@@ -75,6 +75,7 @@ const std::vector<std::string> kAllKeys = {
     "moe.aux_loss_type",
     "moe.n_groups",
     "moe.topk_groups",
+    "moe.group_score_members",
     "moe.bias_update_rate",
     "moe.routing_warmup_steps",
     "moe.imbalance_warn",
@@ -208,6 +209,9 @@ Config non_default_config() {
   c.moe.z_loss_coef = 0.0;
   c.moe.dropless = false;
   c.moe.capacity_factor = 2.0;
+  c.moe.n_groups = 4;
+  c.moe.topk_groups = 2;
+  c.moe.group_score_members = 2;
   c.train.steps = 1000;
   c.train.micro_batch = 4;
   c.train.seq_len = 512;
@@ -748,6 +752,8 @@ TEST(ConfigTest, EveryRangeAndCrossFieldRule) {
        "moe.topk_groups (5) must be in [1, moe.n_groups (4)]"},
       {{"moe.n_groups=4", "moe.topk_groups=1", "moe.top_k=3"},
        "moe.top_k (3) must be <= moe.topk_groups x experts per group (2)"},
+      {{"moe.n_groups=4", "moe.topk_groups=2", "moe.group_score_members=3"},
+       "moe.group_score_members (3) must be in [1, experts per group (2)]"},
       {{"moe.bias_update_rate=-0.001"}, "moe.bias_update_rate (-0.001) must be >= 0"},
       {{"moe.routing_warmup_steps=-1"}, "moe.routing_warmup_steps (-1) must be >= 0"},
       {{"train.seq_len=512"}, "train.seq_len (512) must be <= model.max_seq_len (256)"},

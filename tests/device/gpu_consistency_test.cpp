@@ -121,7 +121,7 @@ TEST(GpuRouterTest, BiasAndGroupLimitedSelectionMatchTheCpuBackend) {
   at::manual_seed(3);
   const int64_t n = 500, e = 64;
   for (const bool sigmoid : {false, true}) {
-    RouteParams p{6, sigmoid, true, 8, 3};
+    RouteParams p{6, sigmoid, true, 8, 3, /*group_members=*/sigmoid ? 2 : 1};
     p.bias = at::randn({e}) * 0.05;
     at::Tensor logits = at::randn({n, e});
     at::Tensor lc = logits.clone().requires_grad_(true);

@@ -18,11 +18,11 @@ struct Routed {
 };
 
 Routed route(const std::vector<float>& logits, const float* bias, int k, int n_groups,
-             int topk_groups, bool sigmoid, bool renormalize) {
+             int topk_groups, bool sigmoid, bool renormalize, int group_members = 1) {
   const int e = static_cast<int>(logits.size());
   Routed r{std::vector<float>(e), std::vector<float>(k), std::vector<int64_t>(k)};
-  router::route_token(logits.data(), bias, e, k, n_groups, topk_groups, sigmoid, renormalize,
-                      r.scores.data(), r.index.data(), r.weight.data());
+  router::route_token(logits.data(), bias, e, k, n_groups, topk_groups, group_members, sigmoid,
+                      renormalize, r.scores.data(), r.index.data(), r.weight.data());
   return r;
 }
 
@@ -38,6 +38,14 @@ TEST(RouteTokenTest, GroupLimitedSelectionPicksFromTheBestGroupsOnly) {
   Routed all = route(kLogits, nullptr, 3, 1, 1, true, false);
   EXPECT_EQ(all.index, (std::vector<int64_t>{1, 4, 2}));
   for (int j = 0; j < 3; ++j) EXPECT_EQ(g.weight[j], g.scores[g.index[j]]);
+}
+
+// DeepSeek-V3's group score, the sum of a group's two best: g0 0.50 + 0.95, g1 0.92 + 0.92,
+// g2 0.95 + 0.27, g3 0.73 + 0.73 (sigmoids of the logits). Groups 1 and 3 win (by the best
+// member alone, 0 and 2 do), so the experts are 2 (2.5), 3 (2.4) and 6 (1; tied with 7).
+TEST(RouteTokenTest, GroupsScoredByTheirTwoBestMembers) {
+  Routed g = route(kLogits, nullptr, 3, 4, 2, true, false, /*group_members=*/2);
+  EXPECT_EQ(g.index, (std::vector<int64_t>{2, 3, 6}));
 }
 
 TEST(RouteTokenTest, BiasChoosesButWeightsStayUnbiasedAndRenormalised) {

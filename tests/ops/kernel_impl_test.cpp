@@ -100,16 +100,16 @@ TEST(KernelImplTest, TiesNanAndUnderflowChooseAlikeOnEveryTable) {
   rows[1].fill_(std::nan(""));
   rows[2].fill_(-200.0);  // sigmoid(-200) is 0 in fp32
   rows[3] = at::tensor({1.0, 1.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0});
-  for (const bool grouped : {false, true}) {
+  for (const int grouped : {0, 1, 2}) {  // no groups; groups scored by their best one, two
     RouteParams p;
     p.top_k = 3;
     p.sigmoid = true;
     p.renormalize = true;
-    if (grouped) p.n_groups = 4, p.topk_groups = 2;
+    if (grouped) p.n_groups = 4, p.topk_groups = 2, p.group_members = grouped;
     std::map<ops::KernelImpl, at::Tensor> index;
     for (ops::KernelImpl impl :
          {ops::KernelImpl::Native, ops::KernelImpl::Portable, ops::KernelImpl::Reference}) {
-      SCOPED_TRACE(ops::to_string(impl) + (grouped ? " grouped" : ""));
+      SCOPED_TRACE(ops::to_string(impl) + " groups " + std::to_string(grouped));
       ops::KernelImplGuard guard(impl);
       at::Tensor logits = rows.clone().requires_grad_(true);
       RouteResult r = ops::route(logits, p);

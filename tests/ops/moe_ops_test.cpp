@@ -117,7 +117,8 @@ INSTANTIATE_TEST_SUITE_P(
                                          Case{64, 32, 4, 3, 16}),  // larger
                        ::testing::Bool(), ::testing::Bool()));
 
-class RouteSelectionTest : public ::testing::TestWithParam<std::tuple<bool, bool, bool>> {};
+// (bias, groups: 0 none, 1 scored by their best, 2 by the sum of their two best, sigmoid)
+class RouteSelectionTest : public ::testing::TestWithParam<std::tuple<bool, int, bool>> {};
 
 // Expert bias and group-limited routing change which experts are chosen, not how the weights
 // are computed: the weights stay the unbiased scores of the chosen experts.
@@ -129,6 +130,7 @@ TEST_P(RouteSelectionTest, BiasAndGroupsMatchReference) {
   if (with_groups) {
     p.n_groups = 4;
     p.topk_groups = 2;
+    p.group_members = with_groups;
   }
   if (with_bias) p.bias = at::randn({e}) * 0.2;
   at::Tensor logits = at::randn({n, e});
@@ -152,7 +154,7 @@ TEST_P(RouteSelectionTest, BiasAndGroupsMatchReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Options, RouteSelectionTest,
-                         ::testing::Combine(::testing::Bool(), ::testing::Bool(),
+                         ::testing::Combine(::testing::Bool(), ::testing::Values(0, 1, 2),
                                             ::testing::Bool()));
 
 TEST(RouteSelectionTest, ALargeBiasForcesAnExpertWithoutChangingWeights) {

@@ -38,10 +38,11 @@ struct MoEConfig {
   bool dropless = true;  // when false, capacity_factor bounds tokens per expert
   double capacity_factor = 1.25;
   std::string aux_loss_type =
-      "micro_batch";            // micro_batch | sequence (balance within each sequence)
-  int64_t n_groups = 1;         // group-limited routing: experts in n_groups groups (1: off)
-  int64_t topk_groups = 1;      // ... a token picks its experts in its topk_groups best groups
-  double bias_update_rate = 0;  // aux-loss-free balancing: expert-bias step per update (0: off)
+      "micro_batch";                // micro_batch | sequence (balance within each sequence)
+  int64_t n_groups = 1;             // group-limited routing: experts in n_groups groups (1: off)
+  int64_t topk_groups = 1;          // ... a token picks its experts in its topk_groups best groups
+  int64_t group_score_members = 1;  // ... a group scores the sum of its best this-many (2: V3)
+  double bias_update_rate = 0;      // aux-loss-free balancing: expert-bias step per update (0: off)
   int64_t routing_warmup_steps = 0;  // Ling's stochastic routing warmup over the first W steps
   double imbalance_warn = 4.0;      // warn when a layer's max/mean expert load exceeds this; 0: off
   int64_t dead_expert_steps = 100;  // warn when an expert gets no tokens this many steps; 0: off

@@ -18,10 +18,12 @@ struct RouteParams {
   bool sigmoid = false;     // false: softmax scores; true: sigmoid scores
   bool renormalize = true;  // top-k weights divided by their sum
   // Group-limited routing: the experts form n_groups contiguous groups, a group's score is the
-  // best (biased) score in it, and a token chooses its experts only in its topk_groups best
-  // groups. n_groups == 1 disables it.
+  // sum of its group_members best (biased) scores (1: the best, DeepSeek-V2; 2: DeepSeek-V3 and
+  // Ling 2.0), and a token chooses its experts only in its topk_groups best groups. n_groups == 1
+  // disables it.
   int64_t n_groups = 1;
   int64_t topk_groups = 1;
+  int64_t group_members = 1;
   // [E] fp32 or undefined: added to the scores to choose the experts (aux-loss-free balancing)
   // but not to the routing weights, which stay the unbiased scores of the chosen experts.
   at::Tensor bias;

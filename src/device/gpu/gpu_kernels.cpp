@@ -53,12 +53,12 @@ RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
   r.expert_weight = at::empty({n, p.top_k}, l.options());
   r.tokens_per_expert = at::empty({e}, l.options().dtype(at::kLong));
   at::Tensor bias = p.bias.defined() ? p.bias.to(l.device(), at::kFloat).contiguous() : p.bias;
-  check(gpu::router_forward(l.data_ptr<float>(), bias.defined() ? bias.data_ptr<float>() : nullptr,
-                            n, static_cast<int>(e), static_cast<int>(p.top_k),
-                            static_cast<int>(p.n_groups), static_cast<int>(p.topk_groups),
-                            p.sigmoid, p.renormalize, r.scores.data_ptr<float>(),
-                            r.expert_index.data_ptr<int64_t>(), r.expert_weight.data_ptr<float>(),
-                            r.tokens_per_expert.data_ptr<int64_t>(), stream()),
+  check(gpu::router_forward(
+            l.data_ptr<float>(), bias.defined() ? bias.data_ptr<float>() : nullptr, n,
+            static_cast<int>(e), static_cast<int>(p.top_k), static_cast<int>(p.n_groups),
+            static_cast<int>(p.topk_groups), static_cast<int>(p.group_members), p.sigmoid,
+            p.renormalize, r.scores.data_ptr<float>(), r.expert_index.data_ptr<int64_t>(),
+            r.expert_weight.data_ptr<float>(), r.tokens_per_expert.data_ptr<int64_t>(), stream()),
         "router_forward");
   return r;
 }
