@@ -27,24 +27,17 @@ int run_train(const TrainArgs& a) {
   std::string resume_dir;
   if (!a.resume.empty()) {
     namespace fs = std::filesystem;
-    const fs::path given(a.resume);
+    fs::path given = fs::path(a.resume).lexically_normal();
+    if (given.filename().empty()) given = given.parent_path();  // "run/checkpoints/step_N/"
     HETMOE_CHECK(fs::exists(given), "checkpoint", "'", a.resume, "' does not exist");
     fs::path run;
-    if (fs::exists(given / "state.json")) {
-      // A checkpoint directory: that one, with the configuration it was saved with.
-      resume_dir = a.resume;
-      run = given.parent_path().parent_path();  // <run>/checkpoints/step_N
-      if (config_path.empty()) config_path = (given / "resolved.yaml").string();
-    } else {
-      // A run directory: the trainer takes its newest checkpoint that verifies (falling back
-      // past a damaged one), with the run's configuration.
-      resume_dir = a.resume;
-      run = given;
-      if (config_path.empty())
-        config_path = fs::exists(given / "resolved.yaml")
-                          ? (given / "resolved.yaml").string()
-                          : (fs::path(resumable_checkpoint(a.resume)) / "resolved.yaml").string();
-    }
+    // A checkpoint directory must verify itself; a run directory gives its newest checkpoint
+    // that verifies (falling back past a damaged one). Either way the run continues with the
+    // configuration that checkpoint was saved with, and the trainer loads the same one
+    // (verified once: checkpoint.h).
+    resume_dir = resumable_checkpoint(given.string());
+    run = fs::path(resume_dir).parent_path().parent_path();  // <run>/checkpoints/step_N
+    if (config_path.empty()) config_path = (fs::path(resume_dir) / "resolved.yaml").string();
     if (a.out_dir.empty()) overrides.insert(overrides.begin(), {"run.out_dir", run.string()});
   }
   HETMOE_CHECK(!config_path.empty(), "usage", "train needs --config FILE or --resume DIR");

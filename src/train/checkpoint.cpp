@@ -10,7 +10,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <vector>
 
@@ -131,17 +133,61 @@ std::string step_name(int64_t step) {
   return buf;
 }
 
-// Keeps the newest `keep` step directories up to `current` (0: all) and clears temporaries of
-// saves that died. Checkpoints past `current` (the future of a run resumed from an earlier step)
-// are neither counted nor removed: keep_last must not trade the new timeline's checkpoints for
-// the abandoned one's.
+// The step of a checkpoint directory's name ("step_00000042" -> 42), or -1 for any other name.
+// Compared as numbers: past step 99,999,999 the names outgrow their zero padding.
+int64_t step_number(const fs::path& dir) {
+  const std::string name = dir.filename().string();
+  if (name.rfind("step_", 0) != 0 || name.size() == 5 || name.size() > 5 + 18) return -1;
+  int64_t n = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    n = n * 10 + (name[i] - '0');
+  }
+  return n;
+}
+
+// The step directories under `root`, newest first.
+std::vector<fs::path> step_dirs(const fs::path& root) {
+  std::vector<fs::path> steps;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root, ec))
+    if (e.is_directory() && step_number(e.path()) >= 0) steps.push_back(e.path());
+  std::sort(steps.begin(), steps.end(),
+            [](const fs::path& a, const fs::path& b) { return step_number(a) > step_number(b); });
+  return steps;
+}
+
+// After a run resumed from an earlier step saves its first checkpoint, the old run's later
+// checkpoints belong to an abandoned future: they move to checkpoints/abandoned-after-step_N/,
+// out of reach of fallback and keep_last, and are kept for whoever wants them back.
+void set_aside_abandoned(const fs::path& root, const fs::path& current) {
+  std::vector<fs::path> later;
+  for (const fs::path& p : step_dirs(root))
+    if (step_number(p) > step_number(current)) later.push_back(p);
+  if (later.empty()) return;
+  fs::path aside = root / ("abandoned-after-" + current.filename().string());
+  for (int i = 2; fs::exists(aside); ++i)
+    aside = root / ("abandoned-after-" + current.filename().string() + "-" + std::to_string(i));
+  std::error_code ec;
+  fs::create_directories(aside, ec);
+  for (const fs::path& p : later) {
+    if (!ec) fs::rename(p, aside / p.filename(), ec);
+    if (ec) {
+      HETMOE_LOG_WARN("[checkpoint] cannot move '%s' aside: %s", p.c_str(), ec.message().c_str());
+      return;
+    }
+  }
+  HETMOE_LOG_WARN("[checkpoint] %zu checkpoint(s) after %s, from before the resume, moved to %s",
+                  later.size(), current.filename().c_str(), aside.c_str());
+}
+
+// Keeps the newest `keep` step directories (0: all) and clears temporaries of saves that died.
 void rotate_checkpoints(const fs::path& root, const fs::path& current, int64_t keep) {
   std::vector<fs::path> steps;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(root, ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind("step_", 0) == 0 && entry.is_directory() && name <= current.filename().string())
-      steps.push_back(entry.path());
+    if (step_number(entry.path()) >= 0 && entry.is_directory()) steps.push_back(entry.path());
     if ((name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0) && entry.is_directory()) {
       std::string why;
       if (!remove_tree(entry.path().string(), &why))
@@ -150,7 +196,8 @@ void rotate_checkpoints(const fs::path& root, const fs::path& current, int64_t k
     }
   }
   if (keep <= 0) return;
-  std::sort(steps.begin(), steps.end());
+  std::sort(steps.begin(), steps.end(),
+            [](const fs::path& a, const fs::path& b) { return step_number(a) < step_number(b); });
   for (size_t i = 0; i + static_cast<size_t>(keep) < steps.size(); ++i) {
     if (steps[i] == current) continue;
     std::string why;
@@ -181,8 +228,37 @@ CheckpointManifest read_manifest(const fs::path& dir) {
 
 }  // namespace
 
+namespace {
+// What a checkpoint's files look like now: where they are, their sizes and modification times.
+std::string fingerprint(const fs::path& dir, const CheckpointManifest& manifest) {
+  std::error_code ec;
+  std::string f = fs::weakly_canonical(dir, ec).string();
+  for (const auto& [name, digest] : manifest.files) {
+    std::error_code e1, e2;
+    const auto size = fs::file_size(dir / name, e1);
+    const auto time = fs::last_write_time(dir / name, e2);
+    f += "|" + name + ":" + (e1 ? "?" : std::to_string(size)) + ":" +
+         (e2 ? "?" : std::to_string(time.time_since_epoch().count()));
+  }
+  return f;
+}
+}  // namespace
+
 void verify_checkpoint(const std::string& dir) {
-  verify_files(fs::path(dir), read_manifest(fs::path(dir)));
+  // Checkpoints verified in this process, as their files were then: a resume that picks a
+  // checkpoint (verifying it) and then loads it reads every byte once, not twice. A file
+  // rewritten or resized since is verified again.
+  static std::mutex mutex;
+  static std::set<std::string> verified;
+  const CheckpointManifest manifest = read_manifest(fs::path(dir));
+  const std::string key = fingerprint(fs::path(dir), manifest);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (verified.count(key)) return;
+  }
+  verify_files(fs::path(dir), manifest);
+  std::lock_guard<std::mutex> lock(mutex);
+  verified.insert(key);
 }
 
 void save_tensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors) {
@@ -310,6 +386,7 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
     HETMOE_CHECK(!ec, "checkpoint", "cannot update '", (root / "latest").string(), "'");
     fsync_dir(root);
     remove_tree(old_dir.string(), &why);
+    set_aside_abandoned(root, final_dir);
     rotate_checkpoints(root, final_dir, config.train.keep_last);
   }
   barrier(shard);
@@ -339,12 +416,7 @@ namespace {
 // is missing or names no checkpoint (a crash while it was replaced), every checkpoint, newest
 // first.
 std::vector<fs::path> run_candidates(const fs::path& run) {
-  std::vector<fs::path> steps;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(run / "checkpoints", ec))
-    if (e.is_directory() && e.path().filename().string().rfind("step_", 0) == 0)
-      steps.push_back(e.path());
-  std::sort(steps.rbegin(), steps.rend());
+  const std::vector<fs::path> steps = step_dirs(run / "checkpoints");
   const fs::path latest = run / "checkpoints" / "latest";
   std::string name = fs::exists(latest) ? read_text_file(latest.string()) : "";
   while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
@@ -360,18 +432,19 @@ std::vector<fs::path> run_candidates(const fs::path& run) {
   }
   std::vector<fs::path> out{named};
   for (const auto& p : steps)
-    if (p.filename().string() < named.filename().string()) out.push_back(p);
+    if (step_number(p) < step_number(named)) out.push_back(p);
   return out;
 }
 
 // The checkpoint `path` names, verified. A run directory yields its newest checkpoint that
 // verifies (with a warning for each one skipped); a checkpoint directory must verify itself.
 std::string verified_checkpoint(const std::string& path) {
-  const fs::path given(path);
+  fs::path given = fs::path(path).lexically_normal();
+  if (given.filename().empty()) given = given.parent_path();  // a trailing '/'
   HETMOE_CHECK(fs::exists(given), "checkpoint", "'", path, "' does not exist");
   if (fs::exists(given / "state.json")) {
-    verify_checkpoint(path);  // an explicitly named checkpoint must itself be sound
-    return path;
+    verify_checkpoint(given.string());  // an explicitly named checkpoint must itself be sound
+    return given.string();
   }
   const std::vector<fs::path> candidates = run_candidates(given);
   std::string problems;

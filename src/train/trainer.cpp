@@ -35,6 +35,47 @@ const char* const kRunArtifacts[] = {"checkpoints", "metrics.jsonl", "resolved.y
 // Where --overwrite keeps them until the new run's first checkpoint.
 const char* const kReplacedDir = ".replaced-run";
 
+// Puts the run set aside by --overwrite back in `out` (dropping what the new run wrote);
+// false when some part could not be moved back, and then the rest stays in .replaced-run.
+bool restore_replaced(const fs::path& out) {
+  const fs::path aside = out / kReplacedDir;
+  bool ok = true;
+  std::error_code ec;  // no exceptions: this also runs in a destructor
+  for (const char* a : kRunArtifacts) {
+    if (!fs::exists(aside / a, ec)) continue;
+    std::string why;
+    if (fs::exists(out / a, ec) && !remove_tree((out / a).string(), &why)) {
+      ok = false;
+      continue;
+    }
+    fs::rename(aside / a, out / a, ec);
+    ok = ok && !ec;
+  }
+  std::string why;
+  return ok && remove_tree(aside.string(), &why);
+}
+
+// An --overwrite that ended before its first checkpoint without putting the old run back (killed,
+// or taken down with the rest of a multi-rank job) left it in .replaced-run: restore it now, or
+// drop it when the replacement did write a checkpoint.
+void recover_replaced(const fs::path& out) {
+  const fs::path aside = out / kReplacedDir;
+  if (!fs::exists(aside)) return;
+  std::string why;
+  if (fs::exists(out / "checkpoints" / "latest")) {
+    if (remove_tree(aside.string(), &why))
+      HETMOE_LOG_WARN("removed '%s', a run replaced (--overwrite) by the one now in '%s'",
+                      aside.c_str(), out.c_str());
+    return;
+  }
+  HETMOE_CHECK(restore_replaced(out), "train", "'", aside.string(),
+               "' holds a run that an interrupted --overwrite set aside, and it cannot be put "
+               "back; move its files into '",
+               out.string(), "' yourself");
+  HETMOE_LOG_WARN("put back the run in '%s' that an interrupted --overwrite had set aside",
+                  out.c_str());
+}
+
 bool holds_run(const fs::path& dir) {
   for (const char* a : kRunArtifacts)
     if (fs::exists(dir / a)) return true;
@@ -109,6 +150,8 @@ Trainer::Trainer(Config config, TrainerOptions options)
 
   LoadedCheckpoint resumed;
   const fs::path out(config_.run.out_dir);
+  if (is_rank0()) recover_replaced(out);
+  if (world > 1) grid_->world().barrier();  // the other ranks may read checkpoints under out
   if (!options_.resume.empty()) {
     resumed = load_checkpoint(options_.resume, true, checkpoint_shard());
     HETMOE_CHECK(resumed.state.step <= t.steps, "train", "'", resumed.dir, "' is at step ",
@@ -244,15 +287,7 @@ Trainer::~Trainer() {
   if (!replaced_pending_) return;
   // This run ends without a checkpoint: put back the run it was to replace.
   const fs::path out(config_.run.out_dir), aside = out / kReplacedDir;
-  std::error_code ec;
-  for (const char* a : kRunArtifacts) {
-    if (!fs::exists(aside / a)) continue;
-    std::string why;
-    remove_tree((out / a).string(), &why);
-    fs::rename(aside / a, out / a, ec);
-  }
-  std::string why;
-  if (!ec && remove_tree(aside.string(), &why))
+  if (restore_replaced(out))
     HETMOE_LOG_WARN(
         "the run ended before its first checkpoint; the run it was to replace "
         "(--overwrite) is back in '%s'",

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 
 #include "support/cli_runner.h"
@@ -171,11 +172,19 @@ TEST(CliTest, ResumeOfARunDirectoryFallsBackPastADamagedCheckpoint) {
   r = run("train --resume " + f.dir.str("run") + " --set train.steps=3");
   EXPECT_EQ(r.code, 1);
   expect_contains(r, "is at step 4, past train.steps 3");
-  // A finished run resumed again has nothing to do; it names the checkpoint it holds.
-  r = run("train --resume " + f.dir.str("run") + " --set train.steps=4");
+  // The run continues with the configuration of the checkpoint it resumes, not with the run's
+  // top-level resolved.yaml (rewritten by every attempt, a failed one too); a trailing '/' on a
+  // checkpoint path still names its run.
+  r = run("train --resume " + f.dir.str("run/checkpoints/step_00000004/") + " --set train.steps=5");
   ASSERT_EQ(r.code, 0) << r.output;
-  expect_contains(r, "done: 4 steps");
-  expect_contains(r, "checkpoint " + f.dir.str("run/checkpoints/step_00000004"));
+  expect_contains(r,
+                  "checkpoints/step_00000004/resolved.yaml -> run directory " + f.dir.str("run"));
+  EXPECT_FALSE(std::filesystem::exists(f.dir.path() / "run" / "checkpoints" / "metrics.jsonl"));
+  // A finished run resumed again has nothing to do; it names the checkpoint it holds.
+  r = run("train --resume " + f.dir.str("run") + " --set train.steps=5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_contains(r, "done: 5 steps");
+  expect_contains(r, "checkpoint " + f.dir.str("run/checkpoints/step_00000005"));
 }
 
 // Top-1 routing with renormalised weights trains, but its router gets no gradient from the

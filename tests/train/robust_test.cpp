@@ -118,8 +118,8 @@ TEST(CheckpointTest, ResumeFindsCheckpointsWithoutAUsableLatest) {
   EXPECT_EQ(Trainer(c, TrainerOptions{c.run.out_dir}).state().step, 1);
 }
 
-// Resumed from step 2 of a 4-step run, keep_last counts the new timeline only: it keeps the new
-// step 3 and leaves the abandoned step 4 alone until the new run replaces it.
+// Resumed from step 2 of a 4-step run, the new timeline's first save (step 3) moves the old step 4
+// aside (kept, out of reach of fallback and keep_last), so keep_last counts the new checkpoints.
 TEST(CheckpointTest, KeepLastAfterAResumeFromAnEarlierStepKeepsTheNewCheckpoints) {
   TempDir dir;
   prepare_corpus(dir);
@@ -136,8 +136,10 @@ TEST(CheckpointTest, KeepLastAfterAResumeFromAnEarlierStepKeepsTheNewCheckpoints
   for (const auto& e : fs::directory_iterator(fs::path(c.run.out_dir) / "checkpoints"))
     names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
-  EXPECT_EQ(names, (std::vector<std::string>{"latest", "step_00000002", "step_00000003",
-                                             "step_00000004"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"abandoned-after-step_00000003", "latest",
+                                             "step_00000002", "step_00000003"}));
+  EXPECT_TRUE(fs::exists(fs::path(c.run.out_dir) / "checkpoints" / "abandoned-after-step_00000003" /
+                         "step_00000004" / "state.json"));
   // Saving a step again rewrites nothing.
   struct stat before {};
   ASSERT_EQ(stat(step_dir(c, 3).c_str(), &before), 0);
@@ -145,14 +147,15 @@ TEST(CheckpointTest, KeepLastAfterAResumeFromAnEarlierStepKeepsTheNewCheckpoints
   struct stat after {};
   ASSERT_EQ(stat(step_dir(c, 3).c_str(), &after), 0);
   EXPECT_EQ(before.st_ino, after.st_ino);
-  // The new timeline reaches step 4: the abandoned checkpoint is replaced, keep_last applies.
+  // The new timeline reaches step 4; keep_last applies to it alone.
   t.train_step();
   t.save();
   names.clear();
   for (const auto& e : fs::directory_iterator(fs::path(c.run.out_dir) / "checkpoints"))
     names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
-  EXPECT_EQ(names, (std::vector<std::string>{"latest", "step_00000003", "step_00000004"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"abandoned-after-step_00000003", "latest",
+                                             "step_00000003", "step_00000004"}));
   EXPECT_EQ(load_checkpoint(c.run.out_dir).state.step, 4);
 }
 

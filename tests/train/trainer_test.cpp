@@ -258,6 +258,16 @@ TEST(TrainerTest, AnOverwritingRunThatFailsBeforeItsFirstCheckpointRestoresTheOl
   EXPECT_EQ(text(run / "metrics.jsonl"), metrics);
   EXPECT_EQ(load_checkpoint(run.string()).state.step, 4);
   EXPECT_FALSE(fs::exists(run / ".replaced-run"));
+  // A replacement killed before its first checkpoint (no destructor ran) leaves the old run set
+  // aside beside its own resolved.yaml: the next trainer on that directory puts it back.
+  fs::create_directories(run / ".replaced-run");
+  for (const char* a : {"checkpoints", "metrics.jsonl", "resolved.yaml"})
+    fs::rename(run / a, run / ".replaced-run" / a);
+  std::ofstream(run / "resolved.yaml") << "# a replacement that died\n";
+  Trainer recovered(c, TrainerOptions{run.string()});
+  EXPECT_EQ(recovered.state().step, 4);
+  EXPECT_EQ(text(run / "metrics.jsonl"), metrics);
+  EXPECT_FALSE(fs::exists(run / ".replaced-run"));
   Config shorter = c;
   shorter.train.steps = 3;
   Trainer(shorter, TrainerOptions{"", /*overwrite=*/true}).run();
