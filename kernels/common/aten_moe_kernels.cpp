@@ -53,9 +53,15 @@ RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
                              .unsqueeze(-1)
                              .expand({n, p.n_groups, per_group})
                              .reshape({n, -1});
-    choice = choice.masked_fill(allowed.logical_not(), -INFINITY);
+    // Experts of the chosen groups first, each part best first: a chosen group's NaN member
+    // (-inf) still ranks above every expert of the other groups, as in route_token.h.
+    at::Tensor order = std::get<1>(choice.sort(/*stable=*/true, -1, /*descending=*/true));
+    at::Tensor chosen_first = std::get<1>(
+        allowed.gather(1, order).to(at::kInt).sort(/*stable=*/true, -1, /*descending=*/true));
+    r.expert_index = order.gather(1, chosen_first).narrow(-1, 0, p.top_k).contiguous();
+  } else {
+    r.expert_index = best_first(choice, p.top_k);
   }
-  r.expert_index = best_first(choice, p.top_k);
   at::Tensor values = r.scores.gather(1, r.expert_index);
   r.expert_weight =
       p.renormalize ? values / (values.sum(-1, /*keepdim=*/true) + router::kRenormEps) : values;

@@ -1,5 +1,6 @@
 #include "cli/bench_common.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -56,9 +57,17 @@ std::vector<std::string> pick_backends(const std::vector<std::string>& names) {
 
 namespace {
 // A new, uniquely named file beside `path` (never one of the user's); -1 when none can be made.
+// mkstemp makes it 0600; the result file gets the permissions a plain create would (0666 less
+// the umask).
 int temp_beside(const std::string& path, std::string& name) {
   name = path + ".tmp-XXXXXX";
-  return mkstemp(name.data());
+  const int fd = mkstemp(name.data());
+  if (fd >= 0) {
+    const mode_t mask = umask(0);
+    umask(mask);
+    fchmod(fd, 0666 & ~mask);
+  }
+  return fd;
 }
 }  // namespace
 

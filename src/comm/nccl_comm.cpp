@@ -298,16 +298,25 @@ std::string nccl_version() {
 
 namespace {
 
-// This process's GPU as "host PCI-bus-id" (the device index where the bus id is unknown).
+// This process's GPU: its UUID, unique across machines and the same whatever
+// CUDA_VISIBLE_DEVICES renumbers (host name and PCI bus id are not: identical nodes, or
+// containers, repeat them). The host and device index where the UUID cannot be read.
 std::string this_gpu() {
-  char host[256] = {};
-  gethostname(host, sizeof host - 1);
   int device = 0;
   cudaGetDevice(&device);
-  char bus[64] = {};
-  if (cudaDeviceGetPCIBusId(bus, sizeof bus, device) != cudaSuccess)
-    std::snprintf(bus, sizeof bus, "cuda:%d", device);
-  return std::string(host) + " " + bus;
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) == cudaSuccess) {
+    std::string id = "GPU-";
+    char hex[3];
+    for (const char b : prop.uuid.bytes) {
+      std::snprintf(hex, sizeof hex, "%02x", static_cast<unsigned char>(b));
+      id += hex;
+    }
+    return id;
+  }
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  return std::string(host) + " cuda:" + std::to_string(device);
 }
 
 }  // namespace

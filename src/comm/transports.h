@@ -28,7 +28,7 @@ bool nccl_built();
 std::string nccl_version();
 std::unique_ptr<Communicator> make_nccl_world(double timeout_s, std::string* refused);
 
-// Each rank's GPU as one string (host and PCI bus id), in rank order: the first two ranks that
+// Each rank's GPU as one string (its UUID), in rank order: the first two ranks that
 // name the same GPU, if any.
 std::optional<std::pair<int, int>> first_shared_gpu(const std::vector<std::string>& gpus);
 

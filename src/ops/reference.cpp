@@ -19,11 +19,12 @@ RouteResult route(const at::Tensor& logits, const RouteParams& p) {
   at::Tensor counts = at::zeros({e}, at::kLong);
   const int64_t per_group = e / p.n_groups;
   for (int64_t t = 0; t < n; ++t) {
-    // Selection by a full descending sort of this token's (biased) scores, after striking out
-    // every expert outside the token's best groups.
+    // Selection by a full descending sort of this token's (biased) scores, keeping the experts
+    // of the token's best groups only.
     at::Tensor choice = r.scores[t].detach().clone();
     if (p.bias.defined()) choice += p.bias.to(choice.device());
     choice.masked_fill_(choice.isnan(), -INFINITY);  // NaN ranks last
+    std::vector<bool> allowed(static_cast<size_t>(p.n_groups), true);
     if (p.n_groups > 1) {
       std::vector<std::pair<float, int64_t>> groups;
       for (int64_t g = 0; g < p.n_groups; ++g) {
@@ -35,12 +36,17 @@ RouteResult route(const at::Tensor& logits, const RouteParams& p) {
         groups.emplace_back(-score, g);
       }
       std::sort(groups.begin(), groups.end());
-      for (size_t g = static_cast<size_t>(p.topk_groups); g < groups.size(); ++g)
-        choice.narrow(0, groups[g].second * per_group, per_group).fill_(-INFINITY);
+      for (size_t g = 0; g < groups.size(); ++g)
+        allowed[groups[g].second] = g < static_cast<size_t>(p.topk_groups);
     }
     // Stable: equal scores go to the lower expert id, as on every backend.
     at::Tensor order = std::get<1>(choice.sort(/*stable=*/true, 0, /*descending=*/true));
-    at::Tensor sel = order.narrow(0, 0, p.top_k);
+    std::vector<int64_t> kept;
+    for (int64_t i = 0; i < e && static_cast<int64_t>(kept.size()) < p.top_k; ++i) {
+      const int64_t expert = order[i].item<int64_t>();
+      if (allowed[expert / per_group]) kept.push_back(expert);
+    }
+    at::Tensor sel = at::tensor(kept, at::kLong);
     at::Tensor w = r.scores[t].index_select(0, sel);
     if (p.renormalize) w = w / (w.sum() + 1e-20);  // route_token.h's kRenormEps
     weights.push_back(w);

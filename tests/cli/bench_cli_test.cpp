@@ -1,7 +1,9 @@
 // `hetmoe bench`, `plan` and `check` from the command line: a short run of each, the JSON file,
 // exit codes, and one-line errors for bad flags, backends, grids, files and result documents.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -42,6 +44,15 @@ TEST_F(BenchCliTest, BenchWritesTheTableAndTheJsonDocument) {
   ASSERT_EQ(doc["runs"].size(), 1u);
   EXPECT_EQ(doc["runs"][0]["backend"], "cpu");
   EXPECT_EQ(doc["settings"]["repeats"], 2);
+  // Written through a private temporary, yet with a plain file's permissions (0666 less umask),
+  // and nothing left beside it.
+  const mode_t mask = umask(0);
+  umask(mask);
+  struct stat st {};
+  ASSERT_EQ(stat(out.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0666 & ~mask);
+  for (const auto& e : std::filesystem::directory_iterator(dir_.path()))
+    EXPECT_EQ(e.path().filename().string().find("bench.json.tmp"), std::string::npos) << e.path();
 }
 
 TEST_F(BenchCliTest, BenchRefusesBadBackendsAndUnwritableOutputsBeforeRunning) {

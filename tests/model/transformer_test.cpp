@@ -190,8 +190,23 @@ TEST(MoELayerTest, RoutingWarmupNoiseIsFreshPerForwardAndReplayable) {
   const auto [b1, b2] = outputs(1);
   EXPECT_TRUE(at::equal(a1, b1));
   EXPECT_TRUE(at::equal(a2, b2));
-  const auto [c1, c2] = outputs(2);
-  EXPECT_FALSE(at::allclose(a1, c1)) << "steps 1 and 2 drew the same noise";
+  // Steps 1 and 2 under one seed: compared at the same blend (alpha 2/100 at step 2 here, and
+  // 1/50 at step 1 in a twin whose warmup is 50 steps), so only the noise can differ.
+  MoEConfig e50 = e;
+  e50.routing_warmup_steps = 50;
+  MoELayer twin(m, e50);
+  {
+    at::NoGradGuard g;
+    auto src = layer->named_parameters();
+    for (auto& p : twin->named_parameters()) p.value().copy_(src[p.key()]);
+    layer->logit_updates.zero_();
+  }
+  twin->train();
+  layer->set_step(2, 7);
+  twin->set_step(1, 7);
+  ASSERT_DOUBLE_EQ(layer->warmup_alpha(), twin->warmup_alpha());
+  EXPECT_FALSE(at::allclose(layer->forward(x).detach(), twin->forward(x).detach()))
+      << "steps 1 and 2 drew the same noise";
 }
 
 TEST(MoELayerTest, RoutingWarmupStatisticsAreAnEmaSeededByTheFirstBatch) {

@@ -125,6 +125,24 @@ TEST(KernelImplTest, TiesNanAndUnderflowChooseAlikeOnEveryTable) {
   }
 }
 
+// A row with NaN scores inside a chosen group and top_k beyond its finite experts: the experts
+// still come from the chosen groups only (the NaN one last), on every table.
+TEST(KernelImplTest, PartlyNanRowsChooseInsideTheChosenGroups) {
+  const float nan = std::nanf("");
+  at::Tensor row = at::tensor({5.0f, 4.0f, nan, nan, nan, nan, 1.0f, nan}).view({1, 8});
+  RouteParams p;
+  p.top_k = 4;
+  p.sigmoid = true;
+  p.n_groups = 4;
+  p.topk_groups = 2;  // groups 0 {5, 4} and 3 {1, NaN}
+  for (ops::KernelImpl impl :
+       {ops::KernelImpl::Native, ops::KernelImpl::Portable, ops::KernelImpl::Reference}) {
+    ops::KernelImplGuard guard(impl);
+    EXPECT_TRUE(at::equal(ops::route(row, p).expert_index[0], at::tensor({0, 1, 6, 7}, at::kLong)))
+        << ops::to_string(impl) << ": " << ops::route(row, p).expert_index;
+  }
+}
+
 TEST(KernelImplTest, NamesRoundTripAndUnknownIsRefused) {
   for (ops::KernelImpl k :
        {ops::KernelImpl::Native, ops::KernelImpl::Portable, ops::KernelImpl::Reference})
