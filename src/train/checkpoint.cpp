@@ -181,13 +181,19 @@ void set_aside_abandoned(const fs::path& root, const fs::path& current) {
                   later.size(), current.filename().c_str(), aside.c_str());
 }
 
+// The checkpoint name checkpoints/latest holds under `root` ("" when it is missing or empty).
+std::string latest_name(const fs::path& root) {
+  const fs::path latest = root / "latest";
+  std::string name = fs::exists(latest) ? read_text_file(latest.string()) : "";
+  while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+  return name;
+}
+
 // Keeps the newest `keep` step directories (0: all) and clears temporaries of saves that died.
 void rotate_checkpoints(const fs::path& root, const fs::path& current, int64_t keep) {
-  std::vector<fs::path> steps;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(root, ec)) {
     const std::string name = entry.path().filename().string();
-    if (step_number(entry.path()) >= 0 && entry.is_directory()) steps.push_back(entry.path());
     if ((name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0) && entry.is_directory()) {
       std::string why;
       if (!remove_tree(entry.path().string(), &why))
@@ -196,9 +202,8 @@ void rotate_checkpoints(const fs::path& root, const fs::path& current, int64_t k
     }
   }
   if (keep <= 0) return;
-  std::sort(steps.begin(), steps.end(),
-            [](const fs::path& a, const fs::path& b) { return step_number(a) < step_number(b); });
-  for (size_t i = 0; i + static_cast<size_t>(keep) < steps.size(); ++i) {
+  const std::vector<fs::path> steps = step_dirs(root);  // newest first
+  for (size_t i = static_cast<size_t>(keep); i < steps.size(); ++i) {
     if (steps[i] == current) continue;
     std::string why;
     if (!remove_tree(steps[i].string(), &why))
@@ -401,8 +406,7 @@ std::string find_checkpoint(const std::string& path) {
   HETMOE_CHECK(fs::exists(latest), "checkpoint", "'", path,
                "' is neither a checkpoint directory (no state.json) nor a run directory with "
                "checkpoints/latest");
-  std::string name = read_text_file(latest.string());
-  while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+  const std::string name = latest_name(p / "checkpoints");
   const fs::path dir = p / "checkpoints" / name;
   HETMOE_CHECK(!name.empty() && fs::exists(dir / "state.json"), "checkpoint", "'", latest.string(),
                "' names '", name, "', which is not a checkpoint");
@@ -418,8 +422,7 @@ namespace {
 std::vector<fs::path> run_candidates(const fs::path& run) {
   const std::vector<fs::path> steps = step_dirs(run / "checkpoints");
   const fs::path latest = run / "checkpoints" / "latest";
-  std::string name = fs::exists(latest) ? read_text_file(latest.string()) : "";
-  while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+  const std::string name = latest_name(run / "checkpoints");
   const fs::path named = run / "checkpoints" / name;
   if (name.empty() || !fs::exists(named / "state.json")) {
     HETMOE_CHECK(!steps.empty(), "checkpoint", "'", run.string(),

@@ -26,8 +26,7 @@ HealthMonitor::Verdict HealthMonitor::judge(int64_t step, double loss, double gr
     return v;
   }
   consecutive_bad_ = 0;
-  const size_t window = static_cast<size_t>(std::max<int64_t>(2, options_.spike_window));
-  const bool judged = options_.spike_threshold > 0 && recent_.size() >= window / 2;
+  const bool judged = options_.spike_threshold > 0 && recent_.size() >= window() / 2;
   if (judged) {
     double mean = 0, var = 0;
     for (double l : recent_) mean += l;
@@ -66,9 +65,8 @@ HealthMonitor::Verdict HealthMonitor::judge(int64_t step, double loss, double gr
 }
 
 void HealthMonitor::remember(double loss) {
-  const size_t window = static_cast<size_t>(std::max<int64_t>(2, options_.spike_window));
   recent_.push_back(loss);
-  while (recent_.size() > window) recent_.pop_front();
+  while (recent_.size() > window()) recent_.pop_front();
 }
 
 void HealthMonitor::defer(int64_t step, const std::vector<int64_t>& streams) {

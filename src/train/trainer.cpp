@@ -160,12 +160,12 @@ Trainer::Trainer(Config config, TrainerOptions options)
   }
   // out_dir may hold a run: the one being resumed (<run>/checkpoints/step_N), or another one,
   // which only overwrite may replace. Nothing is removed until every check below has passed.
+  std::error_code same_ec;
+  const bool continuing =
+      !options_.resume.empty() &&
+      fs::equivalent(out, fs::path(resumed.dir).parent_path().parent_path(), same_ec);
   bool replace = false;
   if (is_rank0() && fs::exists(out) && holds_run(out)) {
-    std::error_code same_ec;
-    const bool continuing =
-        !options_.resume.empty() &&
-        fs::equivalent(out, fs::path(resumed.dir).parent_path().parent_path(), same_ec);
     if (!continuing) {
       HETMOE_CHECK(options_.overwrite, "train", "run directory '", out.string(), "' already holds ",
                    options_.resume.empty()
@@ -237,9 +237,7 @@ Trainer::Trainer(Config config, TrainerOptions options)
     // The resumed step's checkpoint is this run's latest until a new one is written (and, in its
     // own run directory, saving that step again would rewrite it for nothing).
     last_checkpoint_ = resumed.dir;
-    std::error_code same_ec;
-    if (fs::equivalent(out, fs::path(resumed.dir).parent_path().parent_path(), same_ec))
-      saved_step_ = state_.step;
+    if (continuing) saved_step_ = state_.step;
     if (is_rank0()) truncate_metrics(out / "metrics.jsonl", state_.step);
     HETMOE_LOG_INFO("resumed from %s at step %lld", resumed.dir.c_str(),
                     static_cast<long long>(state_.step));

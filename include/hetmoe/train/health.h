@@ -4,6 +4,8 @@
 // The monitor's state is saved in checkpoints, so a resumed run makes the same decisions.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <string>
@@ -54,6 +56,9 @@ class HealthMonitor {
 
  private:
   void remember(double loss);  // a loss of an applied step joins the window
+  size_t window() const {      // losses kept (spike_window, at least 2)
+    return static_cast<size_t>(std::max<int64_t>(2, options_.spike_window));
+  }
 
   HealthOptions options_;
   std::deque<double> recent_;  // losses of applied steps (scaled ones included)
