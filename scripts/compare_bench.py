@@ -461,19 +461,30 @@ def parse_threshold(value):
 
 
 def worsening(figure, base):
-    """How much worse figure is than base, as a fraction of base; None when not judged."""
-    if base is None or figure["unit"] != base["unit"]:
+    """How much worse figure is than base, as a fraction of base (inf when the new figure is not
+    a number); None when it cannot be judged: see why_not_judged."""
+    if base is None or figure["unit"] != base["unit"] or direction(figure, base) is None:
         return None
-    better = direction(figure, base)
     new, old = figure["median"], base["median"]
-    if better is None or not (math.isfinite(new) and math.isfinite(old)) or old <= 0:
+    if not math.isfinite(old) or old <= 0:
         return None
-    return (new - old) / old if better == "lower" else (old - new) / old
+    if not math.isfinite(new):
+        return math.inf
+    return (new - old) / old if direction(figure, base) == "lower" else (old - new) / old
+
+
+def why_not_judged(figure, base):
+    if figure["unit"] != base["unit"]:
+        return f"units differ ({base['unit']} in the baseline, {figure['unit']} here)"
+    if direction(figure, base) is None:
+        return "the documents disagree on whether higher or lower is better"
+    return f"the baseline's median is {fmt_num(base['median'])}, not a positive number"
 
 
 def find_regressions(baseline, others, limit):
     """Regression lines of every column in others against baseline's column of its backend,
-    and how many figures were judged."""
+    and how many figures were judged. On the baseline's own device, a figure of the baseline that
+    the new run lacks is a regression too: a run whose training step broke must not pass."""
     by_backend = {}
     for column in baseline:
         by_backend.setdefault(column.backend, column)
@@ -484,16 +495,29 @@ def find_regressions(baseline, others, limit):
             note(f"{column.label}: not judged, the baseline {baseline[0].path} has no "
                  f"{column.backend} run")
             continue
+        same_device = column.run.get("device") == base.run.get("device")
+        for name in base.figures:
+            if name in column.figures:
+                continue
+            if same_device:
+                lines.append(f"regression: {column.label}: {name} is in the baseline but missing "
+                             "from this run (compare runs made with the same options)")
+            else:  # another device may lack a catalog entry (no price, no nominal peak)
+                note(f"{column.label}: {name} not judged, this device's run has no such figure")
         for name, figure in column.figures.items():
-            change = worsening(figure, base.figures.get(name))
+            base_figure = base.figures.get(name)
+            change = worsening(figure, base_figure)
             if change is None:
+                if base_figure is not None:
+                    note(f"{column.label}: {name} not judged: {why_not_judged(figure, base_figure)}")
                 continue
             judged += 1
             if change > limit:
+                worse = "not a number" if math.isinf(change) else f"+{change * 100:.1f}% worse"
                 lines.append(
                     f"regression: {column.label}: {name} {fmt_num(figure['median'])} vs "
                     f"{fmt_num(base.figures[name]['median'])} {figure['unit']} "
-                    f"(+{change * 100:.1f}% worse, limit {fmt_percent(limit)})")
+                    f"({worse}, limit {fmt_percent(limit)})")
     return lines, judged
 
 

@@ -187,6 +187,45 @@ class BaselineTest(unittest.TestCase):
         self.assertIn("@56935d8", headers[1])
         self.assertIn("@7c1e2f4", headers[2])
 
+    def edited(self, tmp, edit):
+        """CPU_LATER with its first run's figures passed through edit, written into tmp."""
+        with open(CPU_LATER, encoding="utf-8") as f:
+            doc = json.load(f)
+        doc["runs"][0]["figures"] = edit(doc["runs"][0]["figures"])
+        path = os.path.join(tmp, "edited.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+        return path
+
+    def test_figure_missing_from_the_new_run_fails(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.edited(tmp, lambda figures: [
+                f for f in figures if f["name"] != "train.tokens_per_s"])
+            result = compare("--baseline", CPU, "--fail-above", "50%", path)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn("train.tokens_per_s is in the baseline but missing from this run",
+                      result.stdout)
+
+    def test_a_figure_that_is_not_a_number_fails(self):
+        def nan_tokens(figures):
+            for f in figures:
+                if f["name"] == "train.tokens_per_s":
+                    f["median"] = float("nan")
+            return figures
+        with tempfile.TemporaryDirectory() as tmp:
+            result = compare("--baseline", CPU, "--fail-above", "50%", self.edited(tmp, nan_tokens))
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn("train.tokens_per_s nan vs", result.stdout)
+        self.assertIn("(not a number, limit 50%)", result.stdout)
+
+    def test_unjudged_figure_gets_a_note(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            base = self.edited(tmp, lambda figures: [
+                dict(f, median=0.0) if f["name"] == "op.route.forward" else f for f in figures])
+            result = compare("--baseline", base, "--fail-above", "50%", CPU_LATER)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("op.route.forward not judged: the baseline's median is 0", result.stderr)
+
     def test_backend_missing_from_baseline_is_skipped_with_a_note(self):
         result = compare("--baseline", CPU, "--fail-above", "50%", CUDA)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
