@@ -118,7 +118,8 @@ SideResults run_ops(const Config& c, Transformer& model, c10::Device device, at:
   out.emplace_back(
       "router", run_op(device, {{"input", in.hidden}}, [&](auto& x) {
         // The router runs in fp32 whatever the compute dtype, as in the model.
-        RouteResult r = ops::route(ops::linear(x[0], moe.router), params);
+        RouteResult r =
+            ops::route(ops::linear(compute(x[0]).to(moe.router.scalar_type()), moe.router), params);
         return std::vector<std::pair<std::string, at::Tensor>>{
             {"scores", r.scores}, {"weights", r.expert_weight}, {"choice", r.expert_index}};
       }));

@@ -57,25 +57,24 @@ int64_t parse_positive(const std::string& text, const std::string& part, const s
 
 }  // namespace
 
-PlanGrid parse_grid(const std::string& text) {
-  PlanGrid g;
+PlanGrid parse_grid(const std::string& text, const PlanGrid& defaults) {
+  PlanGrid g = defaults;
   std::stringstream in(text);
   std::string item;
-  bool any = false;
+  bool data = false, expert = false;  // seen
   while (std::getline(in, item, ',')) {
     const auto eq = item.find('=');
     HETMOE_CHECK(eq != std::string::npos, kComponent, "bad --grid '", text, "': '", item,
                  "' is not dp=N or ep=N");
     const std::string key = item.substr(0, eq), value = item.substr(eq + 1);
-    if (key == "dp")
-      g.data = parse_positive(item, value, text);
-    else if (key == "ep")
-      g.expert = parse_positive(item, value, text);
-    else
-      HETMOE_FAIL(kComponent, "bad --grid '", text, "': unknown part '", key, "' (known: dp, ep)");
-    any = true;
+    HETMOE_CHECK(key == "dp" || key == "ep", kComponent, "bad --grid '", text, "': unknown part '",
+                 key, "' (known: dp, ep)");
+    bool& seen = key == "dp" ? data : expert;
+    HETMOE_CHECK(!seen, kComponent, "bad --grid '", text, "': '", key, "' is given twice");
+    seen = true;
+    (key == "dp" ? g.data : g.expert) = parse_positive(item, value, text);
   }
-  HETMOE_CHECK(any, kComponent, "bad --grid '", text, "': give dp=N and/or ep=N");
+  HETMOE_CHECK(data || expert, kComponent, "bad --grid '", text, "': give dp=N and/or ep=N");
   return g;
 }
 

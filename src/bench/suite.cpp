@@ -189,10 +189,12 @@ void measure_ops(const Config& cfg, const Backend& b, int index, const at::Tenso
       [&] { k.unpermute_backward(grad_out, y, r.expert_weight, perm.row_of_slot, perm.slot); });
 }
 
-// Whole training steps of the config on the device.
-void measure_training(const Config& config, const std::string& device, const Backend& b, int index,
-                      double nominal_peak_tflops, const CatalogDevice* price,
-                      const BenchOptions& opt, Recorder& rec, BenchRun& run) {
+// Whole training steps of the config on the device, run before anything else allocates so the
+// memory high-water mark is the training step's own. Returns its tokens/s per timed step; the
+// MFU figures wait for the ceilings (measure_mfu).
+std::vector<double> measure_training(const Config& config, const std::string& device,
+                                     const Backend& b, int index, const CatalogDevice* price,
+                                     const BenchOptions& opt, Recorder& rec) {
   Config c = config;
   c.backend.device = device;
   const TempDir run_dir("hetmoe-bench");
@@ -202,34 +204,44 @@ void measure_training(const Config& config, const std::string& device, const Bac
   c.train.steps = std::max<int64_t>(c.train.steps, opt.train_warmup + opt.train_steps + 1);
   TrainerOptions fresh;
   fresh.overwrite = true;  // the temporary directory is empty anyway
-  Trainer trainer(c, fresh);
-  for (int i = 0; i < opt.train_warmup; ++i) trainer.train_step();
-  std::vector<double> ms = time_ms(b, index, 0, opt.train_steps, [&] { trainer.train_step(); });
+  std::vector<double> ms;
+  {
+    Trainer trainer(c, fresh);
+    for (int i = 0; i < opt.train_warmup; ++i) trainer.train_step();
+    ms = time_ms(b, index, 0, opt.train_steps, [&] { trainer.train_step(); });
+  }
   const double tokens =
       static_cast<double>(c.train.grad_accum * c.train.micro_batch * c.train.seq_len);
-  const double flops_per_token = training_flops_per_token(c.model, c.moe, c.train.seq_len);
-  std::vector<double> tps, mfu, mfu_peak;
-  const BenchFigure* ceiling = run.find("ceiling.gemm");
-  for (double v : ms) {
-    tps.push_back(tokens / (v / 1e3));
-    if (ceiling && ceiling->median() > 0)
-      mfu.push_back(tps.back() * flops_per_token / (ceiling->median() * 1e12));
-    if (nominal_peak_tflops > 0)
-      mfu_peak.push_back(tps.back() * flops_per_token / (nominal_peak_tflops * 1e12));
-  }
+  std::vector<double> tps;
+  for (double v : ms) tps.push_back(tokens / (v / 1e3));
   rec.timed("train.step_time", ms, 0, "", "");
   BenchFigure& t = rec.add(figure("train.tokens_per_s", "tokens/s", "higher", tps));
   rec.report(t);
   const double median_tps = t.median();
-  if (!mfu.empty()) rec.report(rec.add(figure("train.mfu", "fraction", "higher", mfu)));
-  if (!mfu_peak.empty())
-    rec.report(rec.add(figure("train.mfu_peak", "fraction", "higher", mfu_peak)));
   const double peak_mib = static_cast<double>(b.peak_memory_bytes(index)) / (1 << 20);
   if (peak_mib > 0) rec.report(rec.add(figure("memory.peak", "MiB", "lower", {peak_mib})));
   if (price && median_tps > 0) {
     const double cost = 1e12 / median_tps / 3600.0 * price->price_per_hour;
     rec.report(rec.add(figure("cost.per_1T_tokens", price->currency.c_str(), "lower", {cost})));
   }
+  return tps;
+}
+
+// Model FLOP/s of the timed steps over the measured GEMM ceiling and over the nominal peak.
+void measure_mfu(const Config& c, const std::vector<double>& tps, double nominal_peak_tflops,
+                 const BenchRun& run, Recorder& rec) {
+  const double flops_per_token = training_flops_per_token(c.model, c.moe, c.train.seq_len);
+  std::vector<double> mfu, mfu_peak;
+  const BenchFigure* ceiling = run.find("ceiling.gemm");
+  for (double v : tps) {
+    if (ceiling && ceiling->median() > 0)
+      mfu.push_back(v * flops_per_token / (ceiling->median() * 1e12));
+    if (nominal_peak_tflops > 0)
+      mfu_peak.push_back(v * flops_per_token / (nominal_peak_tflops * 1e12));
+  }
+  if (!mfu.empty()) rec.report(rec.add(figure("train.mfu", "fraction", "higher", mfu)));
+  if (!mfu_peak.empty())
+    rec.report(rec.add(figure("train.mfu_peak", "fraction", "higher", mfu_peak)));
 }
 
 std::string utc_now() {
@@ -313,19 +325,23 @@ BenchRun run_benchmarks(const Config& config, const std::string& device,
     run.currency = entry->currency;
   }
   const std::string& dtype = config.backend.dtype;
-  double nominal = entry ? entry->peak_tflops(dtype) : 0.0;
-  if (nominal <= 0)
-    nominal = (dtype == "bf16" ? info.peak_bf16_flops : info.peak_fp32_flops) / 1e12;
+  const double nominal =
+      nominal_peak(catalog, info.name, dtype,
+                   (dtype == "bf16" ? info.peak_bf16_flops : info.peak_fp32_flops) / 1e12)
+          .tflops;
 
   Recorder rec(run, options);
   const at::TensorOptions o =
       at::TensorOptions().device(dev).dtype(dtype == "bf16" ? at::kBFloat16 : at::kFloat);
   const int64_t rows = config.train.micro_batch * config.train.seq_len * config.moe.top_k;
+  // Training first: the ceilings' buffers (gigabytes on a GPU) would otherwise be the memory
+  // high-water mark, and a CPU's resident-set peak cannot be reset.
+  std::vector<double> tps;
+  if (options.train) tps = measure_training(config, device, b, index, entry, options, rec);
   measure_ceilings(b, index, o,
                    rows * config.model.d_model * c10::elementSize(o.dtype().toScalarType()),
                    options, rec);
-  // Training before the operators, so the memory high-water mark is the training step's.
-  if (options.train) measure_training(config, device, b, index, nominal, entry, options, rec, run);
+  if (options.train) measure_mfu(config, tps, nominal, run, rec);
   if (options.ops) measure_ops(config, b, index, o, options, rec);
   return run;
 }
@@ -343,6 +359,9 @@ std::string workload_hash(const Config& config) {
   c.train.eval_every = defaults.train.eval_every;
   c.train.save_every = defaults.train.save_every;
   c.train.save_final = defaults.train.save_final;
+  c.train.eval_batches = defaults.train.eval_batches;  // the bench never evaluates
+  c.train.keep_last = defaults.train.keep_last;
+  c.train.threads = defaults.train.threads;  // where it runs (each run records its threads)
   const std::string text = to_yaml(c);
   char buf[32];
   std::snprintf(buf, sizeof buf, "fnv1a64:%016llx",

@@ -82,7 +82,8 @@ void add_bench_command(CLI::App& root, int& status) {
   add_config_options(cmd, a->config, a->sets);
   cmd->add_option("-b,--backends", a->backends,
                   "Comma-separated backends to run on (default: every available one)")
-      ->type_name("cpu,cuda,...");
+      ->type_name("cpu,cuda,...")
+      ->check(non_empty());
   cmd->add_option("-o,--out", a->out, "Write the results as JSON (schema hetmoe-bench/1)")
       ->type_name("FILE.json")
       ->check(non_empty());

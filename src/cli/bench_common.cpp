@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -20,6 +21,8 @@ std::vector<std::string> split_list(const std::string& text, const std::string& 
     const size_t comma = text.find(',', start);
     out.push_back(text.substr(start, comma == std::string::npos ? comma : comma - start));
     HETMOE_CHECK(!out.back().empty(), "usage", option, " '", text, "' has an empty item");
+    HETMOE_CHECK(std::find(out.begin(), out.end() - 1, out.back()) == out.end() - 1, "usage",
+                 option, " '", text, "' names '", out.back(), "' twice");
     if (comma == std::string::npos) return out;
     start = comma + 1;
   }
@@ -40,7 +43,9 @@ std::vector<std::string> pick_backends(const std::vector<std::string>& names) {
       if (b->available()) out.push_back(b->name());
     return out;
   }
-  for (const std::string& n : names) {
+  for (const std::string& device : names) {
+    // A device ("cuda:1") names its backend before the colon.
+    const std::string n = device.substr(0, device.find(':'));
     const Backend* found = nullptr;
     for (const Backend* b : backends())
       if (b->name() == n) found = b;
@@ -50,7 +55,7 @@ std::vector<std::string> pick_backends(const std::vector<std::string>& names) {
                  ")");
     HETMOE_CHECK(found->available(), "cli", "backend '", n,
                  "' is built in but has no usable device on this machine (see `hetmoe devices`)");
-    out.push_back(n);
+    out.push_back(device);
   }
   return out;
 }

@@ -37,13 +37,17 @@ std::pair<CheckSide, CheckSide> sides_of(const CheckArgs& a, const Config& confi
   for (const std::string& d : dtypes)
     HETMOE_CHECK(d == "fp32" || d == "bf16", "usage", "--dtypes: unknown dtype '", d,
                  "' (known: fp32, bf16)");
+  for (const std::string& k : kernels)
+    HETMOE_CHECK(k == "native" || k == "portable" || k == "reference", "usage",
+                 "--kernels: unknown kernel implementation '", k,
+                 "' (known: native, portable, reference)");
   const int pairs = (devices.size() == 2) + (dtypes.size() == 2) + (kernels.size() == 2);
   HETMOE_CHECK(devices.size() <= 2 && dtypes.size() <= 2 && kernels.size() <= 2 && pairs <= 1,
                "usage",
                "give two values to exactly one of --backends, --dtypes and --kernels (the "
                "one thing that differs between the two sides)");
   if (pairs == 0) kernels = {kernels[0] == "reference" ? "native" : kernels[0], "reference"};
-  if (devices.size() == 2) pick_backends(devices);
+  pick_backends(devices);  // each one built in and with a device, before any work
   auto side = [&](size_t i) {
     CheckSide s;
     s.device = devices[std::min(i, devices.size() - 1)];
@@ -126,13 +130,16 @@ void add_check_command(CLI::App& root, int& status) {
   add_config_options(cmd, a->config, a->sets);
   cmd->add_option("-b,--backends", a->backends,
                   "One backend, or two to compare (default: backend.device, or cpu)")
-      ->type_name("cpu,cuda");
+      ->type_name("cpu,cuda")
+      ->check(non_empty());
   cmd->add_option("--dtypes", a->dtypes, "One compute dtype, or two to compare")
-      ->type_name("fp32,bf16");
+      ->type_name("fp32,bf16")
+      ->check(non_empty());
   cmd->add_option("--kernels", a->kernels,
                   "One kernel implementation, or two to compare (native, portable, reference); "
                   "the default with one backend and one dtype: native,reference")
-      ->type_name("native,reference");
+      ->type_name("native,reference")
+      ->check(non_empty());
   cmd->add_option("-n,--steps", a->steps, "Training steps on each side")
       ->check(positive())
       ->capture_default_str();

@@ -94,7 +94,7 @@ int run_plan(const PlanArgs& a) {
   grid.expert = config.parallel.expert_parallel;
   if (!a.grid.empty()) {
     try {
-      grid = parse_grid(a.grid);
+      grid = parse_grid(a.grid, grid);
     } catch (const Error& e) {  // the flag's syntax: a usage error
       throw Error("usage", std::string(e.what()).substr(e.component().size() + 3));
     }

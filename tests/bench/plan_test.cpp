@@ -123,7 +123,11 @@ TEST(PlanTest, ParsesGrids) {
   EXPECT_EQ(parse_grid("dp=2,ep=4").data, 2);
   EXPECT_EQ(parse_grid("dp=2,ep=4").expert, 4);
   EXPECT_EQ(parse_grid("ep=8").data, 1);
-  for (const char* bad : {"", "dp", "dp=0", "dp=x", "tp=2", "dp=2,,ep=1", "dp=1.5"}) {
+  // A part left out keeps the given default (the config's expert parallelism).
+  EXPECT_EQ(parse_grid("dp=2", PlanGrid{1, 8}).expert, 8);
+  EXPECT_EQ(parse_grid("ep=2", PlanGrid{4, 8}).data, 4);
+  for (const char* bad :
+       {"", "dp", "dp=0", "dp=x", "tp=2", "dp=2,,ep=1", "dp=1.5", "dp=1,ep=8,dp=2", "ep=2,ep=2"}) {
     try {
       parse_grid(bad);
       ADD_FAILURE() << "accepted '" << bad << "'";

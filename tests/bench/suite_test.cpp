@@ -69,6 +69,10 @@ TEST_F(SuiteTest, RunsEveryFigureWithUnitsRatesAndCost) {
     EXPECT_GE(f->max(), f->median());
   }
   EXPECT_EQ(lines.size(), run.figures.size()) << "one progress line per figure";
+  // Training is measured before the ceilings allocate their buffers: memory.peak is its own.
+  EXPECT_EQ(run.figures.front().name, "train.step_time");
+  EXPECT_LT(run.find("memory.peak") - run.figures.data(),
+            run.find("ceiling.gemm") - run.figures.data());
   EXPECT_EQ(run.find("op.route.forward")->samples.size(), 3u);
   EXPECT_EQ(run.find("train.step_time")->samples.size(), 2u);
 
@@ -160,6 +164,9 @@ TEST(BenchDocumentTest, WorkloadHashIgnoresWhereAndFollowsWhat) {
   b.run.out_dir = "elsewhere";
   b.data.path = "other/data";
   b.train.steps = 7;
+  b.train.threads = 1;
+  b.train.keep_last = 7;
+  b.train.eval_batches = 5;
   EXPECT_EQ(workload_hash(a), workload_hash(b));
   b.model.d_model *= 2;
   EXPECT_NE(workload_hash(a), workload_hash(b));

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "hetmoe/device/registry.h"
 #include "support/cli_runner.h"
 #include "support/train_fixture.h"
 
@@ -18,6 +19,12 @@ using test_support::expect_contains;
 using test_support::Result;
 using test_support::run;
 using test_support::TempDir;
+
+bool gpu_available() {
+  for (const Backend* b : backends())
+    if (b->kind() != BackendKind::CPU && b->available()) return true;
+  return false;
+}
 
 class BenchCliTest : public ::testing::Test {
  protected:
@@ -90,6 +97,11 @@ TEST_F(BenchCliTest, PlanPrintsCountsMemoryAndEveryCatalogDevice) {
   for (const char* d : {"ling-A", "ling-E", "nvidia-h100-sxm", "cpu-epyc-2vcpu"})
     expect_contains(r, d);
   expect_contains(r, "30.0% assum.");
+  // The example in configs/ling-plus.yaml's header runs as written there.
+  const std::string plus = std::string(HETMOE_SOURCE_DIR) + "/configs/ling-plus.yaml";
+  r = run("plan --config " + plus + catalog_ + " --grid dp=8,ep=64 --set train.micro_batch=512");
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_contains(r, "grid dp=8 x ep=64 (512 ranks)");
 }
 
 TEST_F(BenchCliTest, PlanUsesTheMeasuredMfuOfABenchDocument) {
@@ -108,6 +120,13 @@ TEST_F(BenchCliTest, PlanRefusesGridsAndDocumentsThatDoNotFit) {
   r = run("plan --config " + config_ + " --grid tp=2");
   EXPECT_EQ(r.code, 2);
   expect_contains(r, "[usage] bad --grid 'tp=2': unknown part 'tp'");
+  r = run("plan --config " + config_ + " --grid dp=1,ep=2,dp=2");
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "'dp' is given twice");
+  // The part left out keeps the config's value.
+  r = run("plan --config " + config_ + " --set parallel.expert_parallel=2 --grid dp=2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_contains(r, "grid dp=2 x ep=2 (4 ranks)");
   r = run("plan --config " + config_ + " --mfu 1.5");
   EXPECT_EQ(r.code, 2);
   // NaN passes CLI11's ranges; it is refused by name.
@@ -140,9 +159,25 @@ TEST_F(BenchCliTest, CheckRefusesAmbiguousSides) {
   Result r = run("check --config " + config_ + " --dtypes fp32,bf16 --kernels native,reference");
   EXPECT_EQ(r.code, 2);
   expect_contains(r, "give two values to exactly one of --backends, --dtypes and --kernels");
+  // Usage errors exit 2, apart from 1 for "beyond tolerance", before any work starts.
   r = run("check --config " + config_ + " --kernels native,fast");
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.code, 2);
   expect_contains(r, "unknown kernel implementation 'fast'");
+  for (const char* twice :
+       {"--kernels native,native", "--dtypes fp32,fp32", "--backends cpu,cpu"}) {
+    r = run("check --config " + config_ + " " + twice);
+    EXPECT_EQ(r.code, 2) << twice;
+    expect_contains(r, "twice");
+  }
+  r = run("check --config " + config_ + " --backends ''");
+  EXPECT_EQ(r.code, 2);
+  // A backend without a device here is refused before the sides are printed.
+  if (!gpu_available()) {
+    r = run("check --config " + config_ + " --backends cuda");
+    EXPECT_NE(r.code, 0);
+    expect_contains(r, "backend 'cuda'");
+    EXPECT_EQ(r.output.find("check: "), std::string::npos) << r.output;
+  }
   r = run("check --config " + config_ + " --backends cpu,tpu");
   EXPECT_EQ(r.code, 2);
   expect_contains(r, "backend 'tpu' is not built into this hetmoe");

@@ -19,9 +19,9 @@ struct PlanGrid {
   int64_t world() const { return data * expert; }
 };
 
-// Parses "dp=2,ep=4" (either part may be left out: 1). Throws hetmoe::Error("[plan] ...") naming
-// the text on anything else.
-PlanGrid parse_grid(const std::string& text);
+// Parses "dp=2,ep=4"; a part left out keeps its value in `defaults` (the config's grid, say).
+// Throws hetmoe::Error("[plan] ...") naming the text on anything else, a part given twice too.
+PlanGrid parse_grid(const std::string& text, const PlanGrid& defaults = {});
 
 // Bytes one rank holds during training. Weights, gradients and optimizer state are exact for
 // hetmoe's layout (fp32 master weights, fp32 gradients, AdamW's two fp32 moments); activations are
