@@ -133,6 +133,14 @@ double CatalogDevice::peak_tflops(const std::string& dtype) const {
   return dtype == "bf16" ? peak_bf16_tflops : dtype == "fp32" ? peak_fp32_tflops : 0.0;
 }
 
+NominalPeak nominal_peak(const DeviceCatalog* catalog, const std::string& device_name,
+                         const std::string& dtype, double table_tflops) {
+  if (const CatalogDevice* entry = catalog ? catalog->match(device_name) : nullptr)
+    if (entry->peak_tflops(dtype) > 0)
+      return {entry->peak_tflops(dtype), "catalog entry " + entry->name};
+  return {table_tflops, "device table"};
+}
+
 bool CatalogDevice::matches(const std::string& device_name) const {
   if (match.empty()) return false;
   const std::string n = lower(device_name);

@@ -10,8 +10,10 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 
+#include "hetmoe/bench/catalog.h"
 #include "hetmoe/core/error.h"
 #include "hetmoe/core/fs.h"
 #include "hetmoe/core/logging.h"
@@ -34,6 +36,19 @@ namespace {
 const char* const kRunArtifacts[] = {"checkpoints", "metrics.jsonl", "resolved.yaml"};
 // Where --overwrite keeps them until the new run's first checkpoint.
 const char* const kReplacedDir = ".replaced-run";
+
+// The device catalog `hetmoe bench` uses, for the same MFU denominator; none when no catalog is
+// installed, and a warning (not a failed run) when the one found cannot be read.
+std::optional<DeviceCatalog> device_catalog_if_any() {
+  const std::string path = default_catalog_path();
+  if (!std::ifstream(path).good()) return std::nullopt;
+  try {
+    return load_device_catalog(path);
+  } catch (const Error& e) {
+    HETMOE_LOG_WARN("MFU against the device table, the device catalog is not usable: %s", e.what());
+    return std::nullopt;
+  }
+}
 
 // Puts the run set aside by --overwrite back in `out` (dropping what the new run wrote);
 // false when some part could not be moved back, and then the rest stays in .replaced-run.
@@ -186,7 +201,10 @@ Trainer::Trainer(Config config, TrainerOptions options)
   for (Split s : {Split::Train, Split::Val}) {
     HETMOE_CHECK(data_->split_size(s) >= t.seq_len + 1, "train", "dataset '", data_name, "': the ",
                  s == Split::Train ? "train" : "val", " split has ", data_->split_size(s),
-                 " tokens, fewer than train.seq_len + 1 = ", t.seq_len + 1);
+                 " tokens, fewer than train.seq_len + 1 = ", t.seq_len + 1,
+                 s == Split::Train ? ""
+                                   : " (training evaluates on it; `hetmoe data prepare "
+                                     "--val-fraction` sets its share)");
   }
 
   model_ = Transformer(config_.model, config_.moe, grid_->expert_shard());
@@ -248,14 +266,21 @@ Trainer::Trainer(Config config, TrainerOptions options)
                   resolved.c_str());
 
   flops_per_token_ = training_flops_per_token(config_.model, config_.moe, t.seq_len);
+  std::string peak_source = "backend.peak_tflops";
   if (config_.backend.peak_tflops > 0) {
     peak_flops_ = config_.backend.peak_tflops * 1e12;
   } else {
     const auto devices = backend_->devices();
     const size_t index = device_.has_index() ? static_cast<size_t>(device_.index()) : 0;
-    if (index < devices.size())
-      peak_flops_ = config_.backend.dtype == "bf16" ? devices[index].peak_bf16_flops
-                                                    : devices[index].peak_fp32_flops;
+    if (index < devices.size()) {
+      const DeviceInfo& d = devices[index];
+      const std::optional<DeviceCatalog> catalog = device_catalog_if_any();
+      const NominalPeak peak = nominal_peak(
+          catalog ? &*catalog : nullptr, d.name, config_.backend.dtype,
+          (config_.backend.dtype == "bf16" ? d.peak_bf16_flops : d.peak_fp32_flops) / 1e12);
+      peak_flops_ = peak.tflops * 1e12;
+      peak_source = peak.source;
+    }
   }
   const auto count = model_->parameter_count();
   HETMOE_LOG_INFO(
@@ -266,8 +291,7 @@ Trainer::Trainer(Config config, TrainerOptions options)
       static_cast<long long>(config_.moe.num_shared_experts), count.total / 1e6,
       count.active_per_token / 1e6);
   HETMOE_LOG_INFO("%.3f GFLOP per training token; device peak %.1f TFLOP/s (%s)",
-                  flops_per_token_ / 1e9, peak_flops_ / 1e12,
-                  config_.backend.peak_tflops > 0 ? "backend.peak_tflops" : "device table");
+                  flops_per_token_ / 1e9, peak_flops_ / 1e12, peak_source.c_str());
   if (world > 1)
     HETMOE_LOG_INFO(
         "grid: %s; %lld of the %lld sequences of each micro-batch per rank; "

@@ -40,6 +40,8 @@ TEST(CatalogTest, MatchesDeviceNamesAsBackendsReportThem) {
   const DeviceCatalog c = shipped();
   ASSERT_NE(c.match("NVIDIA H100 80GB HBM3"), nullptr);
   EXPECT_EQ(c.match("NVIDIA H100 80GB HBM3")->name, "nvidia-h100-sxm");
+  EXPECT_EQ(c.match("NVIDIA H100 PCIe")->name, "nvidia-h100-pcie");
+  EXPECT_EQ(c.match("NVIDIA H100 NVL")->name, "nvidia-h100-nvl");
   EXPECT_EQ(c.match("NVIDIA H200")->name, "nvidia-h200");
   EXPECT_EQ(c.match("AMD Instinct MI300X")->name, "amd-mi300x");
   ASSERT_NE(c.match("AMD EPYC 9B45 (2 cores)"), nullptr);
@@ -68,6 +70,22 @@ std::string error_of(const std::string& yaml) {
 const char* kGood =
     "  - name: x\n    peak_tflops: {bf16: 100}\n    memory_gb: 80\n    price_per_hour: 2\n"
     "    currency: USD\n";
+
+TEST(CatalogTest, NominalPeakPrefersTheCatalogEntryOfTheDevice) {
+  const DeviceCatalog c = shipped();
+  const NominalPeak h100 = nominal_peak(&c, "NVIDIA H100 PCIe", "bf16", 900);
+  EXPECT_DOUBLE_EQ(h100.tflops, 756);
+  EXPECT_EQ(h100.source, "catalog entry nvidia-h100-pcie");
+  // No entry, no catalog, or an entry without the dtype's peak: the device table's.
+  EXPECT_DOUBLE_EQ(nominal_peak(&c, "Some NPU", "bf16", 123).tflops, 123);
+  EXPECT_EQ(nominal_peak(nullptr, "NVIDIA H100 PCIe", "bf16", 0).source, "device table");
+  const DeviceCatalog bf16_only = parse_device_catalog(
+      "devices:\n  - name: x\n    match: [NPU]\n    peak_tflops: {bf16: 100}\n"
+      "    memory_gb: 80\n    price_per_hour: 2\n    currency: USD\n",
+      "cat.yaml");
+  EXPECT_DOUBLE_EQ(nominal_peak(&bf16_only, "Some NPU", "bf16", 7).tflops, 100);
+  EXPECT_DOUBLE_EQ(nominal_peak(&bf16_only, "Some NPU", "fp32", 7).tflops, 7);
+}
 
 TEST(CatalogTest, ParsesAMinimalEntry) {
   const DeviceCatalog c = parse_device_catalog(std::string("devices:\n") + kGood, "cat.yaml");

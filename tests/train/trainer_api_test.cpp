@@ -4,11 +4,13 @@
 
 #include <algorithm>
 
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <numeric>
 
 #include "hetmoe/core/error.h"
+#include "hetmoe/device/registry.h"
 #include "hetmoe/model/layers.h"
 #include "hetmoe/train/trainer.h"
 #include "support/train_fixture.h"
@@ -98,6 +100,47 @@ TEST(TrainerApiTest, CustomDataSourceAndCallbacks) {
   ASSERT_EQ(checkpoints.size(), 2u);  // save_every 4: steps 4 and 8 (the final one is step 8)
   for (const auto& [step, d] : checkpoints) EXPECT_TRUE(std::filesystem::is_directory(d)) << d;
   EXPECT_EQ(checkpoints.back().second, r.checkpoint);
+}
+
+// MFU against the same peak `hetmoe bench` uses: the catalog entry of this device, where the
+// catalog has one; a catalog that cannot be read costs a warning, not the run.
+TEST(TrainerApiTest, MfuIsAgainstTheCatalogPeakOfThisDevice) {
+  TempDir dir;
+  Config c = test_support::tiny_config(dir);
+  c.train.steps = 3;
+  c.train.grad_accum = 1;
+  c.train.eval_every = 3;
+  c.train.save_final = false;
+  c.backend.device = "cpu";
+  TrainerOptions o;
+  o.data = std::make_shared<RampSource>(32);
+  const std::string name = backend_for(c10::Device(c10::kCPU)).devices().at(0).name;
+  const std::string catalog =
+      dir.write("devices.yaml", "devices:\n  - name: this-cpu\n    match: [\"" + name +
+                                    "\"]\n    peak_tflops: {fp32: 0.125}\n    memory_gb: 1\n"
+                                    "    price_per_hour: 1\n    currency: USD\n");
+  const std::string broken = dir.write("broken.yaml", "devices: 3\n");
+  struct RestoreEnv {  // whatever happens, later tests see the variable as it was
+    const char* before = std::getenv("HETMOE_DEVICES");
+    std::string saved = before ? before : "";
+    ~RestoreEnv() {
+      if (before)
+        setenv("HETMOE_DEVICES", saved.c_str(), 1);
+      else
+        unsetenv("HETMOE_DEVICES");
+    }
+  } restore;
+  auto train_with = [&](const std::string& path) {
+    setenv("HETMOE_DEVICES", path.c_str(), 1);
+    o.overwrite = true;
+    return Trainer(c, o).run();
+  };
+  const TrainResult r = train_with(catalog);
+  const TrainResult fallback = train_with(broken);
+  const double flops = training_flops_per_token(c.model, c.moe, c.train.seq_len);
+  ASSERT_GT(r.tokens_per_s, 0);
+  EXPECT_NEAR(r.mfu, r.tokens_per_s * flops / 0.125e12, 1e-9 * r.mfu);
+  EXPECT_EQ(fallback.steps, 3);  // trained; MFU against the device table's estimate (or 0)
 }
 
 TEST(TrainerApiTest, ADataSourceWithTooLargeAVocabularyIsNamed) {

@@ -34,6 +34,16 @@ struct DeviceCatalog {
   const CatalogDevice* match(const std::string& device_name) const;
 };
 
+// The nominal peak MFU is measured against, in TFLOP/s in a compute dtype, and where it came from:
+// the catalog entry matching the device's name where it has a peak for the dtype (so `hetmoe
+// train` and `hetmoe bench` agree), else `table_tflops`, the backend's device table (0: unknown).
+struct NominalPeak {
+  double tflops = 0;
+  std::string source;  // "catalog entry <name>" or "device table"
+};
+NominalPeak nominal_peak(const DeviceCatalog* catalog, const std::string& device_name,
+                         const std::string& dtype, double table_tflops);
+
 // Reads and validates a catalog. Throws hetmoe::Error("[catalog] ...") naming the file, the entry
 // and the key on a missing, unknown, mistyped or out-of-range field, or a duplicate name.
 DeviceCatalog load_device_catalog(const std::string& path);
