@@ -1,5 +1,7 @@
 // prepare_dataset(): text files -> tokens.bin (uint16 LE) + index.json, with a deterministic
 // per-document train/val split.
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,8 +11,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <new>
+#include <optional>
+#include <random>
 #include <set>
-#include <sstream>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -40,6 +45,10 @@ namespace {
 
 constexpr const char* kComponent = "data";
 constexpr size_t kBinaryProbeBytes = 8192;
+constexpr size_t kReadChunkBytes = size_t{1} << 20;
+constexpr size_t kWriteChunkBytes = size_t{1} << 16;
+constexpr const char* kIndexName = "index.json";
+constexpr const char* kTokensName = "tokens.bin";
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
@@ -75,14 +84,25 @@ std::string errno_text(int err) {
   return std::strerror(err);
 }
 
-struct Candidate {
-  fs::path canonical;
-};
+// The dataset's own files and prepare's temporaries ("<name>.tmp.*", and the fixed
+// "<name>.tmp" of older versions), which the walk must never read back in as text.
+bool is_output_name(const std::string& name) {
+  for (const std::string own : {kIndexName, kTokensName}) {
+    if (name == own || name.rfind(own + ".tmp", 0) == 0) return true;
+  }
+  return false;
+}
 
-// Collects the files under the inputs in a deterministic order, deduplicated by canonical path.
+// Collects the files under the inputs in a deterministic order, deduplicated by canonical path,
+// leaving out the dataset files in the output directory.
 class FileCollector {
  public:
-  explicit FileCollector(std::set<fs::path> exclude) : exclude_(std::move(exclude)) {}
+  struct Source {
+    fs::path path;         // canonical
+    std::string named_as;  // the input that names this file itself; empty if found by a walk
+  };
+
+  explicit FileCollector(fs::path out_dir) : out_dir_(std::move(out_dir)) {}
 
   void add_input(const std::string& input) {
     std::error_code ec;
@@ -96,13 +116,13 @@ class FileCollector {
     if (fs::is_directory(st)) {
       walk(path);
     } else if (fs::is_regular_file(st)) {
-      add_file(path);
+      add_file(path, input);
     } else {
       HETMOE_FAIL(kComponent, "input '", input, "' is not a regular file or directory");
     }
   }
 
-  const std::vector<fs::path>& files() const { return files_; }
+  const std::vector<Source>& files() const { return files_; }
 
  private:
   void walk(const fs::path& dir) {
@@ -131,42 +151,58 @@ class FileCollector {
       if (fs::is_directory(st)) {
         walk(entry);
       } else if (fs::is_regular_file(st)) {
-        add_file(entry);
+        add_file(entry, "");
       }
       // sockets, fifos, devices: not text sources
     }
   }
 
-  void add_file(const fs::path& file) {
+  void add_file(const fs::path& file, const std::string& named_as) {
     std::error_code ec;
     fs::path canonical = fs::canonical(file, ec);
     if (ec) HETMOE_FAIL(kComponent, "cannot resolve '", file.string(), "': ", ec.message());
-    if (exclude_.count(canonical)) return;  // the dataset's own output files
-    if (seen_files_.insert(canonical).second) files_.push_back(std::move(canonical));
+    if (canonical.parent_path() == out_dir_ && is_output_name(canonical.filename().string()))
+      return;
+    const auto [it, added] = seen_files_.emplace(canonical, files_.size());
+    if (added) {
+      files_.push_back({std::move(canonical), named_as});
+    } else if (files_[it->second].named_as.empty()) {
+      files_[it->second].named_as = named_as;
+    }
   }
 
-  std::set<fs::path> exclude_;
+  fs::path out_dir_;
   std::set<fs::path> visited_dirs_;
-  std::set<fs::path> seen_files_;
-  std::vector<fs::path> files_;
+  std::map<fs::path, size_t> seen_files_;  // -> index in files_
+  std::vector<Source> files_;
 };
 
-// Reads a file as text. Returns false, having read only its head, when a NUL byte in the first
-// kBinaryProbeBytes marks it as binary.
+// Reads a file as text into `text`, reusing its buffer. Returns false, having read only its head,
+// when a NUL byte in the first kBinaryProbeBytes marks it as binary. The buffer is reserved at the
+// file's size, so a large file is held once (no stream buffer and concatenated copy).
 bool read_text_file(const fs::path& path, std::string& text) {
   std::ifstream in(path, std::ios::binary);
   if (!in) HETMOE_FAIL(kComponent, "cannot open '", path.string(), "': ", errno_text(errno));
-  text.assign(kBinaryProbeBytes, '\0');
+  text.resize(kBinaryProbeBytes);
   in.read(&text[0], static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<size_t>(in.gcount()));
   if (in.bad()) HETMOE_FAIL(kComponent, "cannot read '", path.string(), "'");
   if (text.find('\0') != std::string::npos) return false;
-  if (in) {  // more to come
-    std::ostringstream rest;
-    rest << in.rdbuf();
-    if (in.bad()) HETMOE_FAIL(kComponent, "cannot read '", path.string(), "'");
-    text += std::move(rest).str();
+  if (!in) return true;  // ended within the probe
+
+  std::error_code ec;
+  const uintmax_t size = fs::file_size(path, ec);
+  if (!ec && size > text.size()) text.reserve(static_cast<size_t>(size));
+  while (in.peek() != std::char_traits<char>::eof()) {
+    // Fill the reserved room exactly; grow only if the file grew meanwhile.
+    const size_t room = text.capacity() - text.size();
+    const size_t chunk = room > 0 ? std::min(room, kReadChunkBytes) : kReadChunkBytes;
+    const size_t old = text.size();
+    text.resize(old + chunk);
+    in.read(&text[old], static_cast<std::streamsize>(chunk));
+    text.resize(old + static_cast<size_t>(in.gcount()));
   }
+  if (in.bad()) HETMOE_FAIL(kComponent, "cannot read '", path.string(), "'");
   return true;
 }
 
@@ -201,188 +237,192 @@ std::vector<std::pair<size_t, size_t>> split_documents(const std::string& text,
   return docs;
 }
 
-// Output file written to "<name>.tmp" and renamed into place on commit; removed otherwise.
-class TempOutput {
+// A new file "<name>.tmp.<16 hex>" in `dir`, created exclusively so that concurrent runs into
+// one directory never share a temporary, and removed when the object goes unless it was renamed
+// into place. It keeps the FNV-1a hash of what was written (the checksum of tokens.bin).
+class TempFile {
  public:
-  explicit TempOutput(fs::path final_path)
-      : final_(std::move(final_path)), tmp_(final_.string() + ".tmp") {
-    file_ = std::fopen(tmp_.c_str(), "wb");
-    if (!file_) HETMOE_FAIL(kComponent, "cannot write '", tmp_.string(), "': ", errno_text(errno));
-  }
-  ~TempOutput() {
-    if (file_) std::fclose(file_);
-    if (!committed_) {
-      std::error_code ec;
-      fs::remove(tmp_, ec);
+  TempFile(const fs::path& dir, const std::string& name) {
+    std::random_device random;
+    for (int attempt = 0; attempt < 100 && !file_; ++attempt) {
+      const uint64_t r =
+          (static_cast<uint64_t>(random()) << 32) ^ random() ^ static_cast<uint64_t>(::getpid());
+      char suffix[24];
+      std::snprintf(suffix, sizeof suffix, ".tmp.%016llx", static_cast<unsigned long long>(r));
+      path_ = dir / (name + suffix);
+      const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+      if (fd < 0 && errno == EEXIST) continue;
+      if (fd < 0)
+        HETMOE_FAIL(kComponent, "cannot create '", path_.string(), "': ", errno_text(errno));
+      file_ = ::fdopen(fd, "w+b");
+      if (!file_) {
+        const int err = errno;
+        ::close(fd);
+        ::unlink(path_.c_str());
+        HETMOE_FAIL(kComponent, "cannot open '", path_.string(), "': ", errno_text(err));
+      }
     }
+    if (!file_)
+      HETMOE_FAIL(kComponent, "cannot create a unique temporary file in '", dir.string(), "'");
   }
-  TempOutput(const TempOutput&) = delete;
-  TempOutput& operator=(const TempOutput&) = delete;
+  ~TempFile() {
+    if (file_) std::fclose(file_);
+    if (!renamed_) ::unlink(path_.c_str());
+  }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+
+  const fs::path& path() const { return path_; }
+  uint64_t hash() const { return hash_; }
 
   void write(const void* data, size_t size) {
     if (size == 0) return;
     if (std::fwrite(data, 1, size, file_) != size) {
-      HETMOE_FAIL(kComponent, "cannot write '", tmp_.string(), "': ", errno_text(errno));
+      HETMOE_FAIL(kComponent, "cannot write '", path_.string(), "': ", errno_text(errno));
+    }
+    hash_ = fnv1a64(data, size, hash_);
+  }
+
+  // Appends everything written to this file to `dest`, through `buffer`.
+  void copy_to(TempFile& dest, std::vector<unsigned char>& buffer) {
+    if (std::fflush(file_) != 0 || std::fseek(file_, 0, SEEK_SET) != 0) {
+      HETMOE_FAIL(kComponent, "cannot read back '", path_.string(), "': ", errno_text(errno));
+    }
+    size_t n = 0;
+    while ((n = std::fread(buffer.data(), 1, buffer.size(), file_)) > 0)
+      dest.write(buffer.data(), n);
+    if (std::ferror(file_)) {
+      HETMOE_FAIL(kComponent, "cannot read back '", path_.string(), "': ", errno_text(errno));
     }
   }
 
-  // Flushes to disk and closes; the rename happens in commit().
+  // Flushes to disk and closes; the rename happens in rename_to().
   void close() {
     bool ok = std::fflush(file_) == 0 && ::fsync(fileno(file_)) == 0;
     const int err = errno;
     ok = (std::fclose(file_) == 0) && ok;
     file_ = nullptr;
-    if (!ok) HETMOE_FAIL(kComponent, "cannot write '", tmp_.string(), "': ", errno_text(err));
+    if (!ok) HETMOE_FAIL(kComponent, "cannot write '", path_.string(), "': ", errno_text(err));
   }
 
-  void commit() {
+  void rename_to(const fs::path& target) {
     if (file_) close();
     std::error_code ec;
-    fs::rename(tmp_, final_, ec);
+    fs::rename(path_, target, ec);
     if (ec) {
-      HETMOE_FAIL(kComponent, "cannot rename '", tmp_.string(), "' to '", final_.string(),
+      HETMOE_FAIL(kComponent, "cannot rename '", path_.string(), "' to '", target.string(),
                   "': ", ec.message());
     }
-    committed_ = true;
+    renamed_ = true;
   }
 
  private:
-  fs::path final_;
-  fs::path tmp_;
+  fs::path path_;
   std::FILE* file_ = nullptr;
-  bool committed_ = false;
+  uint64_t hash_ = 0xcbf29ce484222325ULL;
+  bool renamed_ = false;
 };
 
-void append_tokens_le(const std::vector<int32_t>& ids, std::vector<unsigned char>& out) {
-  const size_t old = out.size();
-  out.resize(old + 2 * ids.size());
-  unsigned char* p = out.data() + old;
-  for (int32_t id : ids) {
-    *p++ = static_cast<unsigned char>(id & 0xff);
-    *p++ = static_cast<unsigned char>((id >> 8) & 0xff);
+// Creates the output directory and the parents it lacks. Unless keep() is called, removes again
+// those it created (each only if empty), so a failed run leaves no empty directory behind.
+class CreatedDirectories {
+ public:
+  explicit CreatedDirectories(const fs::path& dir) {
+    std::error_code ec;
+    for (fs::path p = dir; !p.empty(); p = p.parent_path()) {
+      if (fs::symlink_status(p, ec).type() != fs::file_type::not_found) break;
+      created_.push_back(p);  // deepest first
+      if (p == p.parent_path()) break;
+    }
+    fs::create_directories(dir, ec);
+    if (ec || !fs::is_directory(dir)) {
+      remove();
+      HETMOE_FAIL(kComponent, "cannot create output directory '", dir.string(),
+                  "': ", ec ? ec.message() : std::string("not a directory"));
+    }
   }
+  ~CreatedDirectories() {
+    if (!keep_) remove();
+  }
+  CreatedDirectories(const CreatedDirectories&) = delete;
+  CreatedDirectories& operator=(const CreatedDirectories&) = delete;
+  void keep() { keep_ = true; }
+
+ private:
+  void remove() {
+    for (const fs::path& p : created_) ::rmdir(p.c_str());  // fails, harmlessly, if not empty
+  }
+  std::vector<fs::path> created_;
+  bool keep_ = false;
+};
+
+// An exclusive flock on a directory for as long as the object lives: concurrent runs commit one
+// at a time, so the last one leaves its own tokens.bin and index.json, never one of each. Best
+// effort: where flock is unsupported (some network file systems) the commit runs unlocked, and
+// the loader's size and checksum checks still catch a mixed pair.
+class DirectoryLock {
+ public:
+  explicit DirectoryLock(const fs::path& dir)
+      : fd_(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) {
+    if (fd_ >= 0) {
+      while (::flock(fd_, LOCK_EX) != 0 && errno == EINTR) {
+      }
+    }
+  }
+  ~DirectoryLock() {
+    if (fd_ >= 0) ::close(fd_);  // releases the lock
+  }
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+  // Makes the renames durable (best effort, as the lock).
+  void sync() const {
+    if (fd_ >= 0) ::fsync(fd_);
+  }
+
+ private:
+  int fd_;
+};
+
+// Refuses an output directory that already holds a dataset file, unless overwriting.
+void refuse_existing_dataset(const fs::path& dir) {
+  for (const char* name : {kIndexName, kTokensName}) {
+    std::error_code ec;
+    const fs::file_type type = fs::symlink_status(dir / name, ec).type();
+    if (type != fs::file_type::not_found && type != fs::file_type::none) {
+      HETMOE_FAIL(kComponent, "output directory '", dir.string(), "' already holds ", name,
+                  "; pass --overwrite to replace its index.json and tokens.bin");
+    }
+  }
+}
+
+// Writes a document's token ids (the byte tokenizer's: byte b is id b, then the end-of-document
+// id) to `out` as uint16 little-endian, a buffer at a time; returns the token count.
+int64_t write_document(const char* begin, const char* end, std::vector<unsigned char>& buffer,
+                       TempFile& out) {
+  const size_t chunk = buffer.size() / 2;
+  for (const char* p = begin; p != end;) {
+    const size_t n = std::min(chunk, static_cast<size_t>(end - p));
+    for (size_t i = 0; i < n; ++i) {
+      buffer[2 * i] = static_cast<unsigned char>(p[i]);
+      buffer[2 * i + 1] = 0;
+    }
+    out.write(buffer.data(), 2 * n);
+    p += n;
+  }
+  const unsigned char eod[2] = {static_cast<unsigned char>(ByteTokenizer::kEndOfDocument & 0xff),
+                                static_cast<unsigned char>(ByteTokenizer::kEndOfDocument >> 8)};
+  out.write(eod, sizeof eod);
+  return static_cast<int64_t>(end - begin) + 1;
 }
 
 std::string json_string(const std::string& s) {
   return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-}  // namespace
-
-PrepareSummary prepare_dataset(const PrepareOptions& options) {
-  HETMOE_CHECK(!options.inputs.empty(), kComponent, "no inputs given");
-  HETMOE_CHECK(!options.out_dir.empty(), kComponent, "no output directory given");
-  HETMOE_CHECK(std::isfinite(options.val_fraction) && options.val_fraction >= 0.0 &&
-                   options.val_fraction < 1.0,
-               kComponent, "val_fraction must be in [0, 1), got ", options.val_fraction);
-  HETMOE_CHECK(options.separator.find_first_of("\r\n") == std::string::npos, kComponent,
-               "the document separator must be a single line of text");
-
-  // The dataset's own files are excluded from the walk, so re-preparing into a directory under
-  // an input never reads the previous index.json back in as text.
-  std::error_code ec;
-  std::set<fs::path> exclude;
-  for (const char* name : {"index.json", "tokens.bin", "index.json.tmp", "tokens.bin.tmp"}) {
-    fs::path p = fs::weakly_canonical(fs::path(options.out_dir) / name, ec);
-    if (!ec) exclude.insert(std::move(p));
-  }
-
-  FileCollector collector(std::move(exclude));
-  for (const std::string& input : options.inputs) collector.add_input(input);
-
-  const fs::path out_dir(options.out_dir);
-  fs::create_directories(out_dir, ec);
-  if (ec || !fs::is_directory(out_dir)) {
-    HETMOE_FAIL(kComponent, "cannot create output directory '", options.out_dir,
-                "': ", ec ? ec.message() : std::string("not a directory"));
-  }
-
-  const ByteTokenizer tokenizer;
-  TempOutput tokens_out(out_dir / "tokens.bin");
-
-  // Train documents stream straight to tokens.bin.tmp, except the most recent one, which is held
-  // back so it can still move to val if no document draws val. Val documents are buffered and
-  // appended after the train ones.
-  std::vector<unsigned char> pending;  // most recent train document, not yet written
-  int64_t pending_len = -1;            // its token count; -1 when none
-  std::vector<unsigned char> val_bytes;
-  std::vector<int64_t> train_lengths, val_lengths;
-  uint64_t checksum = 0xcbf29ce484222325ULL;
-  int64_t ordinal = 0;
-  std::vector<std::string> sources;
-  PrepareSummary summary;
-
-  auto flush_pending = [&]() {
-    if (pending_len < 0) return;
-    tokens_out.write(pending.data(), pending.size());
-    checksum = fnv1a64(pending.data(), pending.size(), checksum);
-    train_lengths.push_back(pending_len);
-    pending.clear();
-    pending_len = -1;
-  };
-
-  std::vector<unsigned char> doc_bytes;
-  std::string text;
-  for (const fs::path& file : collector.files()) {
-    if (!read_text_file(file, text) || text.empty()) continue;  // binary or empty
-    const auto docs = split_documents(text, options.separator);
-    if (docs.empty()) continue;
-    sources.push_back(file.string());
-    ++summary.num_files;
-    for (const auto& [begin, end] : docs) {
-      std::vector<int32_t> ids = tokenizer.encode(text.substr(begin, end - begin));
-      ids.push_back(ByteTokenizer::kEndOfDocument);
-      const bool to_val =
-          split_draw(options.seed, static_cast<uint64_t>(ordinal)) < options.val_fraction;
-      ++ordinal;
-      if (to_val) {
-        append_tokens_le(ids, val_bytes);
-        val_lengths.push_back(static_cast<int64_t>(ids.size()));
-      } else {
-        flush_pending();
-        doc_bytes.clear();
-        append_tokens_le(ids, doc_bytes);
-        pending.swap(doc_bytes);
-        pending_len = static_cast<int64_t>(ids.size());
-      }
-    }
-  }
-
-  if (ordinal == 0) {
-    std::string joined;
-    for (const std::string& input : options.inputs)
-      joined += (joined.empty() ? "'" : ", '") + input + "'";
-    HETMOE_FAIL(kComponent, "no text found in ", joined,
-                " (empty, whitespace-only and binary files are skipped)");
-  }
-
-  // Each split gets at least one document when there are two or more and val is requested; a
-  // lone document always trains.
-  const bool want_val = options.val_fraction > 0.0 && ordinal >= 2;
-  if (want_val && val_lengths.empty()) {
-    // Nothing drew val: the last document (still held back) goes there.
-    val_bytes.swap(pending);
-    val_lengths.push_back(pending_len);
-    pending.clear();
-    pending_len = -1;
-  } else if (!val_lengths.empty() && (!want_val || (train_lengths.empty() && pending_len < 0))) {
-    // Everything drew val (or there is a single document): the first val document trains.
-    const size_t first_bytes = static_cast<size_t>(val_lengths.front()) * 2;
-    pending.assign(val_bytes.begin(), val_bytes.begin() + first_bytes);
-    pending_len = val_lengths.front();
-    val_bytes.erase(val_bytes.begin(), val_bytes.begin() + first_bytes);
-    val_lengths.erase(val_lengths.begin());
-  }
-  flush_pending();
-  tokens_out.write(val_bytes.data(), val_bytes.size());
-  checksum = fnv1a64(val_bytes.data(), val_bytes.size(), checksum);
-
-  for (int64_t n : train_lengths) summary.train_tokens += n;
-  for (int64_t n : val_lengths) summary.val_tokens += n;
-  summary.num_documents = ordinal;
+// index.json: one field per line, the (long) document table last.
+std::string index_text(const std::vector<int64_t>& lengths, const PrepareSummary& summary,
+                       uint64_t checksum, const std::vector<std::string>& sources) {
   const int64_t num_tokens = summary.train_tokens + summary.val_tokens;
-
-  // index.json: one field per line, the (long) document table last.
   char checksum_text[32];
   std::snprintf(checksum_text, sizeof checksum_text, "fnv1a64:%016llx",
                 static_cast<unsigned long long>(checksum));
@@ -392,7 +432,7 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
   index += "  \"version\": 1,\n";
   index += "  \"dtype\": \"uint16\",\n";
   index += "  \"tokenizer\": \"byte\",\n";
-  index += "  \"vocab_size\": " + std::to_string(tokenizer.vocab_size()) + ",\n";
+  index += "  \"vocab_size\": " + std::to_string(ByteTokenizer::kVocabSize) + ",\n";
   index += "  \"num_tokens\": " + std::to_string(num_tokens) + ",\n";
   index += "  \"splits\": {\"train\": [0, " + std::to_string(summary.train_tokens) +
            "], \"val\": [" + std::to_string(summary.train_tokens) + ", " +
@@ -405,27 +445,139 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
   index += "\n  ],\n";
   index += "  \"documents\": [";
   int64_t start = 0;
-  bool first = true;
-  for (const auto* lengths : {&train_lengths, &val_lengths}) {
-    for (int64_t n : *lengths) {
-      index += first ? "\n    [" : ",\n    [";
-      index += std::to_string(start) + ", " + std::to_string(n) + "]";
-      start += n;
-      first = false;
-    }
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    index += i ? ",\n    [" : "\n    [";
+    index += std::to_string(start) + ", " + std::to_string(lengths[i]) + "]";
+    start += lengths[i];
   }
   index += "\n  ]\n}\n";
+  return index;
+}
 
-  TempOutput index_out(out_dir / "index.json");
+// prepare_dataset() once the options are checked. `reading` names the input file being read
+// while one is, for the out-of-memory message.
+PrepareSummary prepare_checked(const PrepareOptions& options, std::string& reading) {
+  const fs::path out_dir(options.out_dir);
+  std::error_code ec;
+  const fs::path out_canonical = fs::weakly_canonical(out_dir, ec);
+  FileCollector collector(ec ? out_dir.lexically_normal() : out_canonical);
+  for (const std::string& input : options.inputs) collector.add_input(input);
+
+  if (!options.overwrite) refuse_existing_dataset(out_dir);
+  CreatedDirectories created(out_dir);
+
+  // Train documents stream straight to the tokens file; val documents to a second temporary,
+  // appended after the train ones at the end. Moving a document between the splits later only
+  // moves the boundary: the moved document is always the one next to it.
+  TempFile tokens_out(out_dir, kTokensName);
+  std::optional<TempFile> val_out;
+  std::vector<unsigned char> buffer(kWriteChunkBytes);
+  std::vector<int64_t> train_lengths, val_lengths;
+  std::vector<std::string> sources;
+  int64_t ordinal = 0;
+  PrepareSummary summary;
+
+  std::string text;
+  for (const FileCollector::Source& source : collector.files()) {
+    reading = source.path.string();
+    if (!read_text_file(source.path, text)) {
+      HETMOE_CHECK(source.named_as.empty(), kComponent, "input '", source.named_as,
+                   "' looks binary (a NUL byte in its first ", kBinaryProbeBytes,
+                   " bytes); only text files can be prepared");
+      continue;
+    }
+    const auto docs = split_documents(text, options.separator);
+    if (docs.empty()) continue;  // empty or whitespace only
+    sources.push_back(source.path.string());
+    ++summary.num_files;
+    for (const auto& [begin, end] : docs) {
+      const bool to_val =
+          split_draw(options.seed, static_cast<uint64_t>(ordinal)) < options.val_fraction;
+      ++ordinal;
+      if (to_val && !val_out) val_out.emplace(out_dir, kTokensName);
+      const int64_t n = write_document(text.data() + begin, text.data() + end, buffer,
+                                       to_val ? *val_out : tokens_out);
+      (to_val ? val_lengths : train_lengths).push_back(n);
+    }
+  }
+  reading.clear();
+  text = std::string();
+
+  if (ordinal == 0) {
+    std::string joined;
+    for (const std::string& input : options.inputs)
+      joined += (joined.empty() ? "'" : ", '") + input + "'";
+    HETMOE_FAIL(kComponent, "no text found in ", joined,
+                " (empty, whitespace-only and binary files are skipped)");
+  }
+  if (val_out) val_out->copy_to(tokens_out, buffer);
+
+  // File order: train documents, then val documents. Documents [0, train_docs) train.
+  std::vector<int64_t> lengths = std::move(train_lengths);
+  size_t train_docs = lengths.size();
+  lengths.insert(lengths.end(), val_lengths.begin(), val_lengths.end());
+  if (options.val_fraction > 0.0 && lengths.size() == 1) {
+    // One document: val is the last val_fraction of its tokens (at least one, leaving one).
+    const int64_t n = lengths[0];
+    const int64_t val =
+        std::clamp<int64_t>(std::llround(options.val_fraction * static_cast<double>(n)), 1, n - 1);
+    lengths = {n - val, val};
+    train_docs = 1;
+    summary.val_inside_document = true;
+  } else if (options.val_fraction > 0.0 && train_docs == lengths.size()) {
+    --train_docs;  // nothing drew val: the last document goes there
+  } else if (train_docs == 0) {
+    train_docs = 1;  // everything drew val: the first document trains
+  }
+  for (size_t i = 0; i < lengths.size(); ++i)
+    (i < train_docs ? summary.train_tokens : summary.val_tokens) += lengths[i];
+  summary.num_documents = ordinal;
+
+  TempFile index_out(out_dir, kIndexName);
+  const std::string index = index_text(lengths, summary, tokens_out.hash(), sources);
   index_out.write(index.data(), index.size());
   index_out.close();
   tokens_out.close();
 
-  // Retire the old index first, so a reader never pairs it with the new tokens.bin.
-  fs::remove(out_dir / "index.json", ec);
-  tokens_out.commit();
-  index_out.commit();
+  // tokens.bin first: a reader that opens in between sees the old index with the new tokens and
+  // fails their size or checksum check, never a stale index taken for the new data.
+  {
+    DirectoryLock lock(out_dir);
+    if (!options.overwrite) refuse_existing_dataset(out_dir);  // another run committed meanwhile
+    tokens_out.rename_to(out_dir / kTokensName);
+    index_out.rename_to(out_dir / kIndexName);
+    lock.sync();
+  }
+  created.keep();
   return summary;
+}
+
+}  // namespace
+
+PrepareSummary prepare_dataset(const PrepareOptions& options) {
+  HETMOE_CHECK(!options.inputs.empty(), kComponent, "no inputs given");
+  HETMOE_CHECK(!options.out_dir.empty(), kComponent, "no output directory given");
+  HETMOE_CHECK(std::isfinite(options.val_fraction) && options.val_fraction >= 0.0 &&
+                   options.val_fraction < 1.0,
+               kComponent, "val_fraction must be in [0, 1), got ", options.val_fraction);
+  HETMOE_CHECK(options.separator.find_first_of("\r\n") == std::string::npos, kComponent,
+               "the document separator must be a single line of text");
+  HETMOE_CHECK(options.tokenizer == "byte", kComponent, "tokenizer '", options.tokenizer,
+               "' is not one prepare writes (only 'byte')");
+
+  std::string reading;
+  try {
+    return prepare_checked(options, reading);
+  } catch (const std::bad_alloc&) {
+    if (reading.empty()) {
+      HETMOE_FAIL(kComponent, "out of memory while preparing '", options.out_dir, "'");
+    }
+    std::error_code ec;
+    const uintmax_t size = fs::file_size(reading, ec);
+    HETMOE_FAIL(kComponent, "out of memory while reading '", reading, "'",
+                ec ? std::string() : " (" + std::to_string(size) + " bytes)",
+                "; prepare holds one input file in memory at a time: split it into smaller files");
+  }
 }
 
 }  // namespace hetmoe

@@ -117,9 +117,12 @@ TokenDataset::TokenDataset(const std::string& dir, bool verify_checksum) : dir_(
   const std::string tokens_name = tokens_path.string();
 
   std::error_code ec;
-  if (!fs::is_regular_file(index_path, ec)) {
+  const fs::file_status index_status = fs::status(index_path, ec);
+  if (!fs::exists(index_status)) {
     HETMOE_FAIL(kComponent, dir, ": no index.json (run `hetmoe data prepare` first)");
   }
+  if (!fs::is_regular_file(index_status))
+    HETMOE_FAIL(kComponent, index_name, ": not a regular file");
 
   // ---- index.json -----------------------------------------------------------------------
   std::string text;
@@ -155,9 +158,9 @@ TokenDataset::TokenDataset(const std::string& dir, bool verify_checksum) : dir_(
     const std::string dtype = index.string_field("dtype");
     if (dtype != "uint16")
       index.fail("unsupported dtype \"" + one_line(dtype) + "\" (expected \"uint16\")");
-    const std::string tokenizer = index.string_field("tokenizer");
-    if (tokenizer != "byte") {
-      index.fail("unsupported tokenizer \"" + one_line(tokenizer) + "\" (expected \"byte\")");
+    tokenizer_ = index.string_field("tokenizer");
+    if (tokenizer_ != "byte") {
+      index.fail("unsupported tokenizer \"" + one_line(tokenizer_) + "\" (expected \"byte\")");
     }
     vocab_size_ = index.int_field("vocab_size");
     if (vocab_size_ < 1 || vocab_size_ > 65536) {
@@ -242,7 +245,8 @@ TokenDataset::TokenDataset(const std::string& dir, bool verify_checksum) : dir_(
   }
 
   // ---- tokens.bin -----------------------------------------------------------------------
-  const int fd = ::open(tokens_name.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a fifo in its place must not block the open (it is refused below).
+  const int fd = ::open(tokens_name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) HETMOE_FAIL(kComponent, tokens_name, ": cannot open: ", std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
@@ -250,8 +254,13 @@ TokenDataset::TokenDataset(const std::string& dir, bool verify_checksum) : dir_(
     ::close(fd);
     HETMOE_FAIL(kComponent, tokens_name, ": cannot stat: ", std::strerror(err));
   }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    HETMOE_FAIL(kComponent, tokens_name, ": not a regular file",
+                S_ISDIR(st.st_mode) ? " (a directory)" : "");
+  }
   const uint64_t expected_bytes = static_cast<uint64_t>(num_tokens_) * 2;
-  if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != expected_bytes) {
+  if (static_cast<uint64_t>(st.st_size) != expected_bytes) {
     ::close(fd);
     HETMOE_FAIL(kComponent, tokens_name, ": size ", static_cast<uint64_t>(st.st_size),
                 " bytes, index says ", expected_bytes, " bytes (", num_tokens_,

@@ -1,8 +1,11 @@
 // prepare_dataset(): file discovery, document splitting, the train/val split and the on-disk
 // format (checked both directly and through TokenDataset).
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <filesystem>
@@ -12,6 +15,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -294,8 +298,7 @@ TEST(PrepareDataset, NoTextIsAnError) {
       error_of([&] { prepare_dataset(options_for({tmp / "corpus"}, tmp / "out", 0.1, "%")); });
   EXPECT_NE(what.find("no text found"), std::string::npos) << what;
   EXPECT_NE(what.find(tmp / "corpus"), std::string::npos) << what;
-  EXPECT_FALSE(fs::exists(tmp.path() / "out" / "index.json"));
-  EXPECT_FALSE(fs::exists(tmp.path() / "out" / "tokens.bin.tmp"));
+  EXPECT_FALSE(fs::exists(tmp.path() / "out"));  // the directory it created is gone again
 }
 
 TEST(PrepareDataset, ValidatesOptions) {
@@ -314,9 +317,12 @@ TEST(PrepareDataset, ValidatesOptions) {
               prepare_dataset(options_for({tmp / "f"}, tmp / "out", 0, "a\nb"));
             }).find("separator"),
             std::string::npos);
+  PrepareOptions bpe = options_for({tmp / "f"}, tmp / "out");
+  bpe.tokenizer = "bpe";
+  EXPECT_NE(error_of([&] { prepare_dataset(bpe); }).find("tokenizer 'bpe'"), std::string::npos);
   EXPECT_FALSE(fs::exists(tmp.path() / "out"));
   EXPECT_NO_THROW(prepare_dataset(options_for({tmp / "f"}, tmp / "out", 0.0)));
-  EXPECT_NO_THROW(prepare_dataset(options_for({tmp / "f"}, tmp / "out", 0.999)));
+  EXPECT_NO_THROW(prepare_dataset(options_for({tmp / "f"}, tmp / "out2", 0.999)));
 }
 
 TEST(PrepareDataset, UnwritableOutputIsAnError) {
@@ -378,8 +384,10 @@ TEST(PrepareDataset, SplitIsDeterministicGivenSeed) {
             read_bytes(tmp.path() / "b" / "index.json"));
   EXPECT_NE(read_bytes(tmp.path() / "a" / "tokens.bin"),
             read_bytes(tmp.path() / "c" / "tokens.bin"));
-  // Re-preparing into an existing directory replaces the dataset.
-  prepare_dataset(options_for({tmp / "corpus"}, tmp / "a", 0.2, "%", 8));
+  // Re-preparing into an existing directory with overwrite replaces the dataset.
+  PrepareOptions again = options_for({tmp / "corpus"}, tmp / "a", 0.2, "%", 8);
+  again.overwrite = true;
+  prepare_dataset(again);
   EXPECT_EQ(read_bytes(tmp.path() / "a" / "index.json"),
             read_bytes(tmp.path() / "c" / "index.json"));
 }
@@ -390,7 +398,9 @@ TEST(PrepareDataset, EverySplitGetsADocumentWhenPossible) {
   for (uint64_t seed = 0; seed < 20; ++seed) {
     for (double vf : {0.001, 0.5, 0.999}) {
       const std::string out = tmp / ("out-" + std::to_string(seed));
-      const PrepareSummary s = prepare_dataset(options_for({tmp / "two"}, out, vf, "%", seed));
+      PrepareOptions o = options_for({tmp / "two"}, out, vf, "%", seed);
+      o.overwrite = true;
+      const PrepareSummary s = prepare_dataset(o);
       EXPECT_EQ(s.num_documents, 2);
       EXPECT_GT(s.train_tokens, 0) << "seed " << seed << " val_fraction " << vf;
       EXPECT_GT(s.val_tokens, 0) << "seed " << seed << " val_fraction " << vf;
@@ -403,14 +413,37 @@ TEST(PrepareDataset, EverySplitGetsADocumentWhenPossible) {
   }
 }
 
-TEST(PrepareDataset, ASingleDocumentAlwaysTrains) {
+// A corpus of one document cannot be split by documents: val is the tail of its tokens, listed
+// as a document of its own so that the format (and older readers) stay as they were.
+TEST(PrepareDataset, ASingleDocumentIsSplitInsideForValidation) {
   TempDir tmp;
-  write_file(tmp.path() / "one", "only document\n");
-  for (uint64_t seed = 0; seed < 20; ++seed) {
-    const PrepareSummary s =
-        prepare_dataset(options_for({tmp / "one"}, tmp / "out", 0.9, "", seed));
-    EXPECT_EQ(s.val_tokens, 0);
-    EXPECT_EQ(s.train_tokens, 15);
+  const std::string text = std::string(99, 'x');  // 100 tokens with the end-of-document
+  write_file(tmp.path() / "one", text);
+  struct Case {
+    double val_fraction;
+    int64_t val_tokens;
+  };
+  for (const Case c : {Case{0.1, 10}, Case{0.001, 1}, Case{0.5, 50}, Case{0.999, 99}}) {
+    for (uint64_t seed : {0, 1, 2}) {
+      SCOPED_TRACE("val_fraction " + std::to_string(c.val_fraction) + " seed " +
+                   std::to_string(seed));
+      const std::string out =
+          tmp / ("out-" + std::to_string(c.val_fraction) + "-" + std::to_string(seed));
+      const PrepareSummary s =
+          prepare_dataset(options_for({tmp / "one"}, out, c.val_fraction, "", seed));
+      EXPECT_TRUE(s.val_inside_document);
+      EXPECT_EQ(s.num_documents, 1);
+      EXPECT_EQ(s.val_tokens, c.val_tokens);
+      EXPECT_EQ(s.train_tokens, 100 - c.val_tokens);
+      EXPECT_EQ(read_tokens(fs::path(out) / "tokens.bin"), doc_tokens(text));
+      const auto index = read_index(out);
+      EXPECT_EQ(index["documents"],
+                nlohmann::json::array({nlohmann::json::array({0, 100 - c.val_tokens}),
+                                       nlohmann::json::array({100 - c.val_tokens, c.val_tokens})}));
+      TokenDataset ds(out);
+      EXPECT_EQ(ds.split_size(Split::Train), 100 - c.val_tokens);
+      EXPECT_EQ(ds.split_size(Split::Val), c.val_tokens);
+    }
   }
 }
 
@@ -420,6 +453,14 @@ TEST(PrepareDataset, ZeroValFractionPutsEverythingInTrain) {
   const PrepareSummary s = prepare_dataset(options_for({tmp / "corpus"}, tmp / "out", 0.0, "%"));
   EXPECT_EQ(s.val_tokens, 0);
   EXPECT_EQ(s.num_documents, 50);
+  EXPECT_FALSE(s.val_inside_document);
+
+  write_file(tmp.path() / "one", "only document\n");
+  const PrepareSummary one = prepare_dataset(options_for({tmp / "one"}, tmp / "out1", 0.0));
+  EXPECT_EQ(one.val_tokens, 0);
+  EXPECT_EQ(one.train_tokens, 15);
+  EXPECT_FALSE(one.val_inside_document);
+  EXPECT_EQ(TokenDataset(tmp / "out1").split_size(Split::Val), 0);
 }
 
 TEST(PrepareDataset, DoesNotReadItsOwnOutputBack) {
@@ -427,10 +468,266 @@ TEST(PrepareDataset, DoesNotReadItsOwnOutputBack) {
   write_file(tmp.path() / "corpus" / "text", "some text\n");
   const std::string out = tmp / "corpus/prepared";
   const PrepareSummary first = prepare_dataset(options_for({tmp / "corpus"}, out));
-  const PrepareSummary second = prepare_dataset(options_for({tmp / "corpus"}, out));
+  PrepareOptions again = options_for({tmp / "corpus"}, out);
+  again.overwrite = true;
+  const PrepareSummary second = prepare_dataset(again);
   EXPECT_EQ(first.num_files, 1);
   EXPECT_EQ(second.num_files, 1);
   EXPECT_EQ(second.train_tokens, first.train_tokens);
+}
+
+TEST(PrepareDataset, RefusesADirectoryThatHoldsADatasetUnlessOverwriting) {
+  TempDir tmp;
+  write_file(tmp.path() / "old", "the old corpus\n");
+  write_file(tmp.path() / "new", "a new corpus\n");
+  const std::string out = tmp / "out";
+  prepare_dataset(options_for({tmp / "old"}, out));
+  const std::string old_index = read_bytes(fs::path(out) / "index.json");
+  const std::string old_tokens = read_bytes(fs::path(out) / "tokens.bin");
+
+  const std::string what = error_of([&] { prepare_dataset(options_for({tmp / "new"}, out)); });
+  EXPECT_NE(what.find("output directory '" + out + "' already holds index.json; pass --overwrite"),
+            std::string::npos)
+      << what;
+  EXPECT_EQ(read_bytes(fs::path(out) / "index.json"), old_index);
+  EXPECT_EQ(read_bytes(fs::path(out) / "tokens.bin"), old_tokens);
+
+  PrepareOptions o = options_for({tmp / "new"}, out);
+  o.overwrite = true;
+  prepare_dataset(o);
+  EXPECT_EQ(documents_of(out), (std::vector<std::string>{"a new corpus\n"}));
+}
+
+TEST(PrepareDataset, RefusesAnUnrelatedTokensBin) {
+  TempDir tmp;
+  write_file(tmp.path() / "corpus", "text\n");
+  write_file(tmp.path() / "mine" / "tokens.bin", "my own file");
+  write_file(tmp.path() / "mine" / "notes.txt", "keep me");
+  const std::string what =
+      error_of([&] { prepare_dataset(options_for({tmp / "corpus"}, tmp / "mine")); });
+  EXPECT_NE(what.find("'" + (tmp / "mine") + "' already holds tokens.bin; pass --overwrite"),
+            std::string::npos)
+      << what;
+  EXPECT_EQ(read_bytes(tmp.path() / "mine" / "tokens.bin"), "my own file");
+  EXPECT_FALSE(fs::exists(tmp.path() / "mine" / "index.json"));
+
+  // Overwriting replaces the dataset files and nothing else.
+  PrepareOptions o = options_for({tmp / "corpus"}, tmp / "mine");
+  o.overwrite = true;
+  prepare_dataset(o);
+  EXPECT_EQ(read_bytes(tmp.path() / "mine" / "notes.txt"), "keep me");
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(tmp.path() / "mine"))
+    names.insert(e.path().filename().string());
+  EXPECT_EQ(names, (std::set<std::string>{"index.json", "notes.txt", "tokens.bin"}));
+}
+
+TEST(PrepareDataset, AFailedRunLeavesNoDirectoryItCreated) {
+  TempDir tmp;
+  write_file(tmp.path() / "bin", std::string("\0\1\2", 3));
+  write_file(tmp.path() / "blank", "  \n");
+  // Created with its parents, then nothing to write: all of them are removed again.
+  error_of([&] { prepare_dataset(options_for({tmp / "blank"}, tmp / "a/b/c")); });
+  EXPECT_FALSE(fs::exists(tmp.path() / "a"));
+  error_of([&] { prepare_dataset(options_for({tmp / "bin"}, tmp / "a/b/c")); });
+  EXPECT_FALSE(fs::exists(tmp.path() / "a"));
+  // A directory that was there before stays, empty as it was.
+  fs::create_directories(tmp.path() / "existing");
+  error_of([&] { prepare_dataset(options_for({tmp / "blank"}, tmp / "existing")); });
+  EXPECT_TRUE(fs::is_directory(tmp.path() / "existing"));
+  EXPECT_TRUE(fs::is_empty(tmp.path() / "existing"));
+}
+
+TEST(PrepareDataset, ABinaryFileNamedAsInputIsAnError) {
+  TempDir tmp;
+  write_file(tmp.path() / "corpus" / "text", "hello\n");
+  write_file(tmp.path() / "corpus" / "image.bin", std::string("\x89PNG\0\0", 6));
+  const std::string named = tmp / "corpus/image.bin";
+  for (const std::vector<std::string>& inputs :
+       {std::vector<std::string>{tmp / "corpus/text", named},
+        std::vector<std::string>{tmp / "corpus", named},     // found by the walk first
+        std::vector<std::string>{named, tmp / "corpus"}}) {  // named first
+    const std::string what = error_of([&] { prepare_dataset(options_for(inputs, tmp / "out")); });
+    EXPECT_NE(what.find("input '" + named + "' looks binary"), std::string::npos) << what;
+    EXPECT_FALSE(fs::exists(tmp.path() / "out"));
+  }
+  // Found by walking a directory, it is skipped.
+  const PrepareSummary s = prepare_dataset(options_for({tmp / "corpus"}, tmp / "out"));
+  EXPECT_EQ(s.num_files, 1);
+}
+
+// Reads back every name in a directory.
+std::set<std::string> names_in(const fs::path& dir) {
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
+  return names;
+}
+
+// Two runs into one directory at once, several times: each finishes, and what is left is one
+// whole dataset (the tokens and the index of the same run), with no temporaries.
+TEST(PrepareDataset, ConcurrentRunsLeaveOneConsistentDataset) {
+  TempDir tmp;
+  write_file(tmp.path() / "a", numbered_corpus(20000));
+  std::string b_text;
+  for (int i = 0; i < 15000; ++i) b_text += "another corpus, line " + std::to_string(i) + "\n%\n";
+  write_file(tmp.path() / "b", b_text);
+  prepare_dataset(options_for({tmp / "a"}, tmp / "ref-a", 0.1, "%", 1));
+  prepare_dataset(options_for({tmp / "b"}, tmp / "ref-b", 0.1, "%", 2));
+  const std::string tokens_a = read_bytes(tmp.path() / "ref-a" / "tokens.bin");
+  const std::string tokens_b = read_bytes(tmp.path() / "ref-b" / "tokens.bin");
+  const std::string index_a = read_bytes(tmp.path() / "ref-a" / "index.json");
+  const std::string index_b = read_bytes(tmp.path() / "ref-b" / "index.json");
+
+  const std::string out = tmp / "out";
+  for (int trial = 0; trial < 8; ++trial) {
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    std::atomic<int> ready{0};
+    std::string errors[2];
+    auto run = [&](int who) {
+      PrepareOptions o = who == 0 ? options_for({tmp / "a"}, out, 0.1, "%", 1)
+                                  : options_for({tmp / "b"}, out, 0.1, "%", 2);
+      o.overwrite = true;
+      ++ready;
+      while (ready.load() < 2) {
+      }
+      try {
+        prepare_dataset(o);
+      } catch (const std::exception& e) {
+        errors[who] = e.what();
+      }
+    };
+    std::thread t0(run, 0), t1(run, 1);
+    t0.join();
+    t1.join();
+    EXPECT_EQ(errors[0], "");
+    EXPECT_EQ(errors[1], "");
+    const std::string tokens = read_bytes(fs::path(out) / "tokens.bin");
+    const std::string index = read_bytes(fs::path(out) / "index.json");
+    EXPECT_TRUE((tokens == tokens_a && index == index_a) ||
+                (tokens == tokens_b && index == index_b));
+    EXPECT_NO_THROW(TokenDataset ds(out));
+    EXPECT_EQ(names_in(out), (std::set<std::string>{"index.json", "tokens.bin"}));
+  }
+}
+
+// Without overwrite, of two runs into one new directory one writes the dataset and the other is
+// refused, whichever commits second.
+TEST(PrepareDataset, ConcurrentRunsWithoutOverwriteNeverReplaceEachOther) {
+  TempDir tmp;
+  write_file(tmp.path() / "a", numbered_corpus(20000));
+  for (int trial = 0; trial < 8; ++trial) {
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    const std::string out = tmp / ("out-" + std::to_string(trial));
+    std::atomic<int> ready{0};
+    std::string errors[2];
+    auto run = [&](int who) {
+      const PrepareOptions o = options_for({tmp / "a"}, out, 0.1, "%", static_cast<uint64_t>(who));
+      ++ready;
+      while (ready.load() < 2) {
+      }
+      try {
+        prepare_dataset(o);
+      } catch (const std::exception& e) {
+        errors[who] = e.what();
+      }
+    };
+    std::thread t0(run, 0), t1(run, 1);
+    t0.join();
+    t1.join();
+    EXPECT_EQ(errors[0].empty() + errors[1].empty(), 1) << errors[0] << " | " << errors[1];
+    const std::string& refused = errors[0].empty() ? errors[1] : errors[0];
+    EXPECT_NE(refused.find("already holds"), std::string::npos) << refused;
+    EXPECT_NO_THROW(TokenDataset ds(out));
+    EXPECT_EQ(names_in(out), (std::set<std::string>{"index.json", "tokens.bin"}));
+  }
+}
+
+// The memory tests run prepare in a child process whose address space may grow by only
+// `headroom` bytes; the child reports "ok", the hetmoe::Error message, or "std::bad_alloc".
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define HETMOE_TEST_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+    __has_feature(memory_sanitizer)
+#define HETMOE_TEST_SANITIZED 1
+#endif
+#endif
+
+std::string prepare_with_address_space_limit(const PrepareOptions& options, size_t headroom) {
+  int fds[2];
+  if (::pipe(fds) != 0) return "pipe failed";
+  const pid_t pid = ::fork();
+  if (pid < 0) return "fork failed";
+  if (pid == 0) {
+    ::close(fds[0]);
+    std::string result;
+    try {
+      size_t vm_kib = 0;
+      std::ifstream status("/proc/self/status");
+      for (std::string line; std::getline(status, line);) {
+        if (line.rfind("VmSize:", 0) == 0) vm_kib = std::stoull(line.substr(7));
+      }
+      const rlimit limit{vm_kib * 1024 + headroom, RLIM_INFINITY};
+      if (vm_kib == 0 || ::setrlimit(RLIMIT_AS, &limit) != 0) {
+        result = "cannot limit the address space";
+      } else {
+        prepare_dataset(options);
+        result = "ok";
+      }
+    } catch (const Error& e) {
+      result = e.what();
+    } catch (const std::bad_alloc&) {
+      result = "std::bad_alloc";
+    } catch (const std::exception& e) {
+      result = std::string("other exception: ") + e.what();
+    }
+    const ssize_t written = ::write(fds[1], result.data(), result.size());
+    ::_exit(written == static_cast<ssize_t>(result.size()) ? 0 : 1);
+  }
+  ::close(fds[1]);
+  std::string result;
+  char buf[4096];
+  ssize_t n = 0;
+  while ((n = ::read(fds[0], buf, sizeof buf)) > 0) result.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!WIFEXITED(status)) result += " (child died with status " + std::to_string(status) + ")";
+  return result;
+}
+
+constexpr size_t kMiB = size_t{1} << 20;
+
+// One 64 MiB line: prepare holds the text once (no per-document copies, no 4-byte ids, no
+// buffered documents), so it fits in the file's size plus a little.
+TEST(PrepareDataset, AFileWithoutNewlinesNeedsLittleMoreThanItsSize) {
+#ifdef HETMOE_TEST_SANITIZED
+  GTEST_SKIP() << "address-space limits do not work under a sanitizer";
+#endif
+  TempDir tmp;
+  write_file(tmp.path() / "big", std::string(64 * kMiB, 'z'));
+  // A whole-file copy more than the text itself would not fit.
+  EXPECT_EQ(
+      prepare_with_address_space_limit(options_for({tmp / "big"}, tmp / "out", 0.5), 96 * kMiB),
+      "ok");
+  TokenDataset ds(tmp / "out");
+  EXPECT_EQ(ds.num_tokens(), static_cast<int64_t>(64 * kMiB) + 1);
+  EXPECT_EQ(ds.split_size(Split::Val), static_cast<int64_t>(32 * kMiB) + 1);
+}
+
+TEST(PrepareDataset, OutOfMemoryIsAnErrorNamingTheFile) {
+#ifdef HETMOE_TEST_SANITIZED
+  GTEST_SKIP() << "address-space limits do not work under a sanitizer";
+#endif
+  TempDir tmp;
+  write_file(tmp.path() / "big", std::string(64 * kMiB, 'z'));
+  const std::string what =
+      prepare_with_address_space_limit(options_for({tmp / "big"}, tmp / "out"), 16 * kMiB);
+  const std::string big = fs::canonical(tmp.path() / "big").string();
+  EXPECT_EQ(what.rfind("[data] out of memory while reading '" + big + "' (67108864 bytes)", 0), 0u)
+      << what;
+  EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+  EXPECT_FALSE(fs::exists(tmp.path() / "out"));
 }
 
 }  // namespace

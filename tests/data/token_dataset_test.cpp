@@ -1,6 +1,7 @@
 // TokenDataset: index validation, the tokens.bin checks (size, checksum, id range) and the
 // reproducible window sampler.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -148,6 +149,43 @@ TEST(TokenDataset, MissingTokensBin) {
   write_dataset(tmp.path(), patterned_tokens(10, 0), 10);
   fs::remove(tmp.path() / "tokens.bin");
   EXPECT_ERROR_CONTAINS(TokenDataset ds(tmp.str()), "tokens.bin: cannot open");
+}
+
+TEST(TokenDataset, TokensBinThatIsNotAFileIsNamedAsSuch) {
+  TempDir tmp;
+  write_dataset(tmp.path(), patterned_tokens(10, 0), 10);
+  fs::remove(tmp.path() / "tokens.bin");
+  fs::create_directory(tmp.path() / "tokens.bin");
+  EXPECT_ERROR_CONTAINS(TokenDataset ds(tmp.str()), (tmp.path() / "tokens.bin").string() +
+                                                        ": not a regular file (a directory)");
+  EXPECT_ERROR_CONTAINS(TokenDataset ds(tmp.str(), false), "tokens.bin: not a regular file");
+
+  // A fifo: refused without blocking in open() (a build without the check would hang here).
+  if (HasFailure()) return;
+  fs::remove(tmp.path() / "tokens.bin");
+  ASSERT_EQ(::mkfifo((tmp.path() / "tokens.bin").c_str(), 0600), 0);
+  EXPECT_ERROR_CONTAINS(TokenDataset ds(tmp.str()), "tokens.bin: not a regular file");
+}
+
+TEST(TokenDataset, IndexThatIsNotAFileIsNamedAsSuch) {
+  TempDir tmp;
+  fs::create_directory(tmp.path() / "index.json");
+  EXPECT_ERROR_CONTAINS(TokenDataset ds(tmp.str()),
+                        (tmp.path() / "index.json").string() + ": not a regular file");
+}
+
+TEST(TokenDataset, TellsItsTokenizer) {
+  TempDir tmp;
+  write_dataset(tmp.path(), patterned_tokens(10, 5), 10);
+  const TokenDataset ds(tmp.str());
+  EXPECT_EQ(ds.tokenizer(), "byte");
+
+  write_file(tmp.path() / "corpus", "some text\n");
+  PrepareOptions o;
+  o.inputs = {(tmp.path() / "corpus").string()};
+  o.out_dir = (tmp.path() / "prepared").string();
+  prepare_dataset(o);
+  EXPECT_EQ(TokenDataset(o.out_dir).tokenizer(), "byte");
 }
 
 TEST(TokenDataset, TruncatedTokensBin) {

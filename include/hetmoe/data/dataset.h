@@ -15,10 +15,20 @@ namespace hetmoe {
 //                  "vocab_size":257,"num_tokens":N,"documents":[[start,length],...],
 //                  "splits":{"train":[begin,end],"val":[begin,end]},"sources":[...],
 //                  "checksum":"fnv1a64:<16 hex>"}
-// Each document ends with the end-of-document token.
+// Each document ends with the end-of-document token, except in a corpus of a single document
+// split for validation: its two parts are listed as two documents, the train part without one.
 struct PrepareOptions {
-  std::vector<std::string> inputs;  // files or directories (recursed; binary files skipped)
+  // Files or directories (recursed). Binary files found in a directory are skipped; a binary file
+  // named here is an error.
+  std::vector<std::string> inputs;
   std::string out_dir;
+  // An out_dir that already holds index.json or tokens.bin is refused unless this is set; then
+  // the two are replaced (nothing else in the directory is touched).
+  bool overwrite = false;
+  std::string tokenizer = "byte";  // the only one prepare writes
+  // Share of the documents drawn for validation. When it is > 0 neither split comes out empty: a
+  // document moves between them when the draw leaves one empty, and a corpus of one document is
+  // split inside, the last val_fraction of its tokens going to val. 0: no validation split.
   double val_fraction = 0.05;
   // When non-empty, a line consisting of exactly this text separates documents inside a file
   // (fortune files use "%"). Otherwise each file is one document.
@@ -31,10 +41,15 @@ struct PrepareSummary {
   int64_t num_documents = 0;
   int64_t train_tokens = 0;
   int64_t val_tokens = 0;
+  // The corpus was one document, so val is the tail of its tokens rather than whole documents.
+  bool val_inside_document = false;
 };
 
 // Throws hetmoe::Error("[data] ...") naming the input on any problem (missing input, no text
-// found, unwritable output, val_fraction outside [0,1)).
+// found, a binary file named as input, out_dir already holding a dataset without overwrite,
+// unwritable output, val_fraction outside [0,1), out of memory). A failed run leaves the output
+// directory as it was (and removes it again if it created it). Concurrent runs into one
+// directory use their own temporary files; the last to finish leaves a consistent dataset.
 PrepareSummary prepare_dataset(const PrepareOptions& options);
 
 // FNV-1a 64-bit hash of a byte range (the dataset checksum).
@@ -76,6 +91,8 @@ class TokenDataset final : public DataSource {
   int64_t num_tokens() const { return num_tokens_; }
   int64_t split_size(Split split) const override;
   int64_t vocab_size() const override { return vocab_size_; }
+  // The index's "tokenizer" (what turned text into these ids), to compare with data.tokenizer.
+  const std::string& tokenizer() const { return tokenizer_; }
   const std::string& dir() const { return dir_; }
   std::string describe() const override { return dir_; }
 
@@ -93,6 +110,7 @@ class TokenDataset final : public DataSource {
 
  private:
   std::string dir_;
+  std::string tokenizer_;
   int64_t num_tokens_ = 0;
   int64_t vocab_size_ = 0;
   int64_t train_begin_ = 0, train_end_ = 0, val_begin_ = 0, val_end_ = 0;
