@@ -193,7 +193,16 @@ Trainer::Trainer(Config config, TrainerOptions options)
     }
   }
 
-  data_ = options_.data ? options_.data : std::make_shared<TokenDataset>(config_.data.path);
+  if (options_.data) {
+    data_ = options_.data;
+  } else {
+    auto dataset = std::make_shared<TokenDataset>(config_.data.path);
+    // The ids mean what the tokenizer that wrote them says; generation decodes with the config's.
+    HETMOE_CHECK(dataset->tokenizer() == config_.data.tokenizer, "train", "dataset '",
+                 config_.data.path, "' was written by the '", dataset->tokenizer(),
+                 "' tokenizer, but data.tokenizer is '", config_.data.tokenizer, "'");
+    data_ = dataset;
+  }
   const std::string data_name = data_->describe();
   HETMOE_CHECK(data_->vocab_size() <= config_.model.vocab_size, "train", "dataset '", data_name,
                "' has vocab_size ", data_->vocab_size(), " but model.vocab_size is ",
