@@ -34,6 +34,21 @@ __device__ __forceinline__ void from_float(float v, bf16* out) {
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cassert>
+
+#if defined(NDEBUG)
+// glibc's assert.h declares it only without NDEBUG; nvcc defines it for device code (the
+// declaration LibTorch's c10/macros/Macros.h makes for CUDA_KERNEL_ASSERT).
+extern "C" {
+#if defined(__CUDA_ARCH__)
+__host__ __device__
+#endif
+    void
+    __assert_fail(const char* assertion, const char* file, unsigned int line,
+                  const char* function) noexcept __attribute__((__noreturn__));
+}
+#endif
+
 namespace hetmoe::gpu {
 using bf16 = __nv_bfloat16;
 __device__ __forceinline__ float to_float(bf16 v) {
@@ -44,6 +59,15 @@ __device__ __forceinline__ void from_float(float v, bf16* out) {
 }
 }  // namespace hetmoe::gpu
 #endif
+
+// A device-side check that stays on in release builds (assert() is compiled out under NDEBUG).
+// A failing thread prints the condition with its file and line and traps: the kernel stops, and
+// the next call that waits for the stream fails (CUDA: "device-side assert triggered", after
+// which the context is unusable, as after LibTorch's own index checks). Nothing waits for the
+// host: the cost is a compare. glibc's __assert_fail, which both nvcc and hipcc provide in device
+// code, is what their assert() calls.
+#define HETMOE_DEVICE_CHECK(cond) \
+  ((cond) ? static_cast<void>(0) : __assert_fail(#cond, __FILE__, __LINE__, __func__))
 
 namespace hetmoe::gpu {
 __device__ __forceinline__ float to_float(float v) {

@@ -12,6 +12,9 @@ namespace hetmoe::gpu {
 using Stream = void*;  // cudaStream_t or hipStream_t
 enum class DType { F32, BF16 };
 
+// The most experts router_forward and permute_map take (one block scans the experts' offsets).
+constexpr int kMaxExperts = 1024;
+
 const char* error_string(int code);
 
 // ---- device queries ------------------------------------------------------------------------
@@ -39,7 +42,8 @@ int device_props(int device, DeviceProps* out);
 // token's topk_groups best groups (n_groups contiguous groups, each scored by the sum of its
 // group_members best members; n_groups == 1 disables it); top-k best first, ties to the lower
 // id; weights = the unbiased scores of the chosen experts (renormalised when asked);
-// tokens-per-expert counts (zeroed here, then accumulated). e <= 1024, k <= 32, n_groups <= 64.
+// tokens-per-expert counts (zeroed here, then accumulated). e <= kMaxExperts, k <= 32,
+// n_groups <= 64.
 int router_forward(const float* logits, const float* bias, int64_t n, int e, int k, int n_groups,
                    int topk_groups, int group_members, bool sigmoid, bool renormalize,
                    float* scores, int64_t* index, float* weight, int64_t* counts, Stream stream);
@@ -54,7 +58,8 @@ size_t permute_workspace_bytes(int64_t n_slots, int e);
 
 // Stable counting sort of the routing slots by expert, computed on the device: slot[row],
 // source_row[row] (= slot / k), row_of_slot[slot] and counts[e]. Rows of one expert keep slot
-// order, so the result equals a stable sort's.
+// order, so the result equals a stable sort's. 1 <= e <= kMaxExperts. An index outside [0, e)
+// fails a device-side check (the CPU backend throws there) and is never used as an address.
 int permute_map(const int64_t* index, int64_t n_slots, int e, int k, void* workspace, int64_t* slot,
                 int64_t* source_row, int64_t* row_of_slot, int64_t* counts, Stream stream);
 

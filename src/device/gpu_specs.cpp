@@ -75,12 +75,21 @@ GpuPeak gpu_peak(const GpuIdentity& gpu) {
   return out;
 }
 
-bool grouped_mm_native(const GpuIdentity& gpu) {
+bool grouped_mm_native(const GpuIdentity& gpu, bool rocm_ck_grouped_gemm) {
   if (gpu.kind == BackendKind::ROCm) {
+    // LibTorch's own condition for its CK path (GroupedBlas.cpp, _grouped_mm_cuda).
     const std::string target = gfx_target(gpu.arch);
-    return target == "gfx942" || target == "gfx950";
+    return rocm_ck_grouped_gemm && (target == "gfx90a" || target == "gfx942" || target == "gfx950");
   }
   return gpu.major == 9 || gpu.major == 10;  // Hopper and datacenter Blackwell
+}
+
+bool grouped_mm_writes_empty_groups(const GpuIdentity& gpu) {
+  return gpu.kind == BackendKind::CUDA && gpu.major == 9;
+}
+
+bool grouped_mm_fits(int64_t hidden, int64_t expert_hidden, int64_t experts) {
+  return hidden % 8 == 0 && expert_hidden % 8 == 0 && experts <= kGroupedMmMaxGroups;
 }
 
 }  // namespace hetmoe

@@ -35,8 +35,23 @@ GpuPeak gpu_peak(const GpuIdentity& gpu);
 // The gfx target without its feature flags: "gfx90a:sramecc+:xnack-" -> "gfx90a".
 std::string gfx_target(const std::string& arch);
 
-// True where at::_grouped_mm is a native grouped kernel for bf16 (CUTLASS on sm_90 and sm_100, CK
-// on gfx942/gfx950); elsewhere the backend keeps its per-expert GEMM loop.
-bool grouped_mm_native(const GpuIdentity& gpu);
+// True where at::_grouped_mm is a native grouped kernel for bf16: CUTLASS on sm_90 and sm_100.
+// On ROCm, LibTorch 2.11 takes its CK grouped GEMM (gfx90a, gfx942, gfx950) only when it was
+// built with USE_ROCM_CK_GEMM and ROCM_ALLOW_GROUP_GEMM_CK=1 is set (`rocm_ck_grouped_gemm`, which
+// the backend reads from LibTorch and the environment); otherwise its fallback copies the offsets
+// to the host on every call, so the backend keeps its per-expert GEMM loop there.
+bool grouped_mm_native(const GpuIdentity& gpu, bool rocm_ck_grouped_gemm = false);
+
+// Whether at::_grouped_mm's 2-D x 2-D product (the weight gradients) writes zeros for a group of
+// zero rows. True only where that is known: sm_90's CUTLASS kernel. sm_100 leaves the group
+// unwritten (pytorch/pytorch#172439), and the rest is unverified, so the backend zero-fills there.
+bool grouped_mm_writes_empty_groups(const GpuIdentity& gpu);
+
+// at::_grouped_mm refuses 1024 groups or more (one thread per group in its setup kernel).
+constexpr int64_t kGroupedMmMaxGroups = 1023;
+
+// Whether at::_grouped_mm takes this expert FFN: 16-byte aligned bf16 rows (hidden and
+// expert_hidden multiples of 8) and at most kGroupedMmMaxGroups local experts.
+bool grouped_mm_fits(int64_t hidden, int64_t expert_hidden, int64_t experts);
 
 }  // namespace hetmoe

@@ -1,12 +1,19 @@
 // Every MoE operator on each GPU backend equals the CPU backend on the same inputs, values and
 // gradients, within a per-dtype bound (the test-backend-ops idea: every new op gets a case here).
-// Skips cleanly where no GPU is visible.
+// Skips cleanly where no GPU is visible; the kernel table's host-side limits are checked wherever
+// a GPU backend is built.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
 #include <string>
 #include <tuple>
+#include <vector>
 
+#include "hetmoe/core/error.h"
 #include "hetmoe/device/registry.h"
 #include "hetmoe/ops/moe_ops.h"
 #include "support/tensor_test_util.h"
@@ -79,8 +86,10 @@ TEST_P(GpuConsistencyTest, MoEOperatorsMatchTheCpuBackend) {
   EXPECT_TRUE(at::equal(dev.perm.slot.cpu(), cpu.perm.slot));
   EXPECT_TRUE(at::equal(dev.perm.row_of_slot.cpu(), cpu.perm.row_of_slot));
   EXPECT_TRUE(at::equal(dev.perm.tokens_per_expert.cpu(), cpu.perm.tokens_per_expert));
-  EXPECT_CLOSE(dev.route.scores, cpu.route.scores, 1e-6);
-  EXPECT_CLOSE(dev.route.expert_weight, cpu.route.expert_weight, 1e-6);
+  // The router runs the same fp32 operations on both (kernels/common/route_token.h, with its own
+  // exp): scores and weights agree to the bit, which is what makes near-ties choose alike.
+  EXPECT_TRUE(at::equal(dev.route.scores.cpu(), cpu.route.scores));
+  EXPECT_TRUE(at::equal(dev.route.expert_weight.cpu(), cpu.route.expert_weight));
   EXPECT_TRUE(at::equal(dev.perm.permuted.cpu(), cpu.perm.permuted));
 
   const double tol = dt == at::kFloat ? 1e-5 : 1e-2;
@@ -129,7 +138,7 @@ TEST(GpuRouterTest, BiasAndGroupLimitedSelectionMatchTheCpuBackend) {
     RouteResult c = ops::route(lc, p), g = ops::route(lg, p);
     EXPECT_TRUE(at::equal(g.expert_index.cpu(), c.expert_index));
     EXPECT_TRUE(at::equal(g.tokens_per_expert.cpu(), c.tokens_per_expert));
-    EXPECT_CLOSE(g.expert_weight, c.expert_weight, 1e-6);
+    EXPECT_TRUE(at::equal(g.expert_weight.cpu(), c.expert_weight));
     at::Tensor gw = at::randn_like(c.expert_weight);
     (c.expert_weight * gw).sum().backward();
     (g.expert_weight * gw.to(lg.device())).sum().backward();
@@ -155,6 +164,107 @@ TEST(GpuRouterTest, NanLogitsChooseLikeTheCpuBackend) {
     EXPECT_TRUE(at::equal(g.expert_index.cpu(), c.expert_index));
     EXPECT_TRUE(at::equal(g.tokens_per_expert.cpu(), c.tokens_per_expert));
   }
+}
+
+}  // namespace
+}  // namespace hetmoe
+
+namespace hetmoe {
+namespace {
+
+// The GPU backend whether or not a GPU is visible: its table's host-side checks run before
+// anything reaches a device, so they are tested on every machine that builds it.
+const Backend* gpu_backend_built() {
+  for (const Backend* b : backends())
+    if (b->kind() != BackendKind::CPU) return b;
+  return nullptr;
+}
+
+TEST(GpuKernelLimitsTest, RouterAndPermuteRefuseMoreExpertsThanTheirKernelsTake) {
+  const Backend* gpu = gpu_backend_built();
+  if (!gpu) GTEST_SKIP() << "no GPU backend built";
+  const MoEKernels& kernels = gpu->kernels();
+  const at::Tensor x = at::zeros({4, 8}), index = at::zeros({4, 2}, at::kLong);
+  for (const int64_t e : {int64_t{0}, int64_t{1025}, int64_t{4096}}) {
+    try {
+      kernels.permute_forward(x, index, e, PermuteOptions{});
+      ADD_FAILURE() << "permute took " << e << " experts";
+    } catch (const Error& err) {
+      EXPECT_NE(
+          std::string(err.what()).find("supports 1 to 1024 experts, got " + std::to_string(e)),
+          std::string::npos)
+          << err.what();
+    }
+  }
+  EXPECT_THROW(kernels.route_forward(at::zeros({2, 1025}), RouteParams{2, false, true}), Error);
+}
+
+// An expert that no token chose has a weight gradient of exactly zero, in bf16 with rows that
+// _grouped_mm takes (it leaves zero-row groups unwritten on sm_100, pytorch/pytorch#172439).
+// The allocator's cache is filled with NaN first, so an unwritten gradient would show.
+TEST(GpuExpertFfnTest, ExpertsWithoutTokensGetExactlyZeroWeightGradients) {
+  const Backend* gpu = first_gpu();
+  if (!gpu) GTEST_SKIP() << "no GPU visible to this build";
+  const c10::Device dev = gpu->torch_device(0);
+  const int64_t n = 64, h = 64, f = 32, e = 8, k = 2;
+  // Tokens choose among experts 0, 1, 2, 4, 5 and 7 only: 3 and 6 get no rows.
+  const int64_t used[] = {0, 1, 2, 4, 5, 7};
+  std::vector<int64_t> choice;
+  for (int64_t t = 0; t < n; ++t) {
+    choice.push_back(used[t % 6]);
+    choice.push_back(used[(t + 1) % 6]);
+  }
+  const at::Tensor index = at::tensor(choice, at::kLong).view({n, k}).to(dev);
+  const auto bf16 = at::TensorOptions(dev).dtype(at::kBFloat16);
+  {
+    std::vector<at::Tensor> poison;
+    for (int i = 0; i < 4; ++i) {
+      poison.push_back(at::full({e, h, 2 * f}, NAN, bf16));
+      poison.push_back(at::full({e, f, h}, NAN, bf16));
+    }
+  }
+  at::manual_seed(5);
+  at::Tensor x = at::randn({n, h}).to(bf16).requires_grad_(true);
+  at::Tensor w13 = (at::randn({e, h, 2 * f}) * 0.1).to(bf16).requires_grad_(true);
+  at::Tensor w2 = (at::randn({e, f, h}) * 0.1).to(bf16).requires_grad_(true);
+  const at::Tensor weight = at::rand({n, k}).to(dev);
+  PermuteResult perm = ops::permute(x, index, e);
+  at::Tensor y = ops::expert_ffn(perm.permuted, w13, w2, perm.tokens_per_expert);
+  ops::unpermute(y, weight, perm).to(at::kFloat).sum().backward();
+  for (const int64_t idle : {3, 6}) {
+    EXPECT_EQ(w13.grad()[idle].count_nonzero().item<int64_t>(), 0) << "w13 of expert " << idle;
+    EXPECT_EQ(w2.grad()[idle].count_nonzero().item<int64_t>(), 0) << "w2 of expert " << idle;
+  }
+  for (const int64_t busy : used) {
+    EXPECT_TRUE(w13.grad()[busy].isfinite().all().item<bool>()) << "w13 of expert " << busy;
+    EXPECT_GT(w2.grad()[busy].abs().sum().item<float>(), 0) << "w2 of expert " << busy;
+  }
+}
+
+// An expert index outside [0, e) stops the permutation kernel at a device-side check: the CPU
+// backend throws there, which the GPU cannot do without waiting for the device. The failed
+// check leaves the GPU context unusable, so each case runs in a process of its own ("threadsafe"
+// death tests start the test binary afresh instead of forking a process that holds a context).
+TEST(GpuPermuteDeathTest, ExpertIndexOutsideTheTableStopsTheKernel) {
+  const Backend* gpu = first_gpu();
+  if (!gpu) GTEST_SKIP() << "no GPU visible to this build";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const c10::Device dev = gpu->torch_device(0);
+  auto permute_with = [&](int64_t bad) {
+    try {
+      at::Tensor index = at::zeros({8, 2}, at::TensorOptions(dev).dtype(at::kLong));
+      index[5][1] = bad;
+      PermuteResult r = ops::permute(at::randn({8, 16}, at::TensorOptions(dev)), index, 4);
+      r.permuted.cpu();  // waits for the kernels
+    } catch (const std::exception& err) {
+      std::fprintf(stderr, "%s\n", err.what());
+      std::abort();
+    }
+  };
+  EXPECT_DEATH(permute_with(4), "assert");
+  EXPECT_DEATH(permute_with(-1), "assert");
+  // Checked as 64 bits: narrowed to int it would be expert 0.
+  EXPECT_DEATH(permute_with(int64_t{1} << 32), "assert");
 }
 
 }  // namespace

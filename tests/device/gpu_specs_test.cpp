@@ -1,5 +1,6 @@
-// The GPU facts hetmoe derives from a device's identity: peak FLOP/s for both vendors and where
-// at::_grouped_mm is native. Checked against the vendors' published figures.
+// The GPU facts hetmoe derives from a device's identity: peak FLOP/s for both vendors, where
+// at::_grouped_mm is native and which expert FFNs it takes. Checked against the vendors'
+// published figures and LibTorch's limits.
 #include <gtest/gtest.h>
 
 #include "device/gpu_specs.h"
@@ -70,15 +71,47 @@ TEST(GpuSpecsTest, GfxTargetDropsFeatureFlags) {
   EXPECT_EQ(gfx_target(""), "");
 }
 
-TEST(GpuSpecsTest, GroupedMmIsNativeOnHopperBlackwellAndMi300Only) {
+TEST(GpuSpecsTest, GroupedMmIsNativeOnHopperAndBlackwell) {
   EXPECT_TRUE(grouped_mm_native(nvidia("H100", 9, 0)));
   EXPECT_TRUE(grouped_mm_native(nvidia("B200", 10, 0)));
   EXPECT_FALSE(grouped_mm_native(nvidia("A100", 8, 0)));
   EXPECT_FALSE(grouped_mm_native(nvidia("RTX 5090", 12, 0)));
-  EXPECT_TRUE(grouped_mm_native(amd("MI300X", "gfx942:sramecc+:xnack-", 304, 2100000)));
-  EXPECT_TRUE(grouped_mm_native(amd("MI355X", "gfx950", 256, 2400000)));
-  // gfx90a also reports compute capability 9.0: the architecture decides, not the number.
-  EXPECT_FALSE(grouped_mm_native(amd("MI250X", "gfx90a:sramecc+:xnack-", 110, 1700000)));
+  // The ROCm flag is LibTorch's CK switch; it changes nothing on NVIDIA GPUs.
+  EXPECT_FALSE(grouped_mm_native(nvidia("A100", 8, 0), true));
+}
+
+// LibTorch 2.11 on ROCm runs _grouped_mm through CK only when built with it and opted into
+// (ROCM_ALLOW_GROUP_GEMM_CK=1); otherwise its fallback reads the offsets on the host every call.
+TEST(GpuSpecsTest, GroupedMmIsNativeOnRocmOnlyWithLibTorchsCkGroupedGemm) {
+  const GpuIdentity mi300x = amd("MI300X", "gfx942:sramecc+:xnack-", 304, 2100000);
+  const GpuIdentity mi355x = amd("MI355X", "gfx950", 256, 2400000);
+  const GpuIdentity mi250x = amd("MI250X", "gfx90a:sramecc+:xnack-", 110, 1700000);
+  EXPECT_FALSE(grouped_mm_native(mi300x));
+  EXPECT_FALSE(grouped_mm_native(mi355x));
+  EXPECT_FALSE(grouped_mm_native(mi250x));
+  EXPECT_TRUE(grouped_mm_native(mi300x, true));
+  EXPECT_TRUE(grouped_mm_native(mi355x, true));
+  EXPECT_TRUE(grouped_mm_native(mi250x, true));
+  // gfx1100 also reports a compute capability: the architecture decides, not the number.
+  EXPECT_FALSE(grouped_mm_native(amd("Radeon PRO W7900", "gfx1100", 96, 2500000), true));
+}
+
+// _grouped_mm wants 16-byte bf16 rows and refuses 1024 groups; more experts take the loop.
+TEST(GpuSpecsTest, GroupedMmFitsAlignedRowsAndFewerThan1024Experts) {
+  EXPECT_TRUE(grouped_mm_fits(2048, 1408, 64));
+  EXPECT_TRUE(grouped_mm_fits(64, 32, 1));
+  EXPECT_TRUE(grouped_mm_fits(64, 32, 1023));
+  EXPECT_FALSE(grouped_mm_fits(64, 32, 1024));
+  EXPECT_FALSE(grouped_mm_fits(64, 32, 4096));
+  EXPECT_FALSE(grouped_mm_fits(12, 32, 8));  // hidden not a multiple of 8
+  EXPECT_FALSE(grouped_mm_fits(64, 6, 8));   // expert_hidden not a multiple of 8
+}
+
+// Where the weight gradients of an expert without tokens are zero-filled: all but sm_90.
+TEST(GpuSpecsTest, EmptyGroupsAreTrustedOnlyOnHopper) {
+  EXPECT_TRUE(grouped_mm_writes_empty_groups(nvidia("H100", 9, 0)));
+  EXPECT_FALSE(grouped_mm_writes_empty_groups(nvidia("B200", 10, 0)));
+  EXPECT_FALSE(grouped_mm_writes_empty_groups(amd("MI300X", "gfx942", 304, 2100000)));
 }
 
 }  // namespace
