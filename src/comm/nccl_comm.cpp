@@ -3,6 +3,9 @@
 // against the communicator's deadline, aborting the NCCL communicator on timeout so no kernel is
 // left spinning. Host tensors are staged through the device. all_to_all_start runs the exchange
 // on a stream of the communicator's own, so the caller's kernels overlap it.
+// Creating a communicator (ncclCommInitRank, ncclCommSplit) blocks until every rank joins and has
+// no deadline of its own, so a timed barrier comes first: a rank that never arrives becomes the
+// named timeout error on the others, as with MPI's split.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -111,10 +114,7 @@ class NcclCommunicator final : public Communicator {
     if (!d.is_same(t)) t.copy_(d);
   }
 
-  void barrier() override {
-    at::Tensor one = at::ones({1}, at::TensorOptions().dtype(at::kFloat).device(device()));
-    all_reduce(one, ReduceOp::Sum);
-  }
+  void barrier() override { arrive("barrier"); }
 
   // An all_to_all enqueued: the staged input, the device buffer the rows arrive in, and the
   // result (that buffer, or a host tensor finish() copies them to).
@@ -170,6 +170,8 @@ class NcclCommunicator final : public Communicator {
   }
 
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {
+    // ncclCommSplit waits for every rank without a deadline: meet them first under one.
+    arrive("split");
     ncclComm_t sub = nullptr;
     check("split", ncclCommSplit(comm_, color, key, &sub, nullptr));
     return std::make_unique<NcclCommunicator>(sub, name, timeout_s());
@@ -218,6 +220,14 @@ class NcclCommunicator final : public Communicator {
       ro += recv[r] * row_bytes;
     }
     check(name, ncclGroupEnd());
+  }
+
+  // A barrier under `op`'s name: a one-element all_reduce, waited for against the deadline.
+  void arrive(const char* op) {
+    at::Tensor one = staged(op, at::ones({1}, at::kFloat));
+    check(op,
+          ncclAllReduce(one.data_ptr(), one.data_ptr(), 1, ncclFloat32, ncclSum, comm_, stream()));
+    wait(op);
   }
 
   ncclRedOp_t reduction(ReduceOp op, const at::Tensor& t) const {
@@ -346,6 +356,10 @@ std::unique_ptr<Communicator> make_nccl_world(double timeout_s, std::string* ref
   if (mpi->rank() == 0) std::memcpy(bytes.data_ptr(), &id, sizeof id);
   mpi->broadcast(bytes, 0);
   std::memcpy(&id, bytes.data_ptr(), sizeof id);
+  // ncclCommInitRank waits for every rank without a deadline; a timed barrier first turns a rank
+  // that never gets there into a named timeout here. (A rank that dies between the barrier and
+  // its own ncclCommInitRank still leaves the others to NCCL's bootstrap timeouts.)
+  mpi->barrier();
   ncclComm_t comm = nullptr;
   const ncclResult_t r = ncclCommInitRank(&comm, mpi->size(), id, mpi->rank());
   HETMOE_CHECK(r == ncclSuccess, "comm", "ncclCommInitRank on rank ", mpi->rank(), " of ",
