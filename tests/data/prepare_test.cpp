@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <filesystem>
@@ -563,6 +564,27 @@ std::set<std::string> names_in(const fs::path& dir) {
   return names;
 }
 
+// Runs prepare_dataset on a and b in two threads released together; the error of each ("" if
+// none).
+std::array<std::string, 2> prepare_both_at_once(const PrepareOptions& a, const PrepareOptions& b) {
+  std::atomic<int> ready{0};
+  std::array<std::string, 2> errors;
+  auto run = [&](int who) {
+    ++ready;
+    while (ready.load() < 2) {
+    }
+    try {
+      prepare_dataset(who == 0 ? a : b);
+    } catch (const std::exception& e) {
+      errors[static_cast<size_t>(who)] = e.what();
+    }
+  };
+  std::thread t0(run, 0), t1(run, 1);
+  t0.join();
+  t1.join();
+  return errors;
+}
+
 // Two runs into one directory at once, several times: each finishes, and what is left is one
 // whole dataset (the tokens and the index of the same run), with no temporaries.
 TEST(PrepareDataset, ConcurrentRunsLeaveOneConsistentDataset) {
@@ -581,24 +603,10 @@ TEST(PrepareDataset, ConcurrentRunsLeaveOneConsistentDataset) {
   const std::string out = tmp / "out";
   for (int trial = 0; trial < 8; ++trial) {
     SCOPED_TRACE("trial " + std::to_string(trial));
-    std::atomic<int> ready{0};
-    std::string errors[2];
-    auto run = [&](int who) {
-      PrepareOptions o = who == 0 ? options_for({tmp / "a"}, out, 0.1, "%", 1)
-                                  : options_for({tmp / "b"}, out, 0.1, "%", 2);
-      o.overwrite = true;
-      ++ready;
-      while (ready.load() < 2) {
-      }
-      try {
-        prepare_dataset(o);
-      } catch (const std::exception& e) {
-        errors[who] = e.what();
-      }
-    };
-    std::thread t0(run, 0), t1(run, 1);
-    t0.join();
-    t1.join();
+    PrepareOptions a = options_for({tmp / "a"}, out, 0.1, "%", 1);
+    PrepareOptions b = options_for({tmp / "b"}, out, 0.1, "%", 2);
+    a.overwrite = b.overwrite = true;
+    const auto errors = prepare_both_at_once(a, b);
     EXPECT_EQ(errors[0], "");
     EXPECT_EQ(errors[1], "");
     const std::string tokens = read_bytes(fs::path(out) / "tokens.bin");
@@ -618,22 +626,8 @@ TEST(PrepareDataset, ConcurrentRunsWithoutOverwriteNeverReplaceEachOther) {
   for (int trial = 0; trial < 8; ++trial) {
     SCOPED_TRACE("trial " + std::to_string(trial));
     const std::string out = tmp / ("out-" + std::to_string(trial));
-    std::atomic<int> ready{0};
-    std::string errors[2];
-    auto run = [&](int who) {
-      const PrepareOptions o = options_for({tmp / "a"}, out, 0.1, "%", static_cast<uint64_t>(who));
-      ++ready;
-      while (ready.load() < 2) {
-      }
-      try {
-        prepare_dataset(o);
-      } catch (const std::exception& e) {
-        errors[who] = e.what();
-      }
-    };
-    std::thread t0(run, 0), t1(run, 1);
-    t0.join();
-    t1.join();
+    const auto errors = prepare_both_at_once(options_for({tmp / "a"}, out, 0.1, "%", 0),
+                                             options_for({tmp / "a"}, out, 0.1, "%", 1));
     EXPECT_EQ(errors[0].empty() + errors[1].empty(), 1) << errors[0] << " | " << errors[1];
     const std::string& refused = errors[0].empty() ? errors[1] : errors[0];
     EXPECT_NE(refused.find("already holds"), std::string::npos) << refused;
