@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -237,18 +239,19 @@ std::vector<std::pair<size_t, size_t>> split_documents(const std::string& text,
   return docs;
 }
 
-// A new file "<name>.tmp.<16 hex>" in `dir`, created exclusively so that concurrent runs into
-// one directory never share a temporary, and removed when the object goes unless it was renamed
-// into place. It keeps the FNV-1a hash of what was written (the checksum of tokens.bin).
+// A new file "<name>.tmp.<pid>.<16 hex>" in `dir`, created exclusively so that concurrent runs
+// into one directory never share a temporary, and removed when the object goes unless it was
+// renamed into place (a killed run's are removed by the next run: remove_stale_temporaries). It
+// keeps the FNV-1a hash of what was written (the checksum of tokens.bin).
 class TempFile {
  public:
   TempFile(const fs::path& dir, const std::string& name) {
     std::random_device random;
     for (int attempt = 0; attempt < 100 && !file_; ++attempt) {
-      const uint64_t r =
-          (static_cast<uint64_t>(random()) << 32) ^ random() ^ static_cast<uint64_t>(::getpid());
-      char suffix[24];
-      std::snprintf(suffix, sizeof suffix, ".tmp.%016llx", static_cast<unsigned long long>(r));
+      const uint64_t r = (static_cast<uint64_t>(random()) << 32) ^ random();
+      char suffix[48];
+      std::snprintf(suffix, sizeof suffix, ".tmp.%ld.%016llx", static_cast<long>(::getpid()),
+                    static_cast<unsigned long long>(r));
       path_ = dir / (name + suffix);
       const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
       if (fd < 0 && errno == EEXIST) continue;
@@ -383,6 +386,39 @@ class DirectoryLock {
   int fd_;
 };
 
+// Removes the temporaries of runs that were killed before they could (their pid no longer runs),
+// and the fixed-name ones of older versions. Another live run's are left alone.
+void remove_stale_temporaries(const fs::path& dir) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    for (const std::string own : {kIndexName, kTokensName}) {
+      const std::string prefix = own + ".tmp";
+      if (name.rfind(prefix, 0) != 0) continue;
+      bool stale = name == prefix;
+      if (name.size() > prefix.size() + 1 && name[prefix.size()] == '.') {
+        const long pid = std::strtol(name.c_str() + prefix.size() + 1, nullptr, 10);
+        stale = pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+      }
+      if (stale) ::unlink(it->path().c_str());
+    }
+  }
+}
+
+// Both targets of the commit must be files (or absent) before the first rename: a directory in
+// the way of index.json would otherwise fail its rename after tokens.bin had replaced the old.
+void check_replaceable(const fs::path& dir) {
+  for (const char* name : {kTokensName, kIndexName}) {
+    std::error_code ec;
+    const fs::file_type type = fs::status(dir / name, ec).type();
+    if (type != fs::file_type::not_found && type != fs::file_type::none &&
+        type != fs::file_type::regular) {
+      HETMOE_FAIL(kComponent, "cannot replace '", (dir / name).string(),
+                  "': it is not a regular file");
+    }
+  }
+}
+
 // Refuses an output directory that already holds a dataset file, unless overwriting.
 void refuse_existing_dataset(const fs::path& dir) {
   for (const char* name : {kIndexName, kTokensName}) {
@@ -465,6 +501,7 @@ PrepareSummary prepare_checked(const PrepareOptions& options, std::string& readi
 
   if (!options.overwrite) refuse_existing_dataset(out_dir);
   CreatedDirectories created(out_dir);
+  remove_stale_temporaries(out_dir);
 
   // Train documents stream straight to the tokens file; val documents to a second temporary,
   // appended after the train ones at the end. Moving a document between the splits later only
@@ -544,6 +581,7 @@ PrepareSummary prepare_checked(const PrepareOptions& options, std::string& readi
   {
     DirectoryLock lock(out_dir);
     if (!options.overwrite) refuse_existing_dataset(out_dir);  // another run committed meanwhile
+    check_replaceable(out_dir);
     tokens_out.rename_to(out_dir / kTokensName);
     index_out.rename_to(out_dir / kIndexName);
     lock.sync();

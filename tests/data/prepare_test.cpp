@@ -124,6 +124,12 @@ PrepareOptions options_for(std::vector<std::string> inputs, const std::string& o
 }
 
 // A corpus of `n` distinct one-line documents separated by "%".
+std::set<std::string> names_in(const fs::path& dir) {
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
+  return names;
+}
+
 std::string numbered_corpus(int n) {
   std::string text;
   for (int i = 0; i < n; ++i) text += "document number " + std::to_string(i) + "\n%\n";
@@ -523,6 +529,34 @@ TEST(PrepareDataset, RefusesAnUnrelatedTokensBin) {
   EXPECT_EQ(names, (std::set<std::string>{"index.json", "notes.txt", "tokens.bin"}));
 }
 
+// With --overwrite, an index.json that is a directory fails the run before tokens.bin is
+// replaced: the old pair stays as it was.
+TEST(PrepareDataset, ATargetThatIsNotAFileFailsBeforeAnythingIsReplaced) {
+  TempDir tmp;
+  write_file(tmp.path() / "corpus", "text\n");
+  write_file(tmp.path() / "out" / "tokens.bin", "old tokens");
+  fs::create_directories(tmp.path() / "out" / "index.json");
+  PrepareOptions o = options_for({tmp / "corpus"}, tmp / "out");
+  o.overwrite = true;
+  const std::string what = error_of([&] { prepare_dataset(o); });
+  EXPECT_NE(what.find("index.json': it is not a regular file"), std::string::npos) << what;
+  EXPECT_EQ(read_bytes(tmp.path() / "out" / "tokens.bin"), "old tokens");
+}
+
+// A killed run's temporaries (its pid no longer runs) and older versions' fixed-name ones are
+// removed by the next run; a live run's are not touched.
+TEST(PrepareDataset, TemporariesOfKilledRunsAreRemoved) {
+  TempDir tmp;
+  write_file(tmp.path() / "corpus", "text\n");
+  const fs::path out = tmp.path() / "out";
+  const std::string live = "tokens.bin.tmp." + std::to_string(::getpid()) + ".0123456789abcdef";
+  for (const std::string name : {std::string("tokens.bin.tmp.999999999.0123456789abcdef"),
+                                 std::string("index.json.tmp"), live, std::string("notes.txt")})
+    write_file(out / name, "x");
+  prepare_dataset(options_for({tmp / "corpus"}, tmp / "out"));
+  EXPECT_EQ(names_in(out), (std::set<std::string>{"index.json", "tokens.bin", live, "notes.txt"}));
+}
+
 TEST(PrepareDataset, AFailedRunLeavesNoDirectoryItCreated) {
   TempDir tmp;
   write_file(tmp.path() / "bin", std::string("\0\1\2", 3));
@@ -558,11 +592,6 @@ TEST(PrepareDataset, ABinaryFileNamedAsInputIsAnError) {
 }
 
 // Reads back every name in a directory.
-std::set<std::string> names_in(const fs::path& dir) {
-  std::set<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
-  return names;
-}
 
 // Runs prepare_dataset on a and b in two threads released together; the error of each ("" if
 // none).
