@@ -25,6 +25,9 @@ skipped with a note.
 --baseline BASE.json --fail-above P (P as 5% or 0.05) compares every run of the other
 documents with the baseline's run of the same backend, prints one line per figure that is
 worse than the baseline by more than P in its `better` direction, and exits 1 if there is any.
+A median that is not a number (null in the document) is such a line too, and so, on the
+baseline's device, is a figure of the baseline that the run lacks (unless it lacks it only for
+want of a device catalog); figures that cannot be judged get a note on stderr.
 
 Exit status: 0 done (no regressions), 1 regressions beyond P, 2 bad usage or input (one line
 `compare_bench.py: error: ...` on stderr).
@@ -79,6 +82,8 @@ def validate_figure(figure, where):
     name = require(figure, "name", "string", where)
     where = f"{where} ({name})"
     require(figure, "unit", "string", where)
+    if "median" in figure and figure["median"] is None:
+        figure["median"] = math.nan  # hetmoe bench writes a NaN or infinite median as null
     require(figure, "median", "number", where)
 
 
@@ -460,6 +465,11 @@ def parse_threshold(value):
     return fraction
 
 
+# Figures a run has only with a catalog entry for its device (cost) or, on some devices, only
+# with the catalog's peak.
+CATALOG_FIGURES = ("cost.per_1T_tokens", "train.mfu_peak")
+
+
 def worsening(figure, base):
     """How much worse figure is than base, as a fraction of base (inf when the new figure is not
     a number); None when it cannot be judged: see why_not_judged."""
@@ -496,10 +506,15 @@ def find_regressions(baseline, others, limit):
                  f"{column.backend} run")
             continue
         same_device = column.run.get("device") == base.run.get("device")
+        # Without a device catalog (run from elsewhere, no HETMOE_DEVICES) a run has no price
+        # and perhaps no nominal peak: those figures are not the run's fault.
+        lost_catalog = base.run.get("catalog_entry") and not column.run.get("catalog_entry")
         for name in base.figures:
             if name in column.figures:
                 continue
-            if same_device:
+            if lost_catalog and name in CATALOG_FIGURES:
+                note(f"{column.label}: {name} not judged, this run found no device catalog")
+            elif same_device:
                 lines.append(f"regression: {column.label}: {name} is in the baseline but missing "
                              "from this run (compare runs made with the same options)")
             else:  # another device may lack a catalog entry (no price, no nominal peak)

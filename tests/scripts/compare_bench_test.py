@@ -210,13 +210,29 @@ class BaselineTest(unittest.TestCase):
         def nan_tokens(figures):
             for f in figures:
                 if f["name"] == "train.tokens_per_s":
-                    f["median"] = float("nan")
+                    f["median"] = None  # what hetmoe bench writes for a NaN
             return figures
         with tempfile.TemporaryDirectory() as tmp:
             result = compare("--baseline", CPU, "--fail-above", "50%", self.edited(tmp, nan_tokens))
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
         self.assertIn("train.tokens_per_s nan vs", result.stdout)
         self.assertIn("(not a number, limit 50%)", result.stdout)
+
+    def test_figures_missing_for_want_of_a_catalog_are_only_noted(self):
+        def no_catalog(doc_figures):
+            return [f for f in doc_figures if f["name"] not in ("cost.per_1T_tokens",)]
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(CPU_LATER, encoding="utf-8") as f:
+                doc = json.load(f)
+            doc["runs"][0]["figures"] = no_catalog(doc["runs"][0]["figures"])
+            doc["runs"][0].pop("catalog_entry", None)
+            path = os.path.join(tmp, "nocat.json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(doc, f)
+            result = compare("--baseline", CPU, "--fail-above", "50%", path)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("cost.per_1T_tokens not judged, this run found no device catalog",
+                      result.stderr)
 
     def test_unjudged_figure_gets_a_note(self):
         with tempfile.TemporaryDirectory() as tmp:
