@@ -1,15 +1,14 @@
 #include "cli/bench_common.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
 #include "hetmoe/core/error.h"
+#include "hetmoe/core/fs.h"
 #include "hetmoe/device/registry.h"
 
 namespace hetmoe::cli {
@@ -60,27 +59,11 @@ std::vector<std::string> pick_backends(const std::vector<std::string>& names) {
   return out;
 }
 
-namespace {
-// A new, uniquely named file beside `path` (never one of the user's); -1 when none can be made.
-// mkstemp makes it 0600; the result file gets the permissions a plain create would (0666 less
-// the umask).
-int temp_beside(const std::string& path, std::string& name) {
-  name = path + ".tmp-XXXXXX";
-  const int fd = mkstemp(name.data());
-  if (fd >= 0) {
-    const mode_t mask = umask(0);
-    umask(mask);
-    fchmod(fd, 0666 & ~mask);
-  }
-  return fd;
-}
-}  // namespace
-
 void check_writable(const std::string& path) {
   HETMOE_CHECK(!std::filesystem::is_directory(path), "usage", "'", path,
                "' is a directory; name a file to write");
   std::string probe;
-  const int fd = temp_beside(path, probe);
+  const int fd = create_unique_file(path + ".tmp-", &probe);
   HETMOE_CHECK(fd >= 0, "cli", "cannot write '", path,
                "': its directory does not exist or is not writable");
   close(fd);
@@ -89,7 +72,7 @@ void check_writable(const std::string& path) {
 
 void write_file_atomically(const std::string& path, const std::string& text) {
   std::string tmp;
-  const int fd = temp_beside(path, tmp);
+  const int fd = create_unique_file(path + ".tmp-", &tmp);
   HETMOE_CHECK(fd >= 0, "cli", "cannot write beside '", path, "'");
   close(fd);
   {

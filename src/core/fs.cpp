@@ -31,6 +31,21 @@ bool remove_tree(const std::string& path, std::string* error) {
   return rc == 0;
 }
 
+int create_unique_file(const std::string& prefix, std::string* name) {
+  std::string path = prefix + "XXXXXX";
+  const int fd = ::mkstemp(path.data());
+  if (fd < 0) return -1;
+  // The umask, read once (reading it means setting it, which other threads would notice).
+  static const mode_t mask = [] {
+    const mode_t m = ::umask(0);
+    ::umask(m);
+    return m;
+  }();
+  ::fchmod(fd, 0666 & ~mask);
+  *name = path;
+  return fd;
+}
+
 TempDir::TempDir(const std::string& prefix) {
   const char* base = std::getenv("TMPDIR");
   const std::string pattern = std::string(base && *base ? base : "/tmp") + "/" + prefix + "-XXXXXX";

@@ -16,7 +16,6 @@
 #include <map>
 #include <new>
 #include <optional>
-#include <random>
 #include <set>
 #include <string>
 #include <system_error>
@@ -26,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hetmoe/core/error.h"
+#include "hetmoe/core/fs.h"
 #include "hetmoe/data/dataset.h"
 #include "hetmoe/data/tokenizer.h"
 
@@ -239,34 +239,27 @@ std::vector<std::pair<size_t, size_t>> split_documents(const std::string& text,
   return docs;
 }
 
-// A new file "<name>.tmp.<pid>.<16 hex>" in `dir`, created exclusively so that concurrent runs
-// into one directory never share a temporary, and removed when the object goes unless it was
-// renamed into place (a killed run's are removed by the next run: remove_stale_temporaries). It
-// keeps the FNV-1a hash of what was written (the checksum of tokens.bin).
+// A new file "<name>.tmp.<pid>.<6 random characters>" in `dir`, created exclusively so that
+// concurrent runs into one directory never share a temporary, and removed when the object goes
+// unless it was renamed into place (a killed run's are removed by the next run:
+// remove_stale_temporaries). It keeps the FNV-1a hash of what was written (the checksum of
+// tokens.bin).
 class TempFile {
  public:
   TempFile(const fs::path& dir, const std::string& name) {
-    std::random_device random;
-    for (int attempt = 0; attempt < 100 && !file_; ++attempt) {
-      const uint64_t r = (static_cast<uint64_t>(random()) << 32) ^ random();
-      char suffix[48];
-      std::snprintf(suffix, sizeof suffix, ".tmp.%ld.%016llx", static_cast<long>(::getpid()),
-                    static_cast<unsigned long long>(r));
-      path_ = dir / (name + suffix);
-      const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-      if (fd < 0 && errno == EEXIST) continue;
-      if (fd < 0)
-        HETMOE_FAIL(kComponent, "cannot create '", path_.string(), "': ", errno_text(errno));
-      file_ = ::fdopen(fd, "w+b");
-      if (!file_) {
-        const int err = errno;
-        ::close(fd);
-        ::unlink(path_.c_str());
-        HETMOE_FAIL(kComponent, "cannot open '", path_.string(), "': ", errno_text(err));
-      }
+    const std::string prefix =
+        (dir / (name + ".tmp." + std::to_string(static_cast<long>(::getpid())) + ".")).string();
+    std::string created;
+    const int fd = create_unique_file(prefix, &created);
+    if (fd < 0) HETMOE_FAIL(kComponent, "cannot create '", prefix, "XXXXXX': ", errno_text(errno));
+    path_ = created;
+    file_ = ::fdopen(fd, "w+b");
+    if (!file_) {
+      const int err = errno;
+      ::close(fd);
+      ::unlink(path_.c_str());
+      HETMOE_FAIL(kComponent, "cannot open '", path_.string(), "': ", errno_text(err));
     }
-    if (!file_)
-      HETMOE_FAIL(kComponent, "cannot create a unique temporary file in '", dir.string(), "'");
   }
   ~TempFile() {
     if (file_) std::fclose(file_);

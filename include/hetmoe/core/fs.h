@@ -11,6 +11,12 @@ namespace hetmoe {
 // Returns false (and leaves what it could not remove) on failure, with the reason in *error.
 bool remove_tree(const std::string& path, std::string* error = nullptr);
 
+// Creates a new file named `prefix` followed by six random characters, never one that exists
+// (concurrent callers each get their own), with the permissions a plain create would give (0666
+// less the umask, where mkstemp alone gives 0600). Returns its descriptor and sets *name, or -1
+// with errno set.
+int create_unique_file(const std::string& prefix, std::string* name);
+
 // A new, empty directory $TMPDIR/<prefix>-XXXXXX (or under /tmp), removed with everything in it
 // when the object goes. Throws hetmoe::Error("[fs] ...") when it cannot be created.
 class TempDir {
