@@ -1,20 +1,95 @@
 #include "hetmoe/model/layers.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <utility>
 
 #include "hetmoe/core/error.h"
 #include "hetmoe/ops/moe_ops.h"
 
 namespace hetmoe {
+
+struct WeightCastScope::Cache {
+  struct Entry {
+    at::Tensor master;  // held so that its address cannot be reused by another tensor
+    at::Tensor cast;
+    int64_t version = -1;
+  };
+  std::map<std::pair<const c10::TensorImpl*, at::ScalarType>, Entry> entries;
+};
+
 namespace {
+
+thread_local WeightCastScope::Cache* t_weight_cache = nullptr;
+
+// Returns the scope's cast of `master` unchanged; its backward adds the incoming 16-bit
+// gradient into master's fp32 .grad() (the addition runs in fp32, as autograd's accumulation of
+// an fp32 copy would, so the sums are the same bits) and passes nothing on to autograd.
+struct ScopedCastFn : torch::autograd::Function<ScopedCastFn> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& master,
+                            const at::Tensor& cast) {
+    ctx->saved_data["master"] = master;
+    return cast;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    at::Tensor master = ctx->saved_data["master"].toTensor();
+    const at::Tensor& g = grads[0];
+    if (g.defined()) {
+      at::Tensor& acc = master.mutable_grad();
+      if (acc.defined())
+        acc.add_(g);
+      else
+        acc = at::empty_like(master).copy_(g);  // in the master's layout, as autograd's would be
+    }
+    return {at::Tensor(), at::Tensor()};
+  }
+};
+
 // Weights follow the activations' dtype: fp32 master weights, bf16 compute when x is bf16.
 at::Tensor as_compute(const at::Tensor& w, const at::Tensor& x) {
-  return w.scalar_type() == x.scalar_type() ? w : w.to(x.scalar_type());
+  return compute_weight(w, x.scalar_type());
 }
+
 }  // namespace
+
+WeightCastScope::WeightCastScope() : cache_(std::make_unique<Cache>()) {
+  HETMOE_CHECK(t_weight_cache == nullptr, "model",
+               "a WeightCastScope is already open on this thread (scopes do not nest)");
+  t_weight_cache = cache_.get();
+}
+
+WeightCastScope::~WeightCastScope() {
+  if (t_weight_cache == cache_.get()) t_weight_cache = nullptr;
+}
+
+int64_t WeightCastScope::cached() const {
+  return static_cast<int64_t>(cache_->entries.size());
+}
+
+bool WeightCastScope::active() {
+  return t_weight_cache != nullptr;
+}
+
+at::Tensor compute_weight(const at::Tensor& w, at::ScalarType dtype) {
+  if (w.scalar_type() == dtype) return w;
+  WeightCastScope::Cache* cache = t_weight_cache;
+  // Only leaves are kept: a computed weight (NormHead's unit rows) changes with its inputs.
+  if (cache == nullptr || !w.is_leaf()) return w.to(dtype);
+  WeightCastScope::Cache::Entry& e = cache->entries[{w.unsafeGetTensorImpl(), dtype}];
+  if (!e.cast.defined() || e.version != w._version()) {
+    at::NoGradGuard no_grad;
+    e.master = w;
+    e.cast = w.detach().to(dtype);
+    e.version = w._version();
+  }
+  if (!w.requires_grad() || !at::GradMode::is_enabled()) return e.cast;
+  return ScopedCastFn::apply(w, e.cast);
+}
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", at::ones({dim}));

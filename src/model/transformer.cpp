@@ -157,7 +157,7 @@ ForwardOutput TransformerImpl::forward(const at::Tensor& tokens) {
     // NormHead: unit-norm rows, no gradient through the norm itself.
     w = head / head.detach().norm(2, 1, /*keepdim=*/true).clamp_min(1e-6);
   }
-  out.logits = ops::linear(x, w.to(x.scalar_type())).to(at::kFloat);
+  out.logits = ops::linear(x, compute_weight(w, x.scalar_type())).to(at::kFloat);
   auto zero = at::zeros({}, out.logits.options());
   out.aux_loss = aux.empty() ? zero : at::stack(aux).mean();
   out.z_loss = z.empty() ? zero : at::stack(z).mean();

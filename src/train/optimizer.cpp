@@ -54,6 +54,10 @@ void AdamW::step_fused(double lr) {
     at::_fused_adamw_(params, grads, avgs, avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr,
                       options_.beta1, options_.beta2, decay ? options_.weight_decay : 0.0,
                       options_.eps, /*amsgrad=*/false, /*maximize=*/false);
+    // The fused kernel leaves the version counters as they were; bumped, they tell a
+    // WeightCastScope to recast and autograd that a graph saved before the step is stale, as
+    // after any other in-place update.
+    for (const at::Tensor& p : params) p.unsafeGetTensorImpl()->bump_version();
   }
 }
 

@@ -446,6 +446,11 @@ double Trainer::train_step_unguarded() {
   // MoE layer) would leave a GPU idle while the host queues the next micro-batch.
   at::Tensor logged_sum;             // [3] double: ce, aux, z, each already divided by n_micro
   std::vector<at::Tensor> load_sum;  // per MoE layer: tokens per expert
+  // bf16 compute: each fp32 master weight cast once for all micro-batches, the casts'
+  // gradients added straight into the fp32 .grad() (closed before the optimizer runs; a
+  // caller's own open scope is used as it is).
+  std::optional<WeightCastScope> weight_casts;
+  if (!WeightCastScope::active()) weight_casts.emplace();
   for (int64_t stream : streams) {
     at::Tensor batch = local_batch(Split::Train, static_cast<uint64_t>(stream));
     at::Tensor inputs = batch.narrow(1, 0, t.seq_len), targets = batch.narrow(1, 1, t.seq_len);
@@ -475,6 +480,7 @@ double Trainer::train_step_unguarded() {
         load_sum[i] += out.tokens_per_expert[i];
     }
   }
+  weight_casts.reset();
   StepRecord stats;
   {
     RECORD_USER_SCOPE("hetmoe::step_scalars");

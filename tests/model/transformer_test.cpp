@@ -6,6 +6,7 @@
 
 #include "hetmoe/core/error.h"
 #include "hetmoe/model/transformer.h"
+#include "hetmoe/train/optimizer.h"
 #include "support/tensor_test_util.h"
 
 namespace hetmoe {
@@ -410,6 +411,80 @@ TEST(TransformerTest, Bf16ComputeKeepsFp32MasterWeights) {
     EXPECT_EQ(p.scalar_type(), at::kFloat);
     if (p.grad().defined()) EXPECT_EQ(p.grad().scalar_type(), at::kFloat);
   }
+}
+
+// A step's micro-batches inside a WeightCastScope: one cast per master weight for all of them,
+// and the same fp32 gradients, bit for bit, as casting in every forward and letting autograd
+// accumulate.
+TEST(WeightCastScopeTest, MicroBatchesShareOneCastPerWeightAndGiveTheSameGradients) {
+  for (const bool norm_head : {false, true}) {
+    SCOPED_TRACE(norm_head ? "NormHead" : "plain head");
+    ModelConfig m = small_model();
+    m.norm_head = norm_head;
+    Transformer plain(m, small_moe()), scoped(m, small_moe());
+    plain->reset_parameters(3);
+    scoped->reset_parameters(3);
+    plain->set_compute_dtype(at::kBFloat16);
+    scoped->set_compute_dtype(at::kBFloat16);
+    at::manual_seed(11);
+    const at::Tensor tokens = at::randint(0, m.vocab_size, {3, 2, 8}, at::kLong);
+    auto micro_batch = [&](Transformer& model, int64_t i) {
+      ForwardOutput out = model->forward(tokens[i]);
+      at::Tensor ce =
+          at::cross_entropy_loss(out.logits.reshape({-1, m.vocab_size}), tokens[i].reshape(-1));
+      ((ce + 0.01 * out.aux_loss + 1e-3 * out.z_loss) / 3.0).backward();
+      return ce.item<double>();
+    };
+    for (int64_t i = 0; i < 3; ++i) micro_batch(plain, i);
+    {
+      WeightCastScope casts;
+      EXPECT_TRUE(WeightCastScope::active());
+      for (int64_t i = 0; i < 3; ++i) micro_batch(scoped, i);
+      // Per block: wq, wk, wv, wo and two FFN matrices (the dense block), or the routed
+      // experts' two and the shared experts' two (the MoE blocks); then the head unless
+      // NormHead computes it. The embedding, norms and the fp32 router are not cast.
+      EXPECT_EQ(casts.cached(), 6 + 2 * 8 + (norm_head ? 0 : 1));
+      EXPECT_THROW(WeightCastScope nested, Error);
+    }
+    EXPECT_FALSE(WeightCastScope::active());
+    for (const auto& p : plain->named_parameters()) {
+      const at::Tensor& expected = p.value().grad();
+      const at::Tensor& got = scoped->named_parameters()[p.key()].grad();
+      ASSERT_TRUE(expected.defined()) << p.key();
+      ASSERT_TRUE(got.defined()) << p.key();
+      EXPECT_EQ(got.scalar_type(), at::kFloat) << p.key();
+      EXPECT_EQ(got.strides(), expected.strides()) << p.key();
+      EXPECT_TRUE(at::equal(got, expected)) << p.key();
+    }
+  }
+}
+
+// A master weight changed in place inside the scope (by whoever) is cast again, and the
+// scope's casts follow the compute dtype asked for.
+TEST(WeightCastScopeTest, AWeightChangedInPlaceIsCastAgain) {
+  at::Tensor w = at::randn({4, 3}).requires_grad_(true);
+  WeightCastScope casts;
+  const at::Tensor first = compute_weight(w, at::kBFloat16);
+  EXPECT_TRUE(at::equal(first, w.detach().to(at::kBFloat16)));
+  EXPECT_TRUE(compute_weight(w, at::kFloat).is_same(w));  // no cast needed, none kept
+  EXPECT_EQ(casts.cached(), 1);
+  {
+    at::NoGradGuard no_grad;
+    w.mul_(2.0);
+  }
+  const at::Tensor second = compute_weight(w, at::kBFloat16);
+  EXPECT_TRUE(at::equal(second, w.detach().to(at::kBFloat16)));
+  EXPECT_FALSE(at::equal(first, second));
+  EXPECT_EQ(casts.cached(), 1);
+  // The gradient reaches the master in fp32 through either cast.
+  (first.to(at::kFloat).sum() + second.to(at::kFloat).sum()).backward();
+  EXPECT_TRUE(at::equal(w.grad(), at::full({4, 3}, 2.0f)));
+  // So does the fused optimizer's update (LibTorch's fused kernel bumps no version counter;
+  // AdamW does it after the kernel).
+  AdamW opt({{"w", w}}, AdamWOptions{});
+  opt.step(0.1);
+  EXPECT_TRUE(at::equal(compute_weight(w, at::kBFloat16), w.detach().to(at::kBFloat16)));
+  EXPECT_FALSE(at::equal(compute_weight(w, at::kBFloat16), second));
 }
 
 }  // namespace

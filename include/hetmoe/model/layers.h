@@ -13,6 +13,40 @@
 
 namespace hetmoe {
 
+// One training step's weights in the compute dtype (bf16 compute over fp32 master weights). The
+// Trainer opens one around each step's micro-batches; research code with a loop of its own can
+// do the same (docs/embedding.md). While one is open on a thread:
+// - each master weight a layer casts is cast once and the copy reused by every micro-batch,
+//   instead of once per forward. It is cast again when the master's version counter has moved
+//   (in-place ATen ops, hetmoe's AdamW); writes the counter does not see (through a data
+//   pointer, LibTorch's fused optimizer kernels) go unnoticed;
+// - the gradient of that cast is added straight into the master's fp32 .grad(), instead of
+//   being copied to an fp32 tensor that autograd then adds to .grad(): one pass per weight and
+//   micro-batch fewer, and the same numbers.
+// What .grad() holds after backward() is unchanged, so optimizers, clipping and gradient
+// synchronisation work as before. Not for torch::autograd::grad() taken with respect to a master
+// weight: inside a scope those gradients go to .grad() instead. Scopes do not nest; close it
+// before the optimizer updates the weights, and open a new one for the next step.
+class WeightCastScope {
+ public:
+  WeightCastScope();
+  ~WeightCastScope();
+  WeightCastScope(const WeightCastScope&) = delete;
+  WeightCastScope& operator=(const WeightCastScope&) = delete;
+  // Weights cast so far in this scope.
+  int64_t cached() const;
+  // Whether a scope is open on this thread.
+  static bool active();
+  struct Cache;  // the casts (defined in layers.cpp)
+
+ private:
+  std::unique_ptr<Cache> cache_;
+};
+
+// `w` in `dtype` for compute: `w` itself when it has that dtype already, else its cast (through
+// the open WeightCastScope, if any). Differentiable with respect to `w`.
+at::Tensor compute_weight(const at::Tensor& w, at::ScalarType dtype);
+
 // x / sqrt(mean(x^2) + eps) * weight, computed in fp32.
 class RMSNormImpl : public torch::nn::Module {
  public:
