@@ -440,10 +440,11 @@ TEST(WeightCastScopeTest, MicroBatchesShareOneCastPerWeightAndGiveTheSameGradien
       WeightCastScope casts;
       EXPECT_TRUE(WeightCastScope::active());
       for (int64_t i = 0; i < 3; ++i) micro_batch(scoped, i);
-      // Per block: wq, wk, wv, wo and two FFN matrices (the dense block), or the routed
-      // experts' two and the shared experts' two (the MoE blocks); then the head unless
-      // NormHead computes it. The embedding, norms and the fp32 router are not cast.
-      EXPECT_EQ(casts.cached(), 6 + 2 * 8 + (norm_head ? 0 : 1));
+      // Per block: two norms, wq, wk, wv, wo and two FFN matrices (the dense block), or the
+      // routed experts' two and the shared experts' two (the MoE blocks); then the final norm
+      // and the head unless NormHead computes it. The embedding and the fp32 router are not
+      // cast.
+      EXPECT_EQ(casts.cached(), 8 + 2 * 10 + 1 + (norm_head ? 0 : 1));
       EXPECT_THROW(WeightCastScope nested, Error);
     }
     EXPECT_FALSE(WeightCastScope::active());

@@ -47,7 +47,8 @@ class WeightCastScope {
 // the open WeightCastScope, if any). Differentiable with respect to `w`.
 at::Tensor compute_weight(const at::Tensor& w, at::ScalarType dtype);
 
-// x / sqrt(mean(x^2) + eps) * weight, computed in fp32.
+// x / sqrt(mean(x^2) + eps) * weight: the statistics in fp32, the weight (fp32 master) in the
+// compute dtype.
 class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps);
