@@ -18,7 +18,8 @@ struct ActivationModel {
   const MoEConfig& e;
   double b;  // compute dtype bytes
 
-  double norm() const { return 4.0 * m.d_model + b * m.d_model; }
+  // Input and output in the compute dtype, and the fp32 reciprocal RMS per token.
+  double norm() const { return 2.0 * b * m.d_model + 4.0; }
   double attention() const {
     const double kv = static_cast<double>(m.d_model) / m.n_heads * m.n_kv_heads;
     // x, q, k, v (before and after RoPE), the attention output, and 4-byte log-sum-exp per head.
