@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -89,6 +90,38 @@ void expect_exact_resume(const TempDir& dir, const Config& c) {
   Trainer resumed(c2, TrainerOptions{c2.run.out_dir, false});
   EXPECT_EQ(resumed.state().step, 3);
   for (int i = 3; i < 6; ++i) EXPECT_EQ(resumed.train_step(), straight[i]) << "step " << i + 1;
+}
+
+// bf16 compute: a step's micro-batches run inside one WeightCastScope, closed before the
+// gradients are clipped and applied; a caller's own open scope is used as it is.
+TEST(TrainerTest, AStepsMicroBatchesShareOneWeightCastScope) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.backend.dtype = "bf16";
+  c.train.grad_accum = 2;
+  std::vector<bool> during, after;
+  TrainerOptions o;
+  o.loss_hook = [&](int64_t, const at::Tensor& loss) {
+    during.push_back(WeightCastScope::active());
+    return loss;
+  };
+  o.after_backward = [&](int64_t, Transformer& model) {
+    after.push_back(WeightCastScope::active());
+    for (const auto& p : model->parameters())
+      if (p.grad().defined()) EXPECT_EQ(p.grad().scalar_type(), at::kFloat);
+  };
+  Trainer t(c, o);
+  EXPECT_TRUE(std::isfinite(t.train_step()));
+  EXPECT_EQ(during, (std::vector<bool>{true, true}));
+  EXPECT_EQ(after, (std::vector<bool>{false}));
+  {
+    WeightCastScope mine;
+    EXPECT_TRUE(std::isfinite(t.train_step()));
+    EXPECT_TRUE(WeightCastScope::active());
+  }
+  EXPECT_EQ(during.size(), 4u);
+  EXPECT_EQ(after, (std::vector<bool>{false, true}));
 }
 
 TEST(TrainerTest, ResumedRunReproducesTheUninterruptedLossesExactly) {
