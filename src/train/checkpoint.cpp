@@ -160,25 +160,41 @@ std::vector<fs::path> step_dirs(const fs::path& root) {
 // After a run resumed from an earlier step saves its first checkpoint, the old run's later
 // checkpoints belong to an abandoned future: they move to checkpoints/abandoned-after-step_N/,
 // out of reach of fallback and keep_last, and are kept for whoever wants them back.
-void set_aside_abandoned(const fs::path& root, const fs::path& current) {
-  std::vector<fs::path> later;
+// `replaced`: a different checkpoint of the same step as `current` that the save moved aside
+// (empty when there was none); it belongs to the abandoned future too, under its own name.
+void set_aside_abandoned(const fs::path& root, const fs::path& current, const fs::path& replaced) {
+  std::vector<std::pair<fs::path, fs::path>> moves;  // from, name inside the aside directory
+  if (!replaced.empty()) moves.emplace_back(replaced, current.filename());
   for (const fs::path& p : step_dirs(root))
-    if (step_number(p) > step_number(current)) later.push_back(p);
-  if (later.empty()) return;
+    if (step_number(p) > step_number(current)) moves.emplace_back(p, p.filename());
+  if (moves.empty()) return;
   fs::path aside = root / ("abandoned-after-" + current.filename().string());
   for (int i = 2; fs::exists(aside); ++i)
     aside = root / ("abandoned-after-" + current.filename().string() + "-" + std::to_string(i));
   std::error_code ec;
   fs::create_directories(aside, ec);
-  for (const fs::path& p : later) {
-    if (!ec) fs::rename(p, aside / p.filename(), ec);
+  for (const auto& [from, name] : moves) {
+    if (!ec) fs::rename(from, aside / name, ec);
     if (ec) {
-      HETMOE_LOG_WARN("[checkpoint] cannot move '%s' aside: %s", p.c_str(), ec.message().c_str());
+      HETMOE_LOG_WARN("[checkpoint] cannot move '%s' aside: %s", from.c_str(),
+                      ec.message().c_str());
       return;
     }
   }
-  HETMOE_LOG_WARN("[checkpoint] %zu checkpoint(s) after %s, from before the resume, moved to %s",
-                  later.size(), current.filename().c_str(), aside.c_str());
+  HETMOE_LOG_WARN("[checkpoint] %zu checkpoint(s) from before the resume (%s %s), moved to %s",
+                  moves.size(), replaced.empty() ? "after" : "from", current.filename().c_str(),
+                  aside.c_str());
+}
+
+// Whether the checkpoint in `dir` holds exactly the files `sums` describes (the same step saved
+// again, e.g. by a run resumed from it): then replacing it loses nothing.
+bool same_checkpoint_files(const fs::path& dir, const nlohmann::json& sums) {
+  try {
+    const nlohmann::json old = nlohmann::json::parse(read_text_file((dir / "state.json").string()));
+    return old.contains("files") && old["files"] == sums;
+  } catch (const std::exception&) {
+    return false;
+  }
 }
 
 // The checkpoint name checkpoints/latest holds under `root` ("" when it is missing or empty).
@@ -372,11 +388,15 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
 
     // A checkpoint of this step already there (a run resumed from an earlier step) is moved
     // aside, not removed, until the new one is in place: `latest` may name it meanwhile.
+    // One with other contents (the abandoned future of a run resumed from an earlier step) is
+    // then set aside with the later ones; the same checkpoint saved again is removed.
     std::string why;
     const fs::path old_dir = root / (".old-" + final_dir.filename().string());
     HETMOE_CHECK(remove_tree(old_dir.string(), &why), "checkpoint", "cannot remove '",
                  old_dir.string(), "': ", why);
+    bool replaced_differs = false;
     if (fs::exists(final_dir)) {
+      replaced_differs = !same_checkpoint_files(final_dir, sums);
       fs::rename(final_dir, old_dir, ec);
       HETMOE_CHECK(!ec, "checkpoint", "cannot move '", final_dir.string(),
                    "' aside: ", ec.message());
@@ -390,8 +410,8 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
     fs::rename(latest_tmp, root / "latest", ec);
     HETMOE_CHECK(!ec, "checkpoint", "cannot update '", (root / "latest").string(), "'");
     fsync_dir(root);
-    remove_tree(old_dir.string(), &why);
-    set_aside_abandoned(root, final_dir);
+    if (!replaced_differs) remove_tree(old_dir.string(), &why);
+    set_aside_abandoned(root, final_dir, replaced_differs ? old_dir : fs::path());
     rotate_checkpoints(root, final_dir, config.train.keep_last);
   }
   barrier(shard);

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <optional>
 #include <random>
 #include <thread>
@@ -31,6 +32,11 @@ namespace fs = std::filesystem;
 
 namespace hetmoe {
 namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 using test_support::prepare_corpus;
 using test_support::TempDir;
@@ -118,8 +124,9 @@ TEST(CheckpointTest, ResumeFindsCheckpointsWithoutAUsableLatest) {
   EXPECT_EQ(Trainer(c, TrainerOptions{c.run.out_dir}).state().step, 1);
 }
 
-// Resumed from step 2 of a 4-step run, the new timeline's first save (step 3) moves the old step 4
-// aside (kept, out of reach of fallback and keep_last), so keep_last counts the new checkpoints.
+// Resumed from step 2 of a 4-step run (with another learning rate: another future), the new
+// timeline's first save (step 3) moves the old steps 3 and 4 aside (kept, out of reach of
+// fallback and keep_last), so keep_last counts the new checkpoints.
 TEST(CheckpointTest, KeepLastAfterAResumeFromAnEarlierStepKeepsTheNewCheckpoints) {
   TempDir dir;
   prepare_corpus(dir);
@@ -127,8 +134,10 @@ TEST(CheckpointTest, KeepLastAfterAResumeFromAnEarlierStepKeepsTheNewCheckpoints
   c.train.steps = 4;
   c.train.save_every = 1;
   Trainer(c).run();
+  const std::string old_step3 = slurp(step_dir(c, 3) + "/state.json");
   Config again = c;
   again.train.keep_last = 2;
+  again.train.lr = c.train.lr / 2;
   Trainer t(again, TrainerOptions{step_dir(c, 2)});
   t.train_step();
   t.save();
@@ -138,8 +147,10 @@ TEST(CheckpointTest, KeepLastAfterAResumeFromAnEarlierStepKeepsTheNewCheckpoints
   std::sort(names.begin(), names.end());
   EXPECT_EQ(names, (std::vector<std::string>{"abandoned-after-step_00000003", "latest",
                                              "step_00000002", "step_00000003"}));
-  EXPECT_TRUE(fs::exists(fs::path(c.run.out_dir) / "checkpoints" / "abandoned-after-step_00000003" /
-                         "step_00000004" / "state.json"));
+  const fs::path aside = fs::path(c.run.out_dir) / "checkpoints" / "abandoned-after-step_00000003";
+  EXPECT_TRUE(fs::exists(aside / "step_00000004" / "state.json"));
+  EXPECT_EQ(slurp((aside / "step_00000003" / "state.json").string()), old_step3);
+  EXPECT_NE(slurp(step_dir(c, 3) + "/state.json"), old_step3);
   // Saving a step again rewrites nothing.
   struct stat before {};
   ASSERT_EQ(stat(step_dir(c, 3).c_str(), &before), 0);
