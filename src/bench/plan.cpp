@@ -18,8 +18,9 @@ struct ActivationModel {
   const MoEConfig& e;
   double b;  // compute dtype bytes
 
-  // Input and output in the compute dtype, and the fp32 reciprocal RMS per token.
-  double norm() const { return 2.0 * b * m.d_model + 4.0; }
+  // Its input in the compute dtype and the fp32 reciprocal RMS per token (its output is the
+  // next layer's input, counted there).
+  double norm() const { return b * m.d_model + 4.0; }
   double attention() const {
     const double kv = static_cast<double>(m.d_model) / m.n_heads * m.n_kv_heads;
     // x, q, k, v (before and after RoPE), the attention output, and 4-byte log-sum-exp per head.
@@ -29,10 +30,11 @@ struct ActivationModel {
   double moe() const {
     const double k = static_cast<double>(e.top_k), f = static_cast<double>(e.expert_hidden);
     const double d = static_cast<double>(m.d_model);
-    const double router = 4.0 * d + 3 * 4.0 * e.num_experts;   // fp32 input, logits, scores
-    const double routed = b * (k * d + 3.0 * k * f + k * d);   // permuted, h and act, y
-    const double shared = b * 3.0 * e.num_shared_experts * f;  // h and act of the shared FFN
-    return router + routed + shared + 8.0 * k;                 // + row maps
+    const double router = 4.0 * d + 3 * 4.0 * e.num_experts;  // fp32 input, logits, scores
+    const double routed = b * (k * d + 3.0 * k * f + k * d);  // permuted, h and act, y
+    // The shared FFN's input (the norm's output), h and act.
+    const double shared = e.num_shared_experts > 0 ? b * (d + 3.0 * e.num_shared_experts * f) : 0.0;
+    return router + routed + shared + 8.0 * k;  // + row maps
   }
   double head() const { return norm() + b * m.d_model + 2 * 4.0 * m.vocab_size; }
   double per_token() const {

@@ -1,6 +1,7 @@
 #include "hetmoe/model/layers.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
@@ -33,6 +34,8 @@ struct ScopedCastFn : torch::autograd::Function<ScopedCastFn> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& master,
                             const at::Tensor& cast) {
     ctx->saved_data["master"] = master;
+    // No gradient in means none added (not a .grad() of zeros where autograd leaves none).
+    ctx->set_materialize_grads(false);
     return cast;
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -78,8 +81,11 @@ bool WeightCastScope::active() {
 at::Tensor compute_weight(const at::Tensor& w, at::ScalarType dtype) {
   if (w.scalar_type() == dtype) return w;
   WeightCastScope::Cache* cache = t_weight_cache;
-  // Only leaves are kept: a computed weight (NormHead's unit rows) changes with its inputs.
-  if (cache == nullptr || !w.is_leaf()) return w.to(dtype);
+  // Only parameters are kept: leaves that require a gradient. A computed weight (NormHead's
+  // unit rows) changes with its inputs, and is a leaf too when computed without gradients;
+  // casts made under InferenceMode could not be saved for a later backward.
+  if (cache == nullptr || !w.is_leaf() || !w.requires_grad() || c10::InferenceMode::is_enabled())
+    return w.to(dtype);
   WeightCastScope::Cache::Entry& e = cache->entries[{w.unsafeGetTensorImpl(), dtype}];
   if (!e.cast.defined() || e.version != w._version()) {
     at::NoGradGuard no_grad;
@@ -87,7 +93,7 @@ at::Tensor compute_weight(const at::Tensor& w, at::ScalarType dtype) {
     e.cast = w.detach().to(dtype);
     e.version = w._version();
   }
-  if (!w.requires_grad() || !at::GradMode::is_enabled()) return e.cast;
+  if (!at::GradMode::is_enabled()) return e.cast;
   return ScopedCastFn::apply(w, e.cast);
 }
 

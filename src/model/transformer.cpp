@@ -157,7 +157,12 @@ ForwardOutput TransformerImpl::forward(const at::Tensor& tokens) {
     // NormHead: unit-norm rows, no gradient through the norm itself.
     w = head / head.detach().norm(2, 1, /*keepdim=*/true).clamp_min(1e-6);
   }
-  out.logits = ops::linear(x, compute_weight(w, x.scalar_type())).to(at::kFloat);
+  // A head tied to the embedding gets its gradient from two places; autograd sums them before
+  // adding to .grad(), and the WeightCastScope path would add one of them first: the same sum
+  // rounded in another order. The plain cast keeps the numbers the same with or without it.
+  const bool tied = model_.tie_embeddings && !model_.norm_head;
+  out.logits = ops::linear(x, tied ? w.to(x.scalar_type()) : compute_weight(w, x.scalar_type()))
+                   .to(at::kFloat);
   auto zero = at::zeros({}, out.logits.options());
   out.aux_loss = aux.empty() ? zero : at::stack(aux).mean();
   out.z_loss = z.empty() ? zero : at::stack(z).mean();

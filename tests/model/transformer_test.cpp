@@ -1,6 +1,8 @@
 // Model: router losses by hand, shapes, parameter counts, causal masking, NormHead, capacity.
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
 
@@ -417,10 +419,11 @@ TEST(TransformerTest, Bf16ComputeKeepsFp32MasterWeights) {
 // and the same fp32 gradients, bit for bit, as casting in every forward and letting autograd
 // accumulate.
 TEST(WeightCastScopeTest, MicroBatchesShareOneCastPerWeightAndGiveTheSameGradients) {
-  for (const bool norm_head : {false, true}) {
-    SCOPED_TRACE(norm_head ? "NormHead" : "plain head");
+  for (const char* head : {"plain", "NormHead", "tied"}) {
+    SCOPED_TRACE(head);
     ModelConfig m = small_model();
-    m.norm_head = norm_head;
+    m.norm_head = std::string(head) == "NormHead";
+    m.tie_embeddings = std::string(head) == "tied";
     Transformer plain(m, small_moe()), scoped(m, small_moe());
     plain->reset_parameters(3);
     scoped->reset_parameters(3);
@@ -442,9 +445,10 @@ TEST(WeightCastScopeTest, MicroBatchesShareOneCastPerWeightAndGiveTheSameGradien
       for (int64_t i = 0; i < 3; ++i) micro_batch(scoped, i);
       // Per block: two norms, wq, wk, wv, wo and two FFN matrices (the dense block), or the
       // routed experts' two and the shared experts' two (the MoE blocks); then the final norm
-      // and the head unless NormHead computes it. The embedding and the fp32 router are not
+      // and a plain head (NormHead computes its weight; a tied one is cast as before, so that
+      // its two gradients add up in the same order). The embedding and the fp32 router are not
       // cast.
-      EXPECT_EQ(casts.cached(), 8 + 2 * 10 + 1 + (norm_head ? 0 : 1));
+      EXPECT_EQ(casts.cached(), 8 + 2 * 10 + 1 + (std::string(head) == "plain" ? 1 : 0));
       EXPECT_THROW(WeightCastScope nested, Error);
     }
     EXPECT_FALSE(WeightCastScope::active());
@@ -458,6 +462,42 @@ TEST(WeightCastScopeTest, MicroBatchesShareOneCastPerWeightAndGiveTheSameGradien
       EXPECT_TRUE(at::equal(got, expected)) << p.key();
     }
   }
+}
+
+// b, whose backward gives `a` no gradient at all (an undefined tensor).
+struct SecondOnly : torch::autograd::Function<SecondOnly> {
+  static at::Tensor forward(torch::autograd::AutogradContext*, const at::Tensor&,
+                            const at::Tensor& b) {
+    return b.clone();
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list grads) {
+    return {at::Tensor(), grads[0]};
+  }
+};
+
+// Only parameters are kept: not weights computed without gradients, nor casts made in
+// inference mode (they could not be saved for a backward). A cast whose consumer returns no
+// gradient leaves .grad() undefined, as autograd would.
+TEST(WeightCastScopeTest, KeepsOnlyParametersAndAddsNoGradientWhereNoneCame) {
+  at::Tensor w = at::randn({4, 3}).requires_grad_(true);
+  WeightCastScope casts;
+  {
+    at::NoGradGuard no_grad;
+    const at::Tensor computed = w * 2.0;  // a leaf here, as NormHead's rows are in evaluation
+    EXPECT_TRUE(at::equal(compute_weight(computed, at::kBFloat16), computed.to(at::kBFloat16)));
+  }
+  {
+    c10::InferenceMode inference;
+    EXPECT_TRUE(at::equal(compute_weight(w, at::kBFloat16), w.detach().to(at::kBFloat16)));
+  }
+  EXPECT_EQ(casts.cached(), 0);
+  const at::Tensor cast = compute_weight(w, at::kBFloat16);
+  EXPECT_EQ(casts.cached(), 1);
+  const at::Tensor other = at::randn({4, 3}).requires_grad_(true);
+  SecondOnly::apply(cast, other).sum().backward();
+  EXPECT_TRUE(other.grad().defined());
+  EXPECT_FALSE(w.grad().defined());
 }
 
 // A master weight changed in place inside the scope (by whoever) is cast again, and the

@@ -16,17 +16,21 @@ namespace hetmoe {
 // One training step's weights in the compute dtype (bf16 compute over fp32 master weights). The
 // Trainer opens one around each step's micro-batches; research code with a loop of its own can
 // do the same (docs/embedding.md). While one is open on a thread:
-// - each master weight a layer casts is cast once and the copy reused by every micro-batch,
-//   instead of once per forward. It is cast again when the master's version counter has moved
-//   (in-place ATen ops, hetmoe's AdamW); writes the counter does not see (through a data
-//   pointer, LibTorch's fused optimizer kernels) go unnoticed;
+// - each parameter (a leaf that requires a gradient) a layer casts is cast once and the copy
+//   reused by every micro-batch, instead of once per forward. It is cast again when the
+//   parameter's version counter has moved (in-place ATen ops, hetmoe's AdamW); writes the
+//   counter does not see go unnoticed: through data_ptr() or .data(), set_data() (and so
+//   Module::to()), kernels such as at::_fused_adamw_ called directly;
 // - the gradient of that cast is added straight into the master's fp32 .grad(), instead of
 //   being copied to an fp32 tensor that autograd then adds to .grad(): one pass per weight and
 //   micro-batch fewer, and the same numbers.
 // What .grad() holds after backward() is unchanged, so optimizers, clipping and gradient
-// synchronisation work as before. Not for torch::autograd::grad() taken with respect to a master
-// weight: inside a scope those gradients go to .grad() instead. Scopes do not nest; close it
-// before the optimizer updates the weights, and open a new one for the next step.
+// synchronisation work as before. What bypasses autograd's accumulation does not see those
+// gradients: torch::autograd::grad() taken with respect to a parameter, hooks registered on a
+// parameter (register_hook, post-accumulate hooks). Scopes do not nest; close it before the
+// optimizer updates the weights, and open a new one for the next step. (Trainer::train_step
+// opens its own, or runs inside the caller's; its AdamW moves the version counters, so the
+// caller's casts are refreshed after each update.)
 class WeightCastScope {
  public:
   WeightCastScope();
