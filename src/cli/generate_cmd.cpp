@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "hetmoe/core/error.h"
+#include "hetmoe/core/logging.h"
 #include "hetmoe/data/tokenizer.h"
 #include "hetmoe/device/registry.h"
 #include "hetmoe/train/checkpoint.h"
@@ -19,6 +20,8 @@ struct GenerateArgs {
 };
 
 int run_generate(const GenerateArgs& a) {
+  // Standard output is the text; warnings (a checkpoint fallen back from) go to standard error.
+  init_logging(0, "info", false, /*to_stderr=*/true);
   // Any checkpoint, a multi-rank run's sharded ones included: the experts are gathered.
   LoadedCheckpoint ck = load_whole_model(a.checkpoint, TransformerImpl::is_expert_parameter);
   HETMOE_CHECK(ck.config.data.tokenizer == "byte", "generate", "'", ck.dir,
@@ -26,10 +29,22 @@ int run_generate(const GenerateArgs& a) {
                "': generate turns text into bytes and back, so it needs 'byte'");
   Transformer model(ck.config.model, ck.config.moe);
   model->load_state_tensors(ck.model, ck.dir);
-  model->to(resolve_device(a.device.empty() ? ck.config.backend.device : a.device));
+  c10::Device device = c10::kCPU;
+  if (!a.device.empty()) {
+    device = resolve_device(a.device);
+  } else {
+    try {
+      device = resolve_device(ck.config.backend.device);
+    } catch (const Error& e) {
+      HETMOE_CHECK(false, "generate", "the checkpoint's backend.device '", ck.config.backend.device,
+                   "' is not usable here (", e.what(), "); pass --device cpu to sample on the CPU");
+    }
+  }
+  model->to(device);
   ByteTokenizer tok;
   SampleOptions opts = a.sample;
   opts.stop_token = ByteTokenizer::kEndOfDocument;
+  opts.vocab_limit = tok.vocab_size();  // ids the byte tokenizer can turn back into text
   auto ids = sample(model, tok.encode(a.prompt), ck.config.model.max_seq_len, opts);
   std::cout << a.prompt << tok.decode(ids) << std::endl;
   return 0;
@@ -41,8 +56,9 @@ void add_generate_command(CLI::App& root, int& status) {
   CLI::App* cmd = root.add_subcommand("generate", "Sample text from a trained checkpoint");
   cmd->add_option("--checkpoint", a->checkpoint, "Run directory or checkpoint directory")
       ->required()
-      ->type_name("DIR");
-  cmd->add_option("-p,--prompt", a->prompt, "Text to continue")->required();
+      ->type_name("DIR")
+      ->check(non_empty());
+  cmd->add_option("-p,--prompt", a->prompt, "Text to continue")->required()->check(non_empty());
   cmd->add_option("-n,--tokens", a->sample.max_new_tokens, "Tokens (bytes) to generate")
       ->default_val(200)
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));

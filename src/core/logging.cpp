@@ -8,6 +8,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <memory>
+#include <utility>
 #include <vector>
 
 namespace hetmoe {
@@ -15,10 +16,14 @@ namespace {
 std::atomic<int> g_rank{0};
 }
 
-void init_logging(int rank, const std::string& level, bool all_ranks) {
+void init_logging(int rank, const std::string& level, bool all_ranks, bool to_stderr) {
   g_rank = rank;
-  auto logger = std::make_shared<spdlog::logger>(
-      "hetmoe", std::make_shared<spdlog::sinks::stdout_color_sink_mt>());
+  spdlog::sink_ptr sink;
+  if (to_stderr)
+    sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+  else
+    sink = std::make_shared<spdlog::sinks::stdout_color_sink_mt>();
+  auto logger = std::make_shared<spdlog::logger>("hetmoe", std::move(sink));
   logger->set_pattern(rank == 0 ? std::string("[%H:%M:%S] %^%l%$ %v")
                                 : "[%H:%M:%S] [rank " + std::to_string(rank) + "] %^%l%$ %v");
   auto lvl = spdlog::level::from_str(level);

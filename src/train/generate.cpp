@@ -20,11 +20,18 @@ std::vector<int32_t> sample(Transformer& model, const std::vector<int32_t>& prom
     at::Tensor tokens =
         at::tensor(window, at::kLong).view({1, static_cast<int64_t>(window.size())}).to(device);
     at::Tensor logits = model->forward(tokens).logits[0][-1].to(at::kCPU).to(at::kDouble);
+    if (o.vocab_limit > 0 && o.vocab_limit < logits.size(0))
+      logits = logits.narrow(0, 0, o.vocab_limit);
+    HETMOE_CHECK(at::isfinite(logits).all().item<bool>(), "generate", "the model's logits after ",
+                 context.size(),
+                 " tokens are not finite (NaN or infinite): its weights hold such values");
     int64_t next;
     if (o.temperature <= 0) {
       next = logits.argmax().item<int64_t>();
     } else {
-      logits = logits / o.temperature;
+      // Shifted so that the largest is 0 before dividing: a tiny temperature then sends the
+      // others to -inf (greedy in the limit) instead of overflowing them all.
+      logits = (logits - logits.max()) / o.temperature;
       if (o.top_k > 0 && o.top_k < logits.size(0)) {
         const double kth = std::get<0>(logits.topk(o.top_k))[-1].item<double>();
         logits = logits.masked_fill(logits < kth, -INFINITY);

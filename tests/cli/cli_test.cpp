@@ -61,6 +61,9 @@ TEST(CliTest, UnknownFlagIsAUsageError) {
   r = run("generate --checkpoint x --prompt a --top-k -1");
   EXPECT_EQ(r.code, 2);
   expect_contains(r, "--top-k: '-1' is not a finite number >= 0");
+  r = run("generate --checkpoint x --prompt ''");
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "--prompt");
   r = run("data prepare --input x --out y --val-fraction abc");
   EXPECT_EQ(r.code, 2);
   expect_contains(r, "--val-fraction: 'abc' is not a finite number");

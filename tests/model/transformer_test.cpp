@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "hetmoe/core/error.h"
 #include "hetmoe/model/transformer.h"
+#include "hetmoe/train/generate.h"
 #include "hetmoe/train/optimizer.h"
 #include "support/tensor_test_util.h"
 
@@ -526,6 +528,49 @@ TEST(WeightCastScopeTest, AWeightChangedInPlaceIsCastAgain) {
   opt.step(0.1);
   EXPECT_TRUE(at::equal(compute_weight(w, at::kBFloat16), w.detach().to(at::kBFloat16)));
   EXPECT_FALSE(at::equal(compute_weight(w, at::kBFloat16), second));
+}
+
+// Sampling: ids the caller cannot decode are never drawn, a temperature too small to divide by
+// is greedy, and non-finite weights are a named error.
+TEST(SampleTest, VocabLimitTinyTemperatureAndNonFiniteWeights) {
+  ModelConfig m = small_model();
+  m.vocab_size = 300;
+  Transformer model(m, small_moe());
+  model->reset_parameters(5);
+  const std::vector<int32_t> prompt{72, 105};
+  SampleOptions o;
+  o.max_new_tokens = 100;
+  o.temperature = 100.0;  // near uniform over all 300 ids
+  auto above = [](const std::vector<int32_t>& ids) {
+    return std::count_if(ids.begin(), ids.end(), [](int32_t id) { return id >= 257; });
+  };
+  EXPECT_GT(above(sample(model, prompt, m.max_seq_len, o)), 0);
+  o.vocab_limit = 257;
+  EXPECT_EQ(above(sample(model, prompt, m.max_seq_len, o)), 0);
+
+  SampleOptions greedy;
+  greedy.temperature = 0;
+  greedy.max_new_tokens = 8;
+  const auto expected = sample(model, prompt, m.max_seq_len, greedy);
+  for (const double t : {1e-307, 2.3e-308, 4.9e-324}) {
+    SampleOptions tiny = greedy;
+    tiny.temperature = t;
+    EXPECT_EQ(sample(model, prompt, m.max_seq_len, tiny), expected) << t;
+  }
+
+  {
+    at::NoGradGuard no_grad;
+    model->head[3][0] = std::nan("");
+  }
+  try {
+    sample(model, prompt, m.max_seq_len, greedy);
+    ADD_FAILURE() << "NaN weights gave tokens";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[generate] the model's logits after 2 tokens are not "
+                                         "finite"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

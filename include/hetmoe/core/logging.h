@@ -10,8 +10,10 @@ namespace hetmoe {
 enum class LogLevel { Debug, Info, Warn, Error };
 
 // Configures the process-wide logger. level: trace|debug|info|warn|error. Ranks other than 0 log
-// warnings and errors only, unless all_ranks. Safe to call again.
-void init_logging(int rank = 0, const std::string& level = "info", bool all_ranks = false);
+// warnings and errors only, unless all_ranks. The log goes to standard output, or to standard
+// error with to_stderr (for commands whose standard output is their result). Safe to call again.
+void init_logging(int rank = 0, const std::string& level = "info", bool all_ranks = false,
+                  bool to_stderr = false);
 
 // The rank set by init_logging (0 before any call).
 int log_rank();
