@@ -551,7 +551,10 @@ void Trainer::watch_experts(int64_t step, const std::vector<at::Tensor>& load) {
       if (c[i] > most) most = c[i], busiest = i;
     }
     const double ratio = total > 0 ? most / (total / static_cast<double>(e)) : 0;
-    if (m.imbalance_warn > 0 && ratio > m.imbalance_warn &&
+    // Top-k routing caps the ratio at E/k (the busiest expert gets every token): a layer there
+    // has collapsed, and is reported even when moe.imbalance_warn is at or above the cap.
+    const bool collapsed = ratio >= static_cast<double>(e) / static_cast<double>(m.top_k) - 1e-9;
+    if (m.imbalance_warn > 0 && (ratio > m.imbalance_warn || collapsed) &&
         step - last_imbalance_warning_ >= config_.train.log_every) {
       last_imbalance_warning_ = step;
       HETMOE_LOG_WARN(

@@ -519,5 +519,25 @@ TEST(HealthTest, ImbalancedLayersAreReported) {
   EXPECT_NE(out.find("MoE layer 0 is imbalanced"), std::string::npos) << out;
 }
 
+// A collapsed layer (every token to the same top-k experts: E/k times the mean, the most top-k
+// routing allows) is reported even with moe.imbalance_warn at that ceiling.
+TEST(HealthTest, ACollapsedLayerIsReportedAtTheCeiling) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.moe.imbalance_warn = static_cast<double>(c.moe.num_experts) / c.moe.top_k;
+  Trainer t(c);
+  {
+    at::NoGradGuard no_grad;
+    // Equal scores everywhere: ties go to the lowest expert ids, for every token.
+    for (auto& p : t.model()->named_parameters())
+      if (p.key().size() > 7 && p.key().substr(p.key().size() - 7) == ".router") p.value().zero_();
+  }
+  testing::internal::CaptureStdout();
+  t.train_step();
+  const std::string out = testing::internal::GetCapturedStdout();
+  EXPECT_NE(out.find("is imbalanced"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace hetmoe
