@@ -707,8 +707,18 @@ TrainResult Trainer::run() {
   TrainResult result;
   StopSignals signals;
   const Backend& backend = backend_for(device_);
-  StepProfiler profiler(config_.run.profile_start, config_.run.profile_steps, device_,
-                        config_.run.out_dir, grid_->rank(),
+  // The window ends with the run at the latest: a trace of the steps that exist, not none.
+  const int64_t profile_start = config_.run.profile_start;
+  const int64_t profile_steps =
+      profile_start > 0 ? std::min(config_.run.profile_steps, t.steps - profile_start + 1) : 0;
+  if (profile_start > 0 && profile_start + profile_steps - 1 <= first_step)
+    HETMOE_LOG_WARN(
+        "run.profile_start %lld: steps %lld..%lld ran before this resumed run "
+        "(from step %lld); no profile",
+        static_cast<long long>(profile_start), static_cast<long long>(profile_start),
+        static_cast<long long>(profile_start + profile_steps - 1),
+        static_cast<long long>(first_step));
+  StepProfiler profiler(profile_start, profile_steps, device_, config_.run.out_dir, grid_->rank(),
                         [&] { backend.synchronize(device_.has_index() ? device_.index() : 0); });
   while (state_.step < t.steps) {
     const auto step_start = clock::now();

@@ -233,6 +233,21 @@ TEST(TrainerTest, ProfileWindowWritesATraceAndASummaryOfItsSteps) {
     EXPECT_NE(summary.find(part), std::string::npos) << part << " missing in\n" << summary;
 }
 
+// A window that runs past the last step traces the steps there are.
+TEST(TrainerTest, AProfileWindowPastTheLastStepEndsWithTheRun) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.run.profile_start = 5;
+  c.run.profile_steps = 5;
+  EXPECT_EQ(Trainer(c).run().steps, 6);
+  std::ifstream summary_file(fs::path(c.run.out_dir) / "profile" / "summary-rank0.txt");
+  ASSERT_TRUE(summary_file);
+  const std::string summary((std::istreambuf_iterator<char>(summary_file)),
+                            std::istreambuf_iterator<char>());
+  EXPECT_NE(summary.find("steps 5..6 (2) on cpu"), std::string::npos) << summary;
+}
+
 TEST(TrainerTest, RefusesToOverwriteARunUnlessAsked) {
   TempDir dir;
   prepare_corpus(dir);
