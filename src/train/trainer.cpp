@@ -532,7 +532,7 @@ double Trainer::train_step_unguarded() {
   state_.step += 1;
   state_.tokens_seen += static_cast<int64_t>(streams.size()) * t.micro_batch * t.seq_len;
   stats.grad_norm = grad_norm;
-  stats.lr = lr * verdict.lr_scale;
+  stats.lr = stats.skipped ? 0.0 : lr * verdict.lr_scale;  // the rate applied: none when skipped
   last_ = std::move(stats);
   return last_.loss;
 }
@@ -631,11 +631,9 @@ StepMetrics Trainer::last_step() const {
   return m;
 }
 
-void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, int64_t first_step,
+void Trainer::record(const StepRecord& r, double tokens_per_s, double elapsed, int64_t first_step,
                      double val_loss) {
   const auto& t = config_.train;
-  const double tokens_per_s =
-      static_cast<double>(t.grad_accum * t.micro_batch * t.seq_len) / std::max(step_seconds, 1e-9);
   // Imbalance: max over mean tokens per expert, averaged over the MoE layers.
   double imbalance = 0;
   nlohmann::json load = nlohmann::json::array();
@@ -696,7 +694,13 @@ void Trainer::record(const StepRecord& r, double step_seconds, double elapsed, i
     j["overlapped_s"] = exchange_->take_overlapped_seconds();
   }
   if (!is_rank0()) return;
-  std::ofstream(fs::path(config_.run.out_dir) / "metrics.jsonl", std::ios::app) << j.dump() << "\n";
+  const fs::path metrics = fs::path(config_.run.out_dir) / "metrics.jsonl";
+  std::ofstream out(metrics, std::ios::app);
+  out << j.dump() << "\n";
+  out.flush();
+  if (!out)
+    HETMOE_LOG_WARN("cannot append step %lld's metrics to '%s' (disk full? permissions?)",
+                    static_cast<long long>(state_.step), metrics.c_str());
 }
 
 TrainResult Trainer::run() {
@@ -720,11 +724,15 @@ TrainResult Trainer::run() {
         static_cast<long long>(first_step));
   StepProfiler profiler(profile_start, profile_steps, device_, config_.run.out_dir, grid_->rank(),
                         [&] { backend.synchronize(device_.has_index() ? device_.index() : 0); });
+  // Throughput of the steps since the last record (evaluation and checkpoints left out).
+  double window_seconds = 0;
+  int64_t window_tokens_from = state_.tokens_seen;
   while (state_.step < t.steps) {
     const auto step_start = clock::now();
     profiler.before_step(state_.step + 1);
     const double loss = train_step();
     const double step_seconds = std::chrono::duration<double>(clock::now() - step_start).count();
+    window_seconds += step_seconds;
     profiler.after_step(state_.step);
     if (options_.on_step) {
       StepMetrics m = last_step();
@@ -749,7 +757,10 @@ TrainResult Trainer::run() {
       // The log line and metrics.jsonl carry the mean loss since the last record.
       StepRecord logged = last_;
       logged.loss = state_.log_loss_sum / static_cast<double>(state_.log_steps);
-      record(logged, step_seconds, elapsed, first_step, val_loss);
+      const double window_tokens = static_cast<double>(state_.tokens_seen - window_tokens_from);
+      record(logged, window_tokens / std::max(window_seconds, 1e-9), elapsed, first_step, val_loss);
+      window_seconds = 0;
+      window_tokens_from = state_.tokens_seen;
       result.final_train_loss = logged.loss;
       state_.log_loss_sum = 0;
       state_.log_steps = 0;

@@ -15,6 +15,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <thread>
@@ -405,6 +407,30 @@ TEST(HealthTest, PoisonedGradientsSkipTheUpdateAndCount) {
   again.overwrite = true;
   TrainResult r = Trainer(c, again).run();  // the run records it too
   EXPECT_EQ(r.skipped_steps, 1);
+}
+
+// A skipped step applied no update: metrics.jsonl says lr 0 for it, as last_step() does.
+TEST(HealthTest, ASkippedStepLogsNoLearningRate) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.log_every = 1;
+  TrainerOptions o;
+  o.loss_hook = [](int64_t step, const at::Tensor& loss) {
+    return step == 3 ? loss * std::nan("") : loss;
+  };
+  Trainer(c, o).run();
+  std::ifstream metrics(fs::path(c.run.out_dir) / "metrics.jsonl");
+  std::string line;
+  std::map<int64_t, double> lr;
+  while (std::getline(metrics, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    lr[j.at("step").get<int64_t>()] = j.at("lr").get<double>();
+  }
+  ASSERT_EQ(lr.size(), 6u);
+  EXPECT_EQ(lr[3], 0.0);
+  EXPECT_GT(lr[2], 0.0);
+  EXPECT_GT(lr[4], 0.0);
 }
 
 TEST(HealthTest, TooManyConsecutiveNonFiniteStepsStopTheRun) {

@@ -115,7 +115,7 @@ class Trainer {
   CheckpointShard checkpoint_shard() const;
   // Rows first .. first+local_batch of the global micro-batch `stream_step` of the split.
   at::Tensor local_batch(Split split, uint64_t stream_step) const;
-  void record(const StepRecord& r, double step_seconds, double elapsed, int64_t first_step,
+  void record(const StepRecord& r, double tokens_per_s, double elapsed, int64_t first_step,
               double val_loss);
 
   Config config_;
