@@ -46,12 +46,14 @@ int run_train(const TrainArgs& a) {
   HETMOE_LOG_INFO("config %s -> run directory %s", config_path.c_str(), config.run.out_dir.c_str());
 
   Trainer trainer(config, TrainerOptions{resume_dir, a.overwrite});
+  const int64_t first_step = trainer.state().step;  // > 0 when resumed
   TrainResult r = trainer.run();
   HETMOE_LOG_INFO(
-      "done: %lld steps in %.1f s, %.0f tokens/s (MFU %.1f%%), peak memory %.0f MiB, "
+      "done: step %lld, %lld steps in %.1f s, %.0f tokens/s (MFU %.1f%%), peak memory %.0f MiB, "
       "final train loss %.4f, final val loss %.4f nats/token, checkpoint %s",
-      static_cast<long long>(r.steps), r.seconds, r.tokens_per_s, 100.0 * r.mfu,
-      static_cast<double>(r.peak_memory_bytes) / (1 << 20), r.final_train_loss, r.final_val_loss,
+      static_cast<long long>(r.steps), static_cast<long long>(r.steps - first_step), r.seconds,
+      r.tokens_per_s, 100.0 * r.mfu, static_cast<double>(r.peak_memory_bytes) / (1 << 20),
+      r.final_train_loss, r.final_val_loss,
       r.checkpoint.empty() ? "none (train.save_final is false)" : r.checkpoint.c_str());
   return 0;
 }

@@ -190,7 +190,7 @@ TEST(CliTest, ResumeOfARunDirectoryFallsBackPastADamagedCheckpoint) {
   // A finished run resumed again has nothing to do; it names the checkpoint it holds.
   r = run("train --resume " + f.dir.str("run") + " --set train.steps=5");
   ASSERT_EQ(r.code, 0) << r.output;
-  expect_contains(r, "done: 5 steps");
+  expect_contains(r, "done: step 5, 0 steps in");
   expect_contains(r, "checkpoint " + f.dir.str("run/checkpoints/step_00000005"));
 }
 
