@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 namespace hetmoe::cli {
@@ -21,12 +22,11 @@ template <typename Ok>
 CLI::Validator number_check(const char* what, const char* name, Ok ok) {
   return CLI::Validator(
       [what, ok](std::string& s) {
-        try {
-          size_t used = 0;
-          const double v = std::stod(s, &used);
-          if (used == s.size() && std::isfinite(v) && ok(v)) return std::string();
-        } catch (const std::exception&) {
-        }
+        // strtod, not stod: stod refuses a subnormal value (ERANGE) though it is finite.
+        char* end = nullptr;
+        const double v = s.empty() ? 0.0 : std::strtod(s.c_str(), &end);
+        if (!s.empty() && end == s.c_str() + s.size() && std::isfinite(v) && ok(v))
+          return std::string();
         return "'" + s + "' is not " + what;
       },
       name);

@@ -45,8 +45,11 @@ int run_generate(const GenerateArgs& a) {
   SampleOptions opts = a.sample;
   opts.stop_token = ByteTokenizer::kEndOfDocument;
   opts.vocab_limit = tok.vocab_size();  // ids the byte tokenizer can turn back into text
-  auto ids = sample(model, tok.encode(a.prompt), ck.config.model.max_seq_len, opts);
-  std::cout << a.prompt << tok.decode(ids) << std::endl;
+  // The text as it comes: an interrupted run keeps what it printed.
+  std::cout << a.prompt << std::flush;
+  opts.on_token = [&tok](int32_t id) { std::cout << tok.decode({id}) << std::flush; };
+  sample(model, tok.encode(a.prompt), ck.config.model.max_seq_len, opts);
+  std::cout << std::endl;
   return 0;
 }
 }  // namespace
@@ -69,7 +72,7 @@ void add_generate_command(CLI::App& root, int& status) {
   cmd->add_option("-k,--top-k", a->sample.top_k, "Sample among the k likeliest tokens; 0: all")
       ->default_val(0)
       ->check(non_negative());
-  cmd->add_option("--seed", a->sample.seed, "Sampling seed")->default_val(0);
+  cmd->add_option("--seed", a->sample.seed, "Sampling seed")->default_val(0)->check(non_negative());
   cmd->add_option("--device", a->device, "Device (default: the checkpoint's backend.device)")
       ->check(non_empty());
   cmd->callback([a, &status] { status = run_generate(*a); });

@@ -40,6 +40,7 @@ std::vector<int32_t> sample(Transformer& model, const std::vector<int32_t>& prom
     }
     out.push_back(static_cast<int32_t>(next));
     context.push_back(static_cast<int32_t>(next));
+    if (o.on_token) o.on_token(static_cast<int32_t>(next));
     if (next == o.stop_token) break;
   }
   return out;

@@ -64,6 +64,13 @@ TEST(CliTest, UnknownFlagIsAUsageError) {
   r = run("generate --checkpoint x --prompt ''");
   EXPECT_EQ(r.code, 2);
   expect_contains(r, "--prompt");
+  r = run("generate --checkpoint x --prompt a --seed -1");
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "--seed: '-1' is not a finite number >= 0");
+  // A subnormal temperature is a finite number: past the flags, to the missing checkpoint.
+  r = run("generate --checkpoint /nonexistent --prompt a --temperature 4.9e-324");
+  EXPECT_EQ(r.code, 1);
+  expect_contains(r, "'/nonexistent' does not exist");
   r = run("data prepare --input x --out y --val-fraction abc");
   EXPECT_EQ(r.code, 2);
   expect_contains(r, "--val-fraction: 'abc' is not a finite number");

@@ -551,7 +551,11 @@ TEST(SampleTest, VocabLimitTinyTemperatureAndNonFiniteWeights) {
   SampleOptions greedy;
   greedy.temperature = 0;
   greedy.max_new_tokens = 8;
-  const auto expected = sample(model, prompt, m.max_seq_len, greedy);
+  std::vector<int32_t> streamed;
+  SampleOptions watched = greedy;
+  watched.on_token = [&](int32_t id) { streamed.push_back(id); };
+  const auto expected = sample(model, prompt, m.max_seq_len, watched);
+  EXPECT_EQ(streamed, expected);  // each id as it was drawn, in order
   for (const double t : {1e-307, 2.3e-308, 4.9e-324}) {
     SampleOptions tiny = greedy;
     tiny.temperature = t;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "hetmoe/model/transformer.h"
@@ -9,6 +10,8 @@
 namespace hetmoe {
 
 struct SampleOptions {
+  // Called with each new id as soon as it is drawn (print as you go); optional.
+  std::function<void(int32_t)> on_token;
   int64_t max_new_tokens = 200;
   double temperature = 0.8;  // 0: greedy
   int64_t top_k = 0;         // 0: the whole vocabulary
