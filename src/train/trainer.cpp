@@ -621,7 +621,7 @@ StepMetrics Trainer::last_step() const {
   m.loss = last_.loss;
   m.aux_loss = last_.aux;
   m.z_loss = last_.z;
-  m.lr = last_.skipped ? 0.0 : last_.lr;
+  m.lr = last_.lr;  // 0 for a skipped step
   m.grad_norm = last_.grad_norm;
   m.skipped = last_.skipped;
   for (const at::Tensor& l : last_.load) {

@@ -35,11 +35,6 @@ namespace fs = std::filesystem;
 namespace hetmoe {
 namespace {
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 using test_support::prepare_corpus;
 using test_support::TempDir;
 using test_support::tiny_config;
@@ -136,7 +131,7 @@ TEST(CheckpointTest, KeepLastAfterAResumeFromAnEarlierStepKeepsTheNewCheckpoints
   c.train.steps = 4;
   c.train.save_every = 1;
   Trainer(c).run();
-  const std::string old_step3 = slurp(step_dir(c, 3) + "/state.json");
+  const std::string old_step3 = test_support::file_text(step_dir(c, 3) + "/state.json");
   Config again = c;
   again.train.keep_last = 2;
   again.train.lr = c.train.lr / 2;
@@ -151,8 +146,8 @@ TEST(CheckpointTest, KeepLastAfterAResumeFromAnEarlierStepKeepsTheNewCheckpoints
                                              "step_00000002", "step_00000003"}));
   const fs::path aside = fs::path(c.run.out_dir) / "checkpoints" / "abandoned-after-step_00000003";
   EXPECT_TRUE(fs::exists(aside / "step_00000004" / "state.json"));
-  EXPECT_EQ(slurp((aside / "step_00000003" / "state.json").string()), old_step3);
-  EXPECT_NE(slurp(step_dir(c, 3) + "/state.json"), old_step3);
+  EXPECT_EQ(test_support::file_text(aside / "step_00000003" / "state.json"), old_step3);
+  EXPECT_NE(test_support::file_text(step_dir(c, 3) + "/state.json"), old_step3);
   // Saving a step again rewrites nothing.
   struct stat before {};
   ASSERT_EQ(stat(step_dir(c, 3).c_str(), &before), 0);

@@ -225,9 +225,7 @@ TEST(TrainerTest, ProfileWindowWritesATraceAndASummaryOfItsSteps) {
   EXPECT_EQ(count["hetmoe::optimizer"], 2);
   EXPECT_GT(count["hetmoe::route"], 0);
   EXPECT_GT(count["hetmoe::experts"], 0);
-  std::ifstream summary_file(prof / "summary-rank0.txt");
-  const std::string summary((std::istreambuf_iterator<char>(summary_file)),
-                            std::istreambuf_iterator<char>());
+  const std::string summary = test_support::file_text(prof / "summary-rank0.txt");
   EXPECT_NE(summary.find("steps 2..3 (2) on cpu"), std::string::npos) << summary;
   for (const char* part : {"hetmoe::forward", "hetmoe::optimizer", "host operators by self time"})
     EXPECT_NE(summary.find(part), std::string::npos) << part << " missing in\n" << summary;
@@ -241,10 +239,9 @@ TEST(TrainerTest, AProfileWindowPastTheLastStepEndsWithTheRun) {
   c.run.profile_start = 5;
   c.run.profile_steps = 5;
   EXPECT_EQ(Trainer(c).run().steps, 6);
-  std::ifstream summary_file(fs::path(c.run.out_dir) / "profile" / "summary-rank0.txt");
-  ASSERT_TRUE(summary_file);
-  const std::string summary((std::istreambuf_iterator<char>(summary_file)),
-                            std::istreambuf_iterator<char>());
+  const fs::path summary_path = fs::path(c.run.out_dir) / "profile" / "summary-rank0.txt";
+  ASSERT_TRUE(fs::exists(summary_path));
+  const std::string summary = test_support::file_text(summary_path);
   EXPECT_NE(summary.find("steps 5..6 (2) on cpu"), std::string::npos) << summary;
 }
 
