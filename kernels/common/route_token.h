@@ -110,7 +110,9 @@ HETMOE_HOST_DEVICE float group_score(const float* s, const float* bias, int firs
     prev_v = best_v;
     prev_i = best_i;
   }
-  return sum;
+  // +inf and -inf members (infinite biases) sum to NaN: such a group ranks last, like a NaN
+  // choice, so topk_groups groups are always chosen.
+  return sum != sum ? -INFINITY : sum;
 }
 
 // Bit g set when the token may choose from group g: the topk_groups groups with the highest

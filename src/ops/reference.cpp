@@ -33,6 +33,7 @@ RouteResult route(const at::Tensor& logits, const RouteParams& p) {
                                           .sort(/*stable=*/true, 0, /*descending=*/true));
         float score = 0.0f;
         for (int64_t m = 0; m < p.group_members; ++m) score += best[m].item<float>();
+        if (std::isnan(score)) score = -INFINITY;  // +inf and -inf members: ranks last
         groups.emplace_back(-score, g);
       }
       std::sort(groups.begin(), groups.end());

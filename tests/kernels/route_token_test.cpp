@@ -82,6 +82,21 @@ TEST(RouteTokenTest, NanInputsStillChooseDistinctExpertsInRange) {
   EXPECT_EQ(b.index, (std::vector<int64_t>{0, 1}));
 }
 
+// A group with a +inf and a -inf member scores NaN (their sum): it ranks last, like a NaN
+// choice, instead of leaving no group chosen and an expert index of -1.
+TEST(RouteTokenTest, GroupOfOppositeInfiniteBiasesRanksLast) {
+  const float inf = INFINITY;
+  const std::vector<float> logits = {0, 0, 0, 0};
+  const std::vector<float> bias = {inf, -inf, 0, 0};  // groups {0, 1} and {2, 3}
+  Routed r = route(logits, bias.data(), 3, 2, 2, true, true, 2);
+  // Both groups are allowed (topk_groups 2); expert 0 (+inf) first, then 2, 3 (0), then 1 (-inf).
+  EXPECT_EQ(r.index, (std::vector<int64_t>{0, 2, 3}));
+  for (float w : r.weight) EXPECT_TRUE(std::isfinite(w));
+  // One group allowed: the finite group wins over the NaN-scored one.
+  Routed one = route(logits, bias.data(), 2, 2, 1, true, true, 2);
+  EXPECT_EQ(one.index, (std::vector<int64_t>{2, 3}));
+}
+
 // d(sum_j gw_j * w_j + sum_i gs_i * s_i)/dlogits against central differences.
 TEST(RouteTokenTest, BackwardMatchesFiniteDifferences) {
   const std::vector<float> logits = {0.3f, -0.2f, 0.9f, 0.1f, -0.7f, 0.5f};

@@ -143,6 +143,28 @@ TEST(KernelImplTest, PartlyNanRowsChooseInsideTheChosenGroups) {
   }
 }
 
+// Infinite biases of both signs in one group make its score NaN (+inf + -inf): it ranks last on
+// every table, and every chosen expert is a real one.
+TEST(KernelImplTest, GroupWithOppositeInfiniteBiasesRanksLastOnEveryTable) {
+  const float inf = INFINITY;
+  RouteParams p;
+  p.top_k = 3;
+  p.sigmoid = true;
+  p.n_groups = 2;
+  p.topk_groups = 2;  // the second pick must still find the NaN-scored group
+  p.group_members = 2;
+  p.bias = at::tensor({inf, -inf, 0.0f, 0.0f});
+  for (ops::KernelImpl impl :
+       {ops::KernelImpl::Native, ops::KernelImpl::Portable, ops::KernelImpl::Reference}) {
+    ops::KernelImplGuard guard(impl);
+    RouteResult r = ops::route(at::zeros({3, 4}), p);
+    EXPECT_TRUE(at::equal(r.expert_index, at::tensor({0, 2, 3}, at::kLong).repeat({3, 1})))
+        << ops::to_string(impl) << ": " << r.expert_index;
+    EXPECT_TRUE(at::equal(r.tokens_per_expert, at::tensor({3, 0, 3, 3}, at::kLong)))
+        << ops::to_string(impl) << ": " << r.tokens_per_expert;
+  }
+}
+
 TEST(KernelImplTest, NamesRoundTripAndUnknownIsRefused) {
   for (ops::KernelImpl k :
        {ops::KernelImpl::Native, ops::KernelImpl::Portable, ops::KernelImpl::Reference})
