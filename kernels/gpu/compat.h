@@ -16,6 +16,7 @@
 #define cudaDeviceProp hipDeviceProp_t
 #define cudaGetDeviceCount hipGetDeviceCount
 #define cudaErrorNoDevice hipErrorNoDevice
+#define cudaErrorInvalidValue hipErrorInvalidValue
 #define cudaGetDeviceProperties hipGetDeviceProperties
 #define cudaDeviceGetAttribute hipDeviceGetAttribute
 #define cudaDevAttrClockRate hipDeviceAttributeClockRate

@@ -14,6 +14,8 @@ enum class DType { F32, BF16 };
 
 // The most experts router_forward and permute_map take (one block scans the experts' offsets).
 constexpr int kMaxExperts = 1024;
+// The largest top_k the router kernels take (the backward keeps k floats per thread).
+constexpr int kMaxTopK = 32;
 
 const char* error_string(int code);
 
@@ -42,13 +44,14 @@ int device_props(int device, DeviceProps* out);
 // token's topk_groups best groups (n_groups contiguous groups, each scored by the sum of its
 // group_members best members; n_groups == 1 disables it); top-k best first, ties to the lower
 // id; weights = the unbiased scores of the chosen experts (renormalised when asked);
-// tokens-per-expert counts (zeroed here, then accumulated). e <= kMaxExperts, k <= 32,
+// tokens-per-expert counts (zeroed here, then accumulated). e <= kMaxExperts, k <= kMaxTopK,
 // n_groups <= 64.
 int router_forward(const float* logits, const float* bias, int64_t n, int e, int k, int n_groups,
                    int topk_groups, int group_members, bool sigmoid, bool renormalize,
                    float* scores, int64_t* index, float* weight, int64_t* counts, Stream stream);
 
 // Gradient of the logits from the gradients of scores (may be null) and of weight (may be null).
+// 1 <= k <= kMaxTopK, else the runtime's invalid-value code.
 int router_backward(const float* grad_scores, const float* grad_weight, const float* scores,
                     const int64_t* index, int64_t n, int e, int k, bool sigmoid, bool renormalize,
                     float* grad_logits, Stream stream);

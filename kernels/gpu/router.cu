@@ -10,7 +10,6 @@ namespace hetmoe::gpu {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kMaxTopK = 32;  // the glue refuses more
 
 __global__ void router_forward_kernel(const float* __restrict__ logits,
                                       const float* __restrict__ bias, int64_t n, int e, int k,
@@ -50,6 +49,8 @@ const char* error_string(int code) {
 int router_forward(const float* logits, const float* bias, int64_t n, int e, int k, int n_groups,
                    int topk_groups, int group_members, bool sigmoid, bool renormalize,
                    float* scores, int64_t* index, float* weight, int64_t* counts, Stream stream) {
+  if (k < 1 || k > kMaxTopK || e < 1 || e > kMaxExperts)
+    return static_cast<int>(cudaErrorInvalidValue);
   cudaStream_t s = as_stream(stream);
   int rc = static_cast<int>(cudaMemsetAsync(counts, 0, sizeof(int64_t) * e, s));
   if (rc != 0 || n == 0) return rc;
@@ -62,6 +63,7 @@ int router_forward(const float* logits, const float* bias, int64_t n, int e, int
 int router_backward(const float* grad_scores, const float* grad_weight, const float* scores,
                     const int64_t* index, int64_t n, int e, int k, bool sigmoid, bool renormalize,
                     float* grad_logits, Stream stream) {
+  if (k < 1 || k > kMaxTopK) return static_cast<int>(cudaErrorInvalidValue);
   if (n == 0) return 0;
   router_backward_kernel<<<blocks_for(n, kThreads), kThreads, 0, as_stream(stream)>>>(
       grad_scores, grad_weight, scores, index, n, e, k, sigmoid, renormalize, grad_logits);

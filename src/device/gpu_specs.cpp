@@ -75,12 +75,8 @@ GpuPeak gpu_peak(const GpuIdentity& gpu) {
   return out;
 }
 
-bool grouped_mm_native(const GpuIdentity& gpu, bool rocm_ck_grouped_gemm) {
-  if (gpu.kind == BackendKind::ROCm) {
-    // LibTorch's own condition for its CK path (GroupedBlas.cpp, _grouped_mm_cuda).
-    const std::string target = gfx_target(gpu.arch);
-    return rocm_ck_grouped_gemm && (target == "gfx90a" || target == "gfx942" || target == "gfx950");
-  }
+bool grouped_mm_native(const GpuIdentity& gpu) {
+  if (gpu.kind == BackendKind::ROCm) return false;
   return gpu.major == 9 || gpu.major == 10;  // Hopper and datacenter Blackwell
 }
 

@@ -36,11 +36,12 @@ GpuPeak gpu_peak(const GpuIdentity& gpu);
 std::string gfx_target(const std::string& arch);
 
 // True where at::_grouped_mm is a native grouped kernel for bf16: CUTLASS on sm_90 and sm_100.
-// On ROCm, LibTorch 2.11 takes its CK grouped GEMM (gfx90a, gfx942, gfx950) only when it was
-// built with USE_ROCM_CK_GEMM and ROCM_ALLOW_GROUP_GEMM_CK=1 is set (`rocm_ck_grouped_gemm`, which
-// the backend reads from LibTorch and the environment); otherwise its fallback copies the offsets
-// to the host on every call, so the backend keeps its per-expert GEMM loop there.
-bool grouped_mm_native(const GpuIdentity& gpu, bool rocm_ck_grouped_gemm = false);
+// Never on ROCm: LibTorch 2.11's Composable Kernel path (gfx90a/942/950, opt-in with
+// ROCM_ALLOW_GROUP_GEMM_CK=1) builds each group's descriptor on the host from the offsets tensor,
+// which hetmoe computes on the device just before, and otherwise its fallback copies the offsets
+// to the host on every call. Until that is measured on an AMD GPU, ROCm keeps the backend's
+// per-expert GEMM loop.
+bool grouped_mm_native(const GpuIdentity& gpu);
 
 // Whether at::_grouped_mm's 2-D x 2-D product (the weight gradients) writes zeros for a group of
 // zero rows. True only where that is known: sm_90's CUTLASS kernel. sm_100 leaves the group

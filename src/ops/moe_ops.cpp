@@ -313,6 +313,8 @@ PermuteResult permute(const at::Tensor& x, const at::Tensor& expert_index, int64
   HETMOE_CHECK(x.dim() == 2 && expert_index.dim() == 2 && expert_index.size(0) == x.size(0),
                "permute", "expected x [N, H] and expert_index [N, k], got ", x.sizes(), " and ",
                expert_index.sizes());
+  HETMOE_CHECK(expert_index.size(1) >= 1, "permute", "expert_index [N, k] needs k >= 1, got ",
+               expert_index.sizes());
   at::Tensor priority = at::empty({0}, x.options().dtype(at::kFloat));
   if (options.capacity >= 0) {
     HETMOE_CHECK(options.priority.defined() && options.priority.sizes() == expert_index.sizes(),

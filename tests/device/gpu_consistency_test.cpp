@@ -6,11 +6,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "hetmoe/core/error.h"
@@ -197,6 +199,41 @@ TEST(GpuKernelLimitsTest, RouterAndPermuteRefuseMoreExpertsThanTheirKernelsTake)
     }
   }
   EXPECT_THROW(kernels.route_forward(at::zeros({2, 1025}), RouteParams{2, false, true}), Error);
+  // The backward keeps top_k floats per thread: a top_k the forward would refuse is refused here
+  // too, should the forward have run on another table.
+  EXPECT_THROW(kernels.route_backward(at::Tensor(), at::zeros({2, 33}), at::zeros({2, 64}),
+                                      at::zeros({2, 33}, at::kLong), RouteParams{33, false, true}),
+               Error);
+}
+
+// A bf16 input that is contiguous but starts off a 16-byte boundary (a view into a larger
+// buffer), which at::_grouped_mm refuses: the experts still run, with the same result as an
+// aligned copy, values and gradients.
+TEST(GpuExpertFfnTest, MisalignedViewsGiveTheAlignedResult) {
+  const Backend* gpu = first_gpu();
+  if (!gpu) GTEST_SKIP() << "no GPU visible to this build";
+  const c10::Device dev = gpu->torch_device(0);
+  const int64_t m = 48, h = 64, f = 32, e = 4;
+  const auto bf16 = at::TensorOptions(dev).dtype(at::kBFloat16);
+  at::manual_seed(6);
+  const at::Tensor buf = at::randn({m * h + 3}).to(bf16);
+  const at::Tensor w13 = (at::randn({e, h, 2 * f}) * 0.1).to(bf16);
+  const at::Tensor w2 = (at::randn({e, f, h}) * 0.1).to(bf16);
+  const at::Tensor counts = at::tensor({10, 0, 30, 8}, at::kLong).to(dev);
+  const at::Tensor go = at::randn({m, h}).to(bf16);
+  auto run = [&](const at::Tensor& x0) {
+    at::Tensor x = x0.detach().requires_grad_(true);
+    at::Tensor y = ops::expert_ffn(x, w13, w2, counts);
+    y.backward(go);
+    return std::make_pair(y.detach().to(at::kFloat).cpu(), x.grad().to(at::kFloat).cpu());
+  };
+  const at::Tensor view = buf.narrow(0, 3, m * h).view({m, h});
+  ASSERT_TRUE(view.is_contiguous());
+  ASSERT_NE(reinterpret_cast<uintptr_t>(view.data_ptr()) % 16, 0u);
+  const auto [y_view, gx_view] = run(view);
+  const auto [y_copy, gx_copy] = run(view.clone());
+  EXPECT_CLOSE(y_view, y_copy, 1e-2);
+  EXPECT_CLOSE(gx_view, gx_copy, 1e-2);
 }
 
 // An expert that no token chose has a weight gradient of exactly zero, in bf16 with rows that

@@ -76,24 +76,16 @@ TEST(GpuSpecsTest, GroupedMmIsNativeOnHopperAndBlackwell) {
   EXPECT_TRUE(grouped_mm_native(nvidia("B200", 10, 0)));
   EXPECT_FALSE(grouped_mm_native(nvidia("A100", 8, 0)));
   EXPECT_FALSE(grouped_mm_native(nvidia("RTX 5090", 12, 0)));
-  // The ROCm flag is LibTorch's CK switch; it changes nothing on NVIDIA GPUs.
-  EXPECT_FALSE(grouped_mm_native(nvidia("A100", 8, 0), true));
 }
 
-// LibTorch 2.11 on ROCm runs _grouped_mm through CK only when built with it and opted into
-// (ROCM_ALLOW_GROUP_GEMM_CK=1); otherwise its fallback reads the offsets on the host every call.
-TEST(GpuSpecsTest, GroupedMmIsNativeOnRocmOnlyWithLibTorchsCkGroupedGemm) {
-  const GpuIdentity mi300x = amd("MI300X", "gfx942:sramecc+:xnack-", 304, 2100000);
-  const GpuIdentity mi355x = amd("MI355X", "gfx950", 256, 2400000);
-  const GpuIdentity mi250x = amd("MI250X", "gfx90a:sramecc+:xnack-", 110, 1700000);
-  EXPECT_FALSE(grouped_mm_native(mi300x));
-  EXPECT_FALSE(grouped_mm_native(mi355x));
-  EXPECT_FALSE(grouped_mm_native(mi250x));
-  EXPECT_TRUE(grouped_mm_native(mi300x, true));
-  EXPECT_TRUE(grouped_mm_native(mi355x, true));
-  EXPECT_TRUE(grouped_mm_native(mi250x, true));
-  // gfx1100 also reports a compute capability: the architecture decides, not the number.
-  EXPECT_FALSE(grouped_mm_native(amd("Radeon PRO W7900", "gfx1100", 96, 2500000), true));
+// LibTorch 2.11's CK grouped GEMM on ROCm reads the group offsets on the host, and its fallback
+// copies them there on every call: ROCm keeps the per-expert loop, whatever the architecture.
+TEST(GpuSpecsTest, GroupedMmIsNeverNativeOnRocm) {
+  EXPECT_FALSE(grouped_mm_native(amd("MI300X", "gfx942:sramecc+:xnack-", 304, 2100000)));
+  EXPECT_FALSE(grouped_mm_native(amd("MI355X", "gfx950", 256, 2400000)));
+  EXPECT_FALSE(grouped_mm_native(amd("MI250X", "gfx90a:sramecc+:xnack-", 110, 1700000)));
+  // HIP reports a compute capability of 9.x for these too: the vendor decides, not the number.
+  EXPECT_FALSE(grouped_mm_native(amd("Radeon PRO W7900", "gfx1100", 96, 2500000)));
 }
 
 // _grouped_mm wants 16-byte bf16 rows and refuses 1024 groups; more experts take the loop.

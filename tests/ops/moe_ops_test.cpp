@@ -220,6 +220,8 @@ TEST(MoEOpsTest, RejectsMismatchedShapes) {
   EXPECT_THROW(ops::route(at::randn({4, 6}), RouteParams{1, false, true, 4, 1}), Error);  // 4 ∤ 6
   EXPECT_THROW(ops::route(at::randn({4, 8}), RouteParams{3, false, true, 4, 1}), Error);  // 3 > 2
   EXPECT_THROW(ops::permute(x, at::zeros({3, 2}, at::kLong), 4), Error);
+  // No expert per token: the backward would divide by k = 0.
+  EXPECT_THROW(ops::permute(x, at::zeros({4, 0}, at::kLong), 4), Error);
   EXPECT_THROW(ops::expert_ffn(x, at::randn({2, 8, 6}), at::randn({2, 4, 8}), at::tensor({2, 2})),
                Error);
 }

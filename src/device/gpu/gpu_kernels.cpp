@@ -7,7 +7,9 @@
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
-#include <c10/util/env.h>
+
+#include <cstdint>
+#include <initializer_list>
 
 #include "device/gpu/gpu_kernels.h"
 #include "hetmoe/core/error.h"
@@ -44,8 +46,9 @@ gpu::DType dtype_of(const at::Tensor& t) {
 RouteResult route_forward(const at::Tensor& logits, const RouteParams& p) {
   const c10::DeviceGuard guard(logits.device());
   const int64_t n = logits.size(0), e = logits.size(1);
-  HETMOE_CHECK(e <= gpu::kMaxExperts && p.top_k <= 32, kComponent, "router kernel supports up to ",
-               gpu::kMaxExperts, " experts and top_k 32, got ", e, " and ", p.top_k);
+  HETMOE_CHECK(e <= gpu::kMaxExperts && p.top_k <= gpu::kMaxTopK, kComponent,
+               "router kernel supports up to ", gpu::kMaxExperts, " experts and top_k ",
+               gpu::kMaxTopK, ", got ", e, " and ", p.top_k);
   at::Tensor l = logits.contiguous();
   RouteResult r;
   r.scores = at::empty_like(l);
@@ -69,6 +72,8 @@ at::Tensor route_backward(const at::Tensor& grad_scores, const at::Tensor& grad_
   const c10::DeviceGuard guard(scores.device());
   at::Tensor gs = grad_scores.defined() ? grad_scores.to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor gw = grad_weight.defined() ? grad_weight.to(at::kFloat).contiguous() : at::Tensor();
+  HETMOE_CHECK(p.top_k <= gpu::kMaxTopK, kComponent, "router backward kernel supports top_k up to ",
+               gpu::kMaxTopK, ", got ", p.top_k);
   const at::Tensor s = scores.contiguous(), index = expert_index.contiguous();
   at::Tensor out = at::empty_like(s);
   check(gpu::router_backward(gs.defined() ? gs.data_ptr<float>() : nullptr,
@@ -128,25 +133,24 @@ at::Tensor permute_backward(const at::Tensor& grad_permuted, const at::Tensor& r
   return out;
 }
 
-// Whether LibTorch's CK grouped GEMM serves at::_grouped_mm on ROCm: LibTorch built with
-// USE_ROCM_CK_GEMM and ROCM_ALLOW_GROUP_GEMM_CK=1, read as LibTorch reads it (once here).
-bool rocm_ck_grouped_gemm() {
-#if defined(HETMOE_GPU_VENDOR_HIP)
-  static const bool on =
-      at::Context::hasCKGEMM() && c10::utils::check_env("ROCM_ALLOW_GROUP_GEMM_CK") == true;
-  return on;
-#else
-  return false;
-#endif
+// Contiguous and starting on a 16-byte boundary, as at::_grouped_mm requires of its operands
+// (a view at an odd element offset is contiguous but not aligned).
+bool aligned_rows(const at::Tensor& t) {
+  return t.is_contiguous() && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
 }
 
 // at::_grouped_mm takes bf16 with 16-byte aligned rows and fewer than 1024 groups
 // (grouped_mm_fits), and is a native grouped kernel only on some GPUs (elsewhere LibTorch runs
-// its own loop over groups, reading the offsets on the host); other cases take the portable
-// per-expert loop.
-bool use_grouped_mm(const at::Tensor& x, const at::Tensor& w2) {
-  return x.scalar_type() == at::kBFloat16 && grouped_mm_fits(x.size(1), w2.size(1), w2.size(0)) &&
-         grouped_mm_native(gpu_identity(x.get_device()), rocm_ck_grouped_gemm());
+// its own loop over groups, reading the offsets on the host); other cases, and operands that are
+// not contiguous and aligned (views into a larger buffer), take the portable per-expert loop.
+bool use_grouped_mm(std::initializer_list<const at::Tensor*> operands, const at::Tensor& x,
+                    const at::Tensor& w2) {
+  if (x.scalar_type() != at::kBFloat16 || !grouped_mm_fits(x.size(1), w2.size(1), w2.size(0)) ||
+      !grouped_mm_native(gpu_identity(x.get_device())))
+    return false;
+  for (const at::Tensor* t : operands)
+    if (!aligned_rows(*t)) return false;
+  return true;
 }
 
 at::Tensor offsets_of(const at::Tensor& tokens_per_expert) {
@@ -165,7 +169,7 @@ at::Tensor swiglu(const at::Tensor& h_in) {
 at::Tensor expert_ffn_forward(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
                               const at::Tensor& tokens_per_expert, at::Tensor* h_out) {
   const c10::DeviceGuard guard(x.device());
-  if (!use_grouped_mm(x, w2))
+  if (!use_grouped_mm({&x, &w13, &w2}, x, w2))
     return aten_moe_kernels().expert_ffn_forward(x, w13, w2, tokens_per_expert, h_out);
   at::Tensor offs = offsets_of(tokens_per_expert);
   at::Tensor h = at::_grouped_mm(x, w13, offs);
@@ -206,9 +210,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w13,
     const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
   const c10::DeviceGuard guard(x.device());
-  if (!use_grouped_mm(x, w2))
+  if (!use_grouped_mm({&x, &w13, &w2}, x, w2))  // the forward's choice
     return aten_moe_kernels().expert_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
-  return grouped_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
+  // The incoming gradient is autograd's: copied when it is a strided or offset view.
+  const at::Tensor gy = aligned_rows(grad_y) ? grad_y : grad_y.clone(at::MemoryFormat::Contiguous);
+  return grouped_ffn_backward(gy, x, h, w13, w2, tokens_per_expert);
 }
 
 at::Tensor unpermute_forward(const at::Tensor& y, const at::Tensor& weight,
