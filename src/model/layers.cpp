@@ -298,6 +298,8 @@ at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t s
   HETMOE_CHECK(x.dim() == 2 && x.size(1) == router.size(1), "model",
                "MoE layer input must be [tokens, ", router.size(1), "], got ", x.sizes());
   const int64_t n = x.size(0), e = moe_.num_experts, k = moe_.top_k;
+  HETMOE_CHECK(seq_len >= 0 && (seq_len == 0 || n % seq_len == 0), "model", "MoE layer seq_len ",
+               seq_len, " does not divide its ", n, " tokens into whole sequences");
   // Router in fp32 whatever the compute dtype (Ling: routing decisions are precision-sensitive).
   at::Tensor logits = ops::linear(x.to(router.scalar_type()), router);
   if (is_training() && moe_.routing_warmup_steps > 0 && step_ >= 1 &&
@@ -343,7 +345,7 @@ at::Tensor MoELayerImpl::forward(const at::Tensor& x, MoEStats* stats, int64_t s
     // sum_i P_i is about E/2 and the loss pushes every logit down alike.
     const at::Tensor probs =
         params.sigmoid ? r.scores / (r.scores.sum(-1, /*keepdim=*/true) + 1e-20) : r.scores;
-    if (moe_.aux_loss_type == "sequence" && seq_len > 0 && n % seq_len == 0) {
+    if (moe_.aux_loss_type == "sequence" && seq_len > 0) {
       // Balance within each sequence: f and P per sequence, the loss averaged over sequences.
       const int64_t seqs = n / seq_len;
       at::Tensor counts = at::zeros({seqs, e}, r.scores.options())

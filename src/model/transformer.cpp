@@ -137,8 +137,23 @@ void TransformerImpl::load_state_tensors(const std::map<std::string, at::Tensor>
 }
 
 ForwardOutput TransformerImpl::forward(const at::Tensor& tokens) {
+  HETMOE_CHECK(
+      tokens.dim() == 2 && (tokens.scalar_type() == at::kLong || tokens.scalar_type() == at::kInt),
+      "model", "tokens must be [batch, seq] int64 (or int32) ids, got ",
+      c10::toString(tokens.scalar_type()), " ", tokens.sizes());
+  HETMOE_CHECK(tokens.size(1) <= model_.max_seq_len, "model", "tokens have ", tokens.size(1),
+               " positions, more than model.max_seq_len (", model_.max_seq_len, ")");
   ForwardOutput out;
-  at::Tensor x = embed->forward(tokens).to(compute_dtype_);
+  at::Tensor embedded;
+  try {
+    embedded = embed->forward(tokens);
+  } catch (const c10::IndexError&) {
+    // The embedding's own check (on the CPU; a GPU fails it on the device). Found only here,
+    // so correct input costs no extra pass or synchronisation.
+    HETMOE_FAIL("model", "token ids must be in [0, model.vocab_size = ", model_.vocab_size,
+                "), got ", tokens.min().item<int64_t>(), " to ", tokens.max().item<int64_t>());
+  }
+  at::Tensor x = embedded.to(compute_dtype_);
   std::vector<at::Tensor> aux, z, dropped;
   for (const auto& m : *blocks) {
     auto* block = m->as<BlockImpl>();

@@ -315,6 +315,15 @@ PermuteResult permute(const at::Tensor& x, const at::Tensor& expert_index, int64
                expert_index.sizes());
   HETMOE_CHECK(expert_index.size(1) >= 1, "permute", "expert_index [N, k] needs k >= 1, got ",
                expert_index.sizes());
+  HETMOE_CHECK(num_experts >= 1, "permute", "num_experts must be >= 1, got ", num_experts);
+  if (expert_index.is_cpu() && expert_index.numel() > 0) {
+    // One pass over N x k ids, on the host only: a GPU table checks on the device instead, as
+    // checking here would wait for it.
+    const auto [lo, hi] = at::aminmax(expert_index);
+    const int64_t min = lo.item<int64_t>(), max = hi.item<int64_t>();
+    HETMOE_CHECK(min >= 0 && max < num_experts, "permute", "expert indices must be in [0, ",
+                 num_experts, "), got ", min, " to ", max);
+  }
   at::Tensor priority = at::empty({0}, x.options().dtype(at::kFloat));
   if (options.capacity >= 0) {
     HETMOE_CHECK(options.priority.defined() && options.priority.sizes() == expert_index.sizes(),
@@ -328,11 +337,19 @@ PermuteResult permute(const at::Tensor& x, const at::Tensor& expert_index, int64
 
 at::Tensor expert_ffn(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
                       const at::Tensor& tokens_per_expert) {
-  HETMOE_CHECK(w13.dim() == 3 && w2.dim() == 3 && w13.size(0) == w2.size(0) &&
+  HETMOE_CHECK(x.dim() == 2 && w13.dim() == 3 && w2.dim() == 3 && w13.size(0) == w2.size(0) &&
                    w13.size(1) == x.size(1) && w13.size(2) == 2 * w2.size(1) &&
                    w2.size(2) == x.size(1) && tokens_per_expert.numel() == w13.size(0),
                "expert_ffn", "shape mismatch: x ", x.sizes(), ", w13 ", w13.sizes(), ", w2 ",
                w2.sizes(), ", tokens_per_expert ", tokens_per_expert.sizes());
+  if (tokens_per_expert.is_cpu()) {
+    // The counts split x's rows among the experts (on the host only: on a GPU this would wait).
+    const at::Tensor c = tokens_per_expert.to(at::kLong);
+    const int64_t total = c.sum().item<int64_t>(), min = c.numel() ? c.min().item<int64_t>() : 0;
+    HETMOE_CHECK(min >= 0 && total == x.size(0), "expert_ffn", "tokens_per_expert (sum ", total,
+                 ", smallest ", min, ") must split x's ", x.size(0),
+                 " rows among the experts: non-negative, summing to the rows");
+  }
   return ExpertFfnFn::apply(x.contiguous(), w13.contiguous(), w2.contiguous(), tokens_per_expert);
 }
 

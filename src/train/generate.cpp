@@ -9,6 +9,16 @@ namespace hetmoe {
 std::vector<int32_t> sample(Transformer& model, const std::vector<int32_t>& prompt,
                             int64_t max_seq_len, const SampleOptions& o) {
   HETMOE_CHECK(!prompt.empty(), "generate", "the prompt is empty");
+  HETMOE_CHECK(max_seq_len >= 1, "generate", "max_seq_len must be >= 1, got ", max_seq_len);
+  HETMOE_CHECK(o.temperature >= 0, "generate", "temperature must be >= 0 (0: greedy), got ",
+               o.temperature);
+  HETMOE_CHECK(o.top_k >= 0 && o.max_new_tokens >= 0 && o.vocab_limit >= 0, "generate", "top_k (",
+               o.top_k, "), max_new_tokens (", o.max_new_tokens, ") and vocab_limit (",
+               o.vocab_limit, ") must be >= 0");
+  const int64_t vocab = model->head.size(0);
+  for (size_t i = 0; i < prompt.size(); ++i)
+    HETMOE_CHECK(prompt[i] >= 0 && prompt[i] < vocab, "generate", "prompt token ", i, " is id ",
+                 prompt[i], ", outside the model's vocabulary [0, ", vocab, ")");
   at::NoGradGuard no_grad;
   model->eval();
   const c10::Device device = model->head.device();

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <chrono>
@@ -430,6 +431,11 @@ Error Trainer::out_of_memory(const std::string& what) const {
 double Trainer::train_step_unguarded() {
   const auto& t = config_.train;
   const int64_t step = state_.step + 1;
+  // A caller's NoGradGuard (evaluating before a fork of the run, say) must not reach the step;
+  // InferenceMode cannot be lifted from inside, so it is refused by name.
+  HETMOE_CHECK(!c10::InferenceMode::is_enabled(), "train",
+               "train_step() called under c10::InferenceMode; leave the guard's scope first");
+  const at::AutoGradMode grad_mode(true);
   model_->train();
   model_->set_step(step, static_cast<uint64_t>(t.seed));
   grid_->set_step(step);

@@ -267,6 +267,14 @@ TEST(MoELayerTest, SequenceAuxLossIsTheMeanOfPerSequenceLosses) {
     sum += one.aux_loss.item<double>();
   }
   EXPECT_NEAR(all.aux_loss.item<double>(), sum / 3, 1e-6);
+  // Without seq_len the input is one sequence; a seq_len that does not divide it is refused
+  // rather than silently replaced by the micro-batch loss.
+  MoEStats whole, one_seq;
+  layer->forward(x, &whole);
+  layer->forward(x, &one_seq, 15);
+  EXPECT_NEAR(whole.aux_loss.item<double>(), one_seq.aux_loss.item<double>(), 1e-6);
+  EXPECT_THROW(layer->forward(x, &all, 4), Error);
+  EXPECT_THROW(layer->forward(x, &all, -5), Error);
 }
 
 // Attention against a naive computation in double: projections, RoPE on pairs (i, i + d/2),
@@ -575,6 +583,67 @@ TEST(SampleTest, VocabLimitTinyTemperatureAndNonFiniteWeights) {
               std::string::npos)
         << e.what();
   }
+}
+
+// Bad arguments are named "[generate]" errors before any forward pass, not LibTorch's indexing
+// errors from deep inside the model.
+TEST(SampleTest, BadPromptsAndOptionsAreNamed) {
+  const ModelConfig m = small_model();
+  Transformer model(m, small_moe());
+  auto error_of = [&](const std::vector<int32_t>& prompt, int64_t max_seq_len,
+                      const SampleOptions& o) -> std::string {
+    try {
+      sample(model, prompt, max_seq_len, o);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  const SampleOptions ok;
+  const int32_t v = static_cast<int32_t>(m.vocab_size);
+  EXPECT_NE(error_of({1, v}, m.max_seq_len, ok)
+                .find("[generate] prompt token 1 is id " + std::to_string(v) +
+                      ", outside the model's vocabulary [0, " + std::to_string(v) + ")"),
+            std::string::npos);
+  EXPECT_NE(error_of({-1}, m.max_seq_len, ok).find("prompt token 0 is id -1"), std::string::npos);
+  EXPECT_NE(error_of({1}, 0, ok).find("[generate] max_seq_len must be >= 1, got 0"),
+            std::string::npos);
+  SampleOptions cold;
+  cold.temperature = -0.5;
+  EXPECT_NE(error_of({1}, m.max_seq_len, cold).find("temperature must be >= 0"), std::string::npos);
+  cold.temperature = std::nan("");
+  EXPECT_NE(error_of({1}, m.max_seq_len, cold).find("temperature must be >= 0"), std::string::npos);
+  SampleOptions top;
+  top.top_k = -2;
+  EXPECT_NE(error_of({1}, m.max_seq_len, top).find("must be >= 0"), std::string::npos);
+}
+
+// The forward pass names bad token tensors instead of failing inside the embedding or a reshape.
+TEST(TransformerTest, BadTokenTensorsAreNamed) {
+  const ModelConfig m = small_model();
+  Transformer model(m, small_moe());
+  auto error_of = [&](const at::Tensor& tokens) -> std::string {
+    try {
+      model->forward(tokens);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  EXPECT_NE(error_of(at::zeros({8}, at::kLong)).find("[model] tokens must be [batch, seq]"),
+            std::string::npos);
+  EXPECT_NE(error_of(at::zeros({1, 4})).find("int64 (or int32) ids, got Float"), std::string::npos);
+  EXPECT_NE(error_of(at::zeros({1, m.max_seq_len + 1}, at::kLong))
+                .find("more than model.max_seq_len (" + std::to_string(m.max_seq_len) + ")"),
+            std::string::npos);
+  at::Tensor bad = at::zeros({2, 4}, at::kLong);
+  bad[1][2] = m.vocab_size + 3;
+  EXPECT_NE(error_of(bad).find("[model] token ids must be in [0, model.vocab_size = " +
+                               std::to_string(m.vocab_size) + "), got 0 to " +
+                               std::to_string(m.vocab_size + 3)),
+            std::string::npos)
+      << error_of(bad);
+  EXPECT_EQ(model->forward(at::zeros({2, 4}, at::kInt)).logits.size(2), m.vocab_size);
 }
 
 }  // namespace

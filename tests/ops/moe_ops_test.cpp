@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <string>
 #include <tuple>
 
 #include "hetmoe/core/error.h"
@@ -222,8 +223,38 @@ TEST(MoEOpsTest, RejectsMismatchedShapes) {
   EXPECT_THROW(ops::permute(x, at::zeros({3, 2}, at::kLong), 4), Error);
   // No expert per token: the backward would divide by k = 0.
   EXPECT_THROW(ops::permute(x, at::zeros({4, 0}, at::kLong), 4), Error);
+  // Expert ids outside the table are a hetmoe::Error naming the range, on every CPU table.
+  for (const int64_t bad : {int64_t{4}, int64_t{-1}}) {
+    at::Tensor index = at::zeros({4, 2}, at::kLong);
+    index[2][1] = bad;
+    for (ops::KernelImpl impl :
+         {ops::KernelImpl::Native, ops::KernelImpl::Portable, ops::KernelImpl::Reference}) {
+      ops::KernelImplGuard guard(impl);
+      try {
+        ops::permute(x, index, 4);
+        ADD_FAILURE() << ops::to_string(impl) << " took expert " << bad;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("[permute] expert indices must be in [0, 4), got"),
+                  std::string::npos)
+            << e.what();
+      }
+    }
+  }
   EXPECT_THROW(ops::expert_ffn(x, at::randn({2, 8, 6}), at::randn({2, 4, 8}), at::tensor({2, 2})),
                Error);
+  // Counts that do not split x's 4 rows: fewer (rows left without an expert), more, negative.
+  const at::Tensor w13 = at::randn({2, 8, 8}), w2 = at::randn({2, 4, 8});
+  EXPECT_EQ(ops::expert_ffn(x, w13, w2, at::tensor({1, 3})).sizes(), x.sizes());
+  for (const auto& counts : {at::tensor({1, 2}), at::tensor({3, 2}), at::tensor({5, -1})}) {
+    try {
+      ops::expert_ffn(x, w13, w2, counts);
+      ADD_FAILURE() << "took counts " << counts;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("[expert_ffn] tokens_per_expert (sum "),
+                std::string::npos)
+          << e.what();
+    }
+  }
 }
 
 TEST(SwigluTest, MatchesSiluTimesUpInValuesAndGradients) {

@@ -1,9 +1,10 @@
 // The Trainer as a library: a data source of one's own instead of a prepared dataset, and the
 // on_step / on_eval / on_checkpoint callbacks with the step's metrics (losses, expert load).
+#include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
-
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -173,6 +174,32 @@ TEST(TrainerApiTest, ACallbackExceptionStopsTheRun) {
   Trainer t(c, o);
   EXPECT_THROW(t.run(), std::runtime_error);
   EXPECT_EQ(t.state().step, 2);
+}
+
+// A step taken inside the caller's NoGradGuard still trains (the guard is the caller's business,
+// e.g. after evaluating a checkpoint); inside InferenceMode it is refused by name.
+TEST(TrainerApiTest, AStepUnderTheCallersNoGradGuardStillTrains) {
+  TempDir dir;
+  Config c = test_support::tiny_config(dir);
+  TrainerOptions o;
+  o.data = std::make_shared<RampSource>(32);
+  Trainer t(c, o);
+  {
+    at::NoGradGuard no_grad;
+    EXPECT_TRUE(std::isfinite(t.train_step()));
+    EXPECT_FALSE(at::GradMode::is_enabled());  // the caller's mode is restored
+  }
+  EXPECT_EQ(t.state().step, 1);
+  c10::InferenceMode inference;
+  try {
+    t.train_step();
+    ADD_FAILURE() << "a step ran under InferenceMode";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[train] train_step() called under c10::InferenceMode"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(t.state().step, 1);
 }
 
 TEST(MoELayerApiTest, StandaloneLayerValidatesAndReturnsItsLosses) {

@@ -34,6 +34,9 @@ class Backend {
   virtual std::string name() const { return to_string(kind()); }
   // True when the backend was built in and at least one device is usable now.
   virtual bool available() const = 0;
+  // Built on each call and returned by value: keep the vector in a variable before
+  // iterating a member of one of its elements (`for (auto& kv : b->devices()[0].details)`
+  // iterates a destroyed temporary before C++23).
   virtual std::vector<DeviceInfo> devices() const = 0;
   // The LibTorch device for this backend's device `index`.
   virtual c10::Device torch_device(int index) const = 0;

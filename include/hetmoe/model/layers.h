@@ -151,7 +151,8 @@ class MoELayerImpl : public torch::nn::Module {
   // A layer for inputs d_model wide, weights drawn with standard deviation init_std.
   MoELayerImpl(int64_t d_model, const MoEConfig& moe, double init_std = 0.02);
   // x [N, D] -> [N, D] for N = sequences x seq_len tokens; `stats` (optional) receives the losses
-  // and load. seq_len is needed by the sequence-level balance loss (0: one sequence). The
+  // and load. seq_len is needed by the sequence-level balance loss: 0 (the default) takes the
+  // whole input as one sequence, and a seq_len that does not divide N is refused. The
   // caller adds moe.aux_loss_coef * stats->aux_loss + moe.z_loss_coef * stats->z_loss to its
   // objective (the layer returns them unscaled).
   at::Tensor forward(const at::Tensor& x, MoEStats* stats = nullptr, int64_t seq_len = 0);

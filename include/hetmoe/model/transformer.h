@@ -45,7 +45,9 @@ class TransformerImpl : public torch::nn::Module {
  public:
   // `shard`: the experts this rank holds under expert parallelism (default: all of them).
   TransformerImpl(const ModelConfig& model, const MoEConfig& moe, ExpertShard shard = {});
-  // tokens [B, T] int64 -> logits and router statistics.
+  // tokens [B, T] int64 (or int32), T <= model.max_seq_len -> logits and router statistics.
+  // Other shapes and lengths, and on the CPU ids outside [0, vocab_size), are "[model]" errors
+  // (a GPU's embedding fails a device-side check on such ids instead).
   ForwardOutput forward(const at::Tensor& tokens);
   // Weights for compute in `dtype` (fp32 or bf16); master weights stay fp32.
   void set_compute_dtype(at::ScalarType dtype) { compute_dtype_ = dtype; }

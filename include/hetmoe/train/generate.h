@@ -22,7 +22,8 @@ struct SampleOptions {
 };
 
 // Continues `prompt` (token ids) and returns only the new ids. The context is truncated to the
-// model's max_seq_len from the left. Throws hetmoe::Error("[generate] ...") when the model's
+// model's max_seq_len from the left. Throws hetmoe::Error("[generate] ...") for an empty prompt,
+// a prompt id outside the vocabulary, a negative option or max_seq_len < 1, and when the model's
 // logits are not finite (NaN or infinite weights).
 std::vector<int32_t> sample(Transformer& model, const std::vector<int32_t>& prompt,
                             int64_t max_seq_len, const SampleOptions& options);

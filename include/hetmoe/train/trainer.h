@@ -58,7 +58,7 @@ struct TrainerOptions {
 };
 
 struct TrainResult {
-  int64_t steps = 0;
+  int64_t steps = 0;  // the step reached (a resumed run counts from its checkpoint's step)
   double final_train_loss = 0;
   double final_val_loss = 0;
   double tokens_per_s = 0;  // mean over the steps this run took
