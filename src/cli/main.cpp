@@ -47,7 +47,9 @@ int main(int argc, char** argv) {
   hetmoe::cli::add_bench_command(app, status);
   hetmoe::cli::add_plan_command(app, status);
   hetmoe::cli::add_check_command(app, status);
-  hetmoe::init_logging(0, "info");
+  // Under a launcher, ranks other than 0 speak only for warnings and errors, with their rank,
+  // from the first line on (the trainer sets its grid's rank again once MPI is up).
+  hetmoe::init_logging(hetmoe::launcher_rank(), "info");
   // CLI11 calls an unknown command a missing one ("A subcommand is required").
   if (argc > 1 && argv[1][0] != '-') {
     std::string known;

@@ -1,8 +1,10 @@
 // `hetmoe train`: a training run from a YAML config (or a run to resume), with --set overrides.
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 
 #include "cli/commands.h"
+#include "hetmoe/comm/communicator.h"
 #include "hetmoe/core/error.h"
 #include "hetmoe/core/logging.h"
 #include "hetmoe/train/checkpoint.h"
@@ -42,18 +44,21 @@ int run_train(const TrainArgs& a) {
   }
   HETMOE_CHECK(!config_path.empty(), "usage", "train needs --config FILE or --resume DIR");
   Config config = load_config(config_path, overrides);
-  init_logging(0, config.run.log_level);
+  init_logging(launcher_rank(), config.run.log_level, config.run.log_all_ranks);
   HETMOE_LOG_INFO("config %s -> run directory %s", config_path.c_str(), config.run.out_dir.c_str());
 
   Trainer trainer(config, TrainerOptions{resume_dir, a.overwrite});
   const int64_t first_step = trainer.state().step;  // > 0 when resumed
   TrainResult r = trainer.run();
+  // A run stopped before its first evaluation has no validation loss (-1 in TrainResult).
+  char val[64] = "none (no evaluation ran)";
+  if (r.final_val_loss >= 0) std::snprintf(val, sizeof val, "%.4f nats/token", r.final_val_loss);
   HETMOE_LOG_INFO(
       "done: step %lld, %lld steps in %.1f s, %.0f tokens/s (MFU %.1f%%), peak memory %.0f MiB, "
-      "final train loss %.4f, final val loss %.4f nats/token, checkpoint %s",
+      "final train loss %.4f, final val loss %s, checkpoint %s",
       static_cast<long long>(r.steps), static_cast<long long>(r.steps - first_step), r.seconds,
       r.tokens_per_s, 100.0 * r.mfu, static_cast<double>(r.peak_memory_bytes) / (1 << 20),
-      r.final_train_loss, r.final_val_loss,
+      r.final_train_loss, val,
       r.checkpoint.empty() ? "none (train.save_final is false)" : r.checkpoint.c_str());
   return 0;
 }

@@ -3,11 +3,15 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <initializer_list>
 #include <map>
 #include <numeric>
+#include <string>
 
 #include "comm/transports.h"
+#include "hetmoe/core/error.h"
 #include "hetmoe/core/logging.h"
 
 namespace hetmoe {
@@ -141,13 +145,22 @@ bool launched_by_mpi() {
   return launcher_world_size() > 1;
 }
 
+constexpr std::initializer_list<const char*> kWorldSizeVars = {
+    "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "MPI_WORLD_SIZE"};
+
 int launcher_world_size() {
-  return env_int(
-      {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "MPI_WORLD_SIZE"}, 1);
+  return env_int(kWorldSizeVars, 1);
 }
 
 int launcher_rank() {
   return env_int({"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"}, 0);
+}
+
+int launcher_local_size() {
+  if (!launched_by_mpi()) return 1;
+  return std::max(1, env_int({"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "LOCAL_WORLD_SIZE",
+                              "SLURM_NTASKS_PER_NODE"},
+                             1));
 }
 
 int launcher_local_rank() {
@@ -168,8 +181,48 @@ std::optional<std::pair<int, int>> first_shared_gpu(const std::vector<std::strin
 
 }  // namespace comm_detail
 
+namespace {
+
+// The variable launcher_world_size() read.
+std::string world_size_var() {
+  for (const char* n : kWorldSizeVars)
+    if (const char* v = std::getenv(n); v && *v) return n;
+  return "";
+}
+
+std::unique_ptr<Communicator> make_world_unchecked(const CommOptions& options,
+                                                   c10::DeviceType device_type);
+
+}  // namespace
+
 std::unique_ptr<Communicator> make_world_communicator(const CommOptions& options,
                                                       c10::DeviceType device_type) {
+  std::unique_ptr<Communicator> world = make_world_unchecked(options, device_type);
+  const int expected = launcher_world_size();
+  if (world->size() == expected) return world;
+  // The launcher's environment and MPI disagree: MPI did not wire this process to its peers (srun
+  // with an MPI lacking Slurm's PMI, another MPI's launcher), so each would train alone in the
+  // same run directory. The one exception: SLURM_NTASKS is also set inside a batch script,
+  // where a single `hetmoe train` (task 0, no srun) is a legitimate one-process run.
+  const std::string var = world_size_var();
+  const char* task = std::getenv("SLURM_PROCID");  // MPI's singleton start may set OMPI_* ones
+  if (var == "SLURM_NTASKS" && world->size() == 1 && (!task || std::atoi(task) == 0)) {
+    HETMOE_LOG_WARN(
+        "[comm] SLURM_NTASKS is %d but MPI started this process alone: training as one process "
+        "(start it with srun or mpirun to use the %d tasks)",
+        expected, expected);
+    return world;
+  }
+  HETMOE_FAIL("comm", "the launcher's environment says ", expected, " ranks (", var,
+              ") but MPI_COMM_WORLD has ", world->size(),
+              ": this process was not started by that launcher's MPI (with srun, the MPI must "
+              "support Slurm's PMI; else use mpirun)");
+}
+
+namespace {
+
+std::unique_ptr<Communicator> make_world_unchecked(const CommOptions& options,
+                                                   c10::DeviceType device_type) {
   using namespace comm_detail;
   HETMOE_CHECK(options.timeout_s > 0, "comm", "comm.timeout_s must be > 0, got ",
                options.timeout_s);
@@ -220,6 +273,8 @@ std::unique_ptr<Communicator> make_world_communicator(const CommOptions& options
                   unavailable.c_str(), chosen->backend().c_str());
   return chosen;
 }
+
+}  // namespace
 
 std::string comm_transports() {
   using namespace comm_detail;

@@ -136,7 +136,7 @@ std::vector<KeySpec> build_schema() {
                  "a spiking batch is trained again this many steps later (0: dropped)"),
       HETMOE_KEY(train, save_final, "write a checkpoint when the run ends"),
       HETMOE_KEY(train, log_every, "log training metrics every N steps"),
-      HETMOE_KEY(train, threads, "intra-op CPU threads (0: all cores)"),
+      HETMOE_KEY(train, threads, "intra-op CPU threads (0: the cores this rank may use)"),
 
       HETMOE_KEY(data, path, "prepared dataset directory (written by `hetmoe data prepare`)"),
       HETMOE_KEY(data, tokenizer,

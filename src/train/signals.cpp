@@ -18,13 +18,14 @@ std::atomic<bool> g_watcher{false};
 static_assert(std::atomic<int>::is_always_lock_free);
 
 std::mutex g_scope_mutex;  // guards the handler swap of the outermost scope
-struct sigaction g_old_int, g_old_term;
+struct sigaction g_old_int, g_old_term, g_old_usr1;
 
 sigset_t stop_set() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGUSR1);  // Slurm's --signal=USR1@T and mpirun forward it to every rank
   return set;
 }
 
@@ -92,6 +93,7 @@ StopSignals::StopSignals() {
   sa.sa_flags = SA_RESTART;
   sigaction(SIGINT, &sa, &g_old_int);
   sigaction(SIGTERM, &sa, &g_old_term);
+  sigaction(SIGUSR1, &sa, &g_old_usr1);
 }
 
 StopSignals::~StopSignals() {
@@ -99,6 +101,7 @@ StopSignals::~StopSignals() {
   if (g_scopes.fetch_sub(1) > 1) return;
   sigaction(SIGINT, &g_old_int, nullptr);
   sigaction(SIGTERM, &g_old_term, nullptr);
+  sigaction(SIGUSR1, &g_old_usr1, nullptr);
 }
 
 int StopSignals::received() {

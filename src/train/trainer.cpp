@@ -5,7 +5,9 @@
 #include <ATen/record_function.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <sched.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -15,6 +17,7 @@
 #include <thread>
 
 #include "hetmoe/bench/catalog.h"
+#include "hetmoe/comm/communicator.h"
 #include "hetmoe/core/error.h"
 #include "hetmoe/core/fs.h"
 #include "hetmoe/core/logging.h"
@@ -126,6 +129,19 @@ void truncate_metrics(const fs::path& path, int64_t step) {
   std::ofstream(path, std::ios::trunc) << kept;
 }
 
+// train.threads 0: the cores this process may run on (its affinity: a launcher's binding, a
+// taskset), and no more than its share of the node under a launcher, so that N ranks do not run
+// N x cores threads when they are not bound (mpirun --oversubscribe) or share a socket each.
+int default_threads() {
+  const int node = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  int usable = node;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+    usable = std::min(node, CPU_COUNT(&set));
+  return std::max(1, std::min(usable, node / launcher_local_size()));
+}
+
 }  // namespace
 
 Trainer::Trainer(Config config, TrainerOptions options)
@@ -134,9 +150,7 @@ Trainer::Trainer(Config config, TrainerOptions options)
   const auto& t = config_.train;
   health_ = HealthMonitor(HealthOptions{t.max_bad_steps, t.spike_threshold, t.spike_window,
                                         t.spike_lr_scale, t.spike_replay_after});
-  const int threads = t.threads > 0 ? static_cast<int>(t.threads)
-                                    : static_cast<int>(std::thread::hardware_concurrency());
-  at::set_num_threads(std::max(1, threads));
+  at::set_num_threads(t.threads > 0 ? static_cast<int>(t.threads) : default_threads());
 
   device_ = resolve_device(config_.backend.device);
   backend_ = &backend_for(device_);
@@ -368,15 +382,16 @@ at::Tensor Trainer::local_batch(Split split, uint64_t stream_step) const {
   return buf.to(at::kLong).to(device_);
 }
 
-bool Trainer::stop_requested() {
-  int stop = StopSignals::received() != 0 ? 1 : 0;
+int Trainer::stop_requested() {
+  int stop = StopSignals::received();
   if (grid_->world_size() > 1) {
-    // A launcher may signal the ranks at slightly different moments: stop together.
+    // A launcher may signal the ranks at slightly different moments, or only some of them: stop
+    // together, every rank naming a signal that one of them received.
     at::Tensor flag = at::full({1}, stop, at::kInt);
     grid_->world().all_reduce(flag, ReduceOp::Max);
     stop = flag.item<int>();
   }
-  return stop != 0;
+  return stop;
 }
 
 int64_t Trainer::peak_memory() const {
@@ -526,9 +541,10 @@ double Trainer::train_step_unguarded() {
       // A spike: see these batches again later (not the replayed ones a second time).
       health_.defer(step, std::vector<int64_t>(streams.begin(), streams.begin() + t.grad_accum));
     }
-    HETMOE_LOG_WARN("step %lld: %s", static_cast<long long>(step), verdict.why.c_str());
+    if (is_rank0())
+      HETMOE_LOG_WARN("step %lld: %s", static_cast<long long>(step), verdict.why.c_str());
   } else {
-    if (verdict.action == HealthMonitor::Action::ScaledUpdate)
+    if (verdict.action == HealthMonitor::Action::ScaledUpdate && is_rank0())
       HETMOE_LOG_WARN("step %lld: %s", static_cast<long long>(step), verdict.why.c_str());
     RECORD_USER_SCOPE("hetmoe::optimizer");
     optimizer_->step(lr * verdict.lr_scale);
@@ -544,6 +560,7 @@ double Trainer::train_step_unguarded() {
 }
 
 void Trainer::watch_experts(int64_t step, const std::vector<at::Tensor>& load) {
+  if (!is_rank0()) return;  // the load is global: every rank would say the same
   const auto& m = config_.moe;
   if (idle_steps_.size() != load.size()) idle_steps_.assign(load.size(), {});
   for (size_t layer = 0; layer < load.size(); ++layer) {
@@ -772,12 +789,13 @@ TrainResult Trainer::run() {
       state_.log_steps = 0;
     }
     if ((t.save_every > 0 && state_.step % t.save_every == 0) || (last && t.save_final)) save();
-    if (!last && stop_requested()) {
-      // SIGINT/SIGTERM: the step is done; keep it (save() of a step just saved is a no-op).
+    if (const int sig = last ? 0 : stop_requested(); sig != 0) {
+      // A stop signal: the step is done; keep it (save() of a step just saved is a no-op).
       const std::string where = save();
-      HETMOE_LOG_WARN("stopped by signal %d after step %lld; saved %s; continue with --resume %s",
-                      StopSignals::received(), static_cast<long long>(state_.step), where.c_str(),
-                      config_.run.out_dir.c_str());
+      if (is_rank0())
+        HETMOE_LOG_WARN("stopped by signal %d after step %lld; saved %s; continue with --resume %s",
+                        sig, static_cast<long long>(state_.step), where.c_str(),
+                        config_.run.out_dir.c_str());
       result.interrupted = true;
       break;
     }

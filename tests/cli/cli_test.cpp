@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "hetmoe/train/trainer.h"
 #include "support/cli_runner.h"
@@ -199,6 +201,52 @@ TEST(CliTest, ResumeOfARunDirectoryFallsBackPastADamagedCheckpoint) {
   ASSERT_EQ(r.code, 0) << r.output;
   expect_contains(r, "done: step 5, 0 steps in");
   expect_contains(r, "checkpoint " + f.dir.str("run/checkpoints/step_00000005"));
+}
+
+// Sets environment variables for the runs inside its scope (the CLI inherits them).
+class EnvScope {
+ public:
+  explicit EnvScope(std::vector<std::pair<std::string, std::string>> vars)
+      : vars_(std::move(vars)) {
+    for (const auto& [k, v] : vars_) ::setenv(k.c_str(), v.c_str(), 1);
+  }
+  ~EnvScope() {
+    for (const auto& kv : vars_) ::unsetenv(kv.first.c_str());
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> vars_;
+};
+
+// A launcher's environment that MPI does not share (srun with an MPI lacking Slurm's PMI): each
+// process would train alone in the same run directory. Refused before anything is written, except
+// task 0 of a Slurm batch script, a legitimate one-process run.
+TEST(CliTest, ALauncherWorldThatMpiDoesNotSeeIsRefused) {
+  Fixture f;
+  ASSERT_EQ(f.prepare().code, 0);
+  const std::string train = "train --config " + f.config + " --set train.steps=2";
+  {
+    EnvScope env({{"PMI_SIZE", "3"}, {"PMI_RANK", "0"}});
+    Result r = run(train);
+    if (r.output.find("built without MPI") != std::string::npos) GTEST_SKIP() << r.output;
+    EXPECT_EQ(r.code, 1) << r.output;
+    expect_contains(r,
+                    "[comm] the launcher's environment says 3 ranks (PMI_SIZE) but "
+                    "MPI_COMM_WORLD has 1");
+  }
+  {
+    EnvScope env({{"SLURM_NTASKS", "2"}, {"SLURM_PROCID", "1"}});
+    Result r = run(train);
+    EXPECT_EQ(r.code, 1) << r.output;
+    expect_contains(r, "says 2 ranks (SLURM_NTASKS)");
+  }
+  EXPECT_FALSE(std::filesystem::exists(f.dir.str("run")));
+  {
+    EnvScope env({{"SLURM_NTASKS", "2"}, {"SLURM_PROCID", "0"}});
+    Result r = run(train);
+    EXPECT_EQ(r.code, 0) << r.output;
+    expect_contains(r, "SLURM_NTASKS is 2 but MPI started this process alone");
+  }
 }
 
 // Top-1 routing with renormalised weights trains, but its router gets no gradient from the

@@ -293,7 +293,8 @@ TEST(SignalTest, NoThreadOfATrainingRunTakesStopSignals) {
   const pid_t pid = spawn_train(dir, {"--overwrite", "--set", "train.threads=2"});
   for (int i = 0; i < 600 && logged_steps(dir) < 2; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  const uint64_t stop_bits = (uint64_t{1} << (SIGINT - 1)) | (uint64_t{1} << (SIGTERM - 1));
+  const uint64_t stop_bits = (uint64_t{1} << (SIGINT - 1)) | (uint64_t{1} << (SIGTERM - 1)) |
+                             (uint64_t{1} << (SIGUSR1 - 1));
   int threads = 0, watchers = 0;
   for (const auto& task : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
     std::string name;
@@ -341,7 +342,8 @@ bool wait_for_signal(int sig) {
 bool stop_signals_blocked_here() {
   sigset_t mask;
   pthread_sigmask(SIG_BLOCK, nullptr, &mask);
-  return sigismember(&mask, SIGINT) == 1 && sigismember(&mask, SIGTERM) == 1;
+  return sigismember(&mask, SIGINT) == 1 && sigismember(&mask, SIGTERM) == 1 &&
+         sigismember(&mask, SIGUSR1) == 1;
 }
 
 // In a child process (a death test), since the watcher lives as long as its process.
@@ -355,8 +357,10 @@ TEST(SignalTest, TheWatcherNotesSignalsInAScopeAndQuitsOnTheSecond) {
           _exit(3);
         StopSignals scope;
         StopSignals::reset();
-        kill(getpid(), SIGTERM);  // to the process: only the watcher can take it
-        if (!wait_for_signal(SIGTERM)) _exit(4);
+        // To the process: only the watcher can take it. SIGUSR1 (Slurm's warning before a time
+        // limit, forwarded by mpirun) stops a run like SIGTERM.
+        kill(getpid(), SIGUSR1);
+        if (!wait_for_signal(SIGUSR1)) _exit(4);
         kill(getpid(), SIGINT);
         std::this_thread::sleep_for(std::chrono::seconds(10));
         _exit(5);

@@ -124,6 +124,9 @@ bool launched_by_mpi();
 // The launcher's world size and rank from the environment (1 and 0 when not launched).
 int launcher_world_size();
 int launcher_rank();
+// How many of the launcher's ranks run on this node (OMPI_COMM_WORLD_LOCAL_SIZE, MPICH's
+// MPI_LOCALNRANKS, LOCAL_WORLD_SIZE, SLURM_NTASKS_PER_NODE); 1 when not launched or not told.
+int launcher_local_size();
 // This process's rank among those on its node (for choosing a GPU); 0 when not launched.
 int launcher_local_rank();
 

@@ -76,7 +76,7 @@ struct TrainConfig {
   int64_t spike_replay_after = 100;  // a spike's batch is trained again this many steps later
   bool save_final = true;  // checkpoint when the run ends (off for throughput measurements)
   int64_t log_every = 10;
-  int64_t threads = 0;  // intra-op threads; 0: all cores
+  int64_t threads = 0;  // intra-op threads; 0: the cores this rank may use (docs/config.md)
 };
 
 struct DataConfig {

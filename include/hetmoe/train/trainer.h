@@ -60,9 +60,9 @@ struct TrainerOptions {
 struct TrainResult {
   int64_t steps = 0;  // the step reached (a resumed run counts from its checkpoint's step)
   double final_train_loss = 0;
-  double final_val_loss = 0;
-  double tokens_per_s = 0;  // mean over the steps this run took
-  double mfu = 0;           // model FLOP utilisation at that rate (0 when the peak is unknown)
+  double final_val_loss = 0;  // -1 when no evaluation ran (a run stopped before its first)
+  double tokens_per_s = 0;    // mean over the steps this run took
+  double mfu = 0;             // model FLOP utilisation at that rate (0 when the peak is unknown)
   int64_t peak_memory_bytes = 0;  // device memory high-water mark (host RSS on the CPU)
   double seconds = 0;
   int64_t skipped_steps = 0;  // updates skipped (non-finite loss or gradients, loss spikes)
@@ -109,8 +109,8 @@ class Trainer {
   Error out_of_memory(const std::string& what) const;
   // Imbalance and idle-expert warnings from this step's tokens per expert (per MoE layer).
   void watch_experts(int64_t step, const std::vector<at::Tensor>& load);
-  // Whether a stop signal arrived (on any rank).
-  bool stop_requested();
+  // The stop signal any rank received (the same on every rank), or 0.
+  int stop_requested();
   bool is_rank0() const;
   CheckpointShard checkpoint_shard() const;
   // Rows first .. first+local_batch of the global micro-batch `stream_step` of the split.
