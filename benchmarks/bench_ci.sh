@@ -13,7 +13,7 @@ source "$(dirname "$0")/common.sh"
 
 result="$out/bench-cpu.json"
 "$build/src/hetmoe" bench --config configs/bench-small.yaml --backends cpu \
-  --repeats 5 --train-warmup 2 --train-steps 5 --out "$result" >"$out/bench.log"
+  --repeats 5 --train-warmup 2 --train-steps 5 --out "$result" --overwrite >"$out/bench.log"
 baseline=$(ls -1d benchmarks/results/*-cpu/bench-cpu.json 2>/dev/null | sort | tail -n 1)
 if [ -z "$baseline" ]; then
   echo "bench_ci.sh: no committed CPU result to compare with; this run's:"

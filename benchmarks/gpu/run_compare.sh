@@ -10,7 +10,7 @@ source benchmarks/gpu/common.sh
 gpu_build hetmoe_cli
 hetmoe=build-gpu/src/hetmoe
 $hetmoe bench --config configs/bench-small.yaml --backends cpu,cuda \
-  --out "$out/bench-cpu-cuda.json" >"$out/bench.log" 2>&1
+  --out "$out/bench-cpu-cuda.json" --overwrite >"$out/bench.log" 2>&1
 tail -30 "$out/bench.log"
 $hetmoe check --config configs/bench-small.yaml --backends cpu,cuda --steps 200 \
   --loss-window 10 >"$out/check-cpu-cuda.log" 2>"$out/check-cpu-cuda.err"

@@ -2,11 +2,13 @@
 // each backend present or named, as a table and a JSON document (docs/benchmarks.md).
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include "cli/bench_common.h"
 #include "cli/commands.h"
 #include "hetmoe/bench/suite.h"
+#include "hetmoe/core/error.h"
 #include "hetmoe/core/logging.h"
 
 namespace hetmoe::cli {
@@ -16,7 +18,7 @@ struct BenchArgs {
   std::string config, backends, out, dtype, catalog;
   std::vector<std::string> sets;
   BenchOptions options;
-  bool no_train = false, no_ops = false;
+  bool no_train = false, no_ops = false, overwrite = false;
 };
 
 // The end-of-run table: one row per figure, one column per backend.
@@ -51,7 +53,12 @@ int run_bench(const BenchArgs& a) {
   const std::vector<std::string> names = pick_backends(
       a.backends.empty() ? std::vector<std::string>{} : split_list(a.backends, "--backends"));
   const DeviceCatalog catalog = open_catalog(a.catalog);
-  if (!a.out.empty()) check_writable(a.out);
+  if (!a.out.empty()) {
+    check_writable(a.out);
+    // Refused now, not after the run: a result (or any file) of that name is kept unless asked.
+    HETMOE_CHECK(a.overwrite || !std::filesystem::exists(a.out), "usage", "--out '", a.out,
+                 "' already exists; give --overwrite to replace it");
+  }
   BenchOptions options = a.options;
   options.train = !a.no_train;
   options.ops = !a.no_ops;
@@ -104,6 +111,7 @@ void add_bench_command(CLI::App& root, int& status) {
   cmd->add_option("--train-steps", a->options.train_steps, "Timed training steps")
       ->check(positive())
       ->capture_default_str();
+  cmd->add_flag("--overwrite", a->overwrite, "Replace the --out file if it exists");
   cmd->add_flag("--no-train", a->no_train, "Skip the training-step benchmark");
   cmd->add_flag("--no-ops", a->no_ops, "Skip the operator benchmarks");
   cmd->callback([a, &status] {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -42,6 +43,21 @@ inline CLI::Validator positive() {
 inline CLI::Validator non_negative() {
   return detail::number_check("a finite number >= 0", "NONNEGATIVE",
                               [](double v) { return v >= 0; });
+}
+
+// A seed: a whole number in [0, 2^64 - 1], in decimal. CLI11 would wrap -1 to 2^64 - 1 and
+// clamp larger values to it, so two different seeds given would silently be the same.
+inline CLI::Validator seed_value() {
+  return CLI::Validator(
+      [](std::string& s) {
+        errno = 0;
+        char* end = nullptr;
+        const bool digits = !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+        if (digits) std::strtoull(s.c_str(), &end, 10);
+        if (digits && errno == 0) return std::string();
+        return "'" + s + "' is not a whole number in [0, 18446744073709551615]";
+      },
+      "SEED");
 }
 
 void add_train_command(CLI::App& root, int& status);

@@ -91,7 +91,9 @@ void add_data_command(CLI::App& root, int& status) {
                    "A line with exactly this text separates documents inside a file (fortune "
                    "files: %); default: one document per file")
       ->check(non_empty());
-  prep->add_option("--seed", opts.seed, "Seed of the train/val assignment")->default_val(0);
+  prep->add_option("--seed", opts.seed, "Seed of the train/val assignment")
+      ->default_val(0)
+      ->check(seed_value());
   prep->add_flag("--overwrite", opts.overwrite,
                  "Replace the index.json and tokens.bin that the output directory already holds");
   prep->callback([args, &status] { status = run_prepare(*args); });

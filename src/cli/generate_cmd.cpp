@@ -72,7 +72,7 @@ void add_generate_command(CLI::App& root, int& status) {
   cmd->add_option("-k,--top-k", a->sample.top_k, "Sample among the k likeliest tokens; 0: all")
       ->default_val(0)
       ->check(non_negative());
-  cmd->add_option("--seed", a->sample.seed, "Sampling seed")->default_val(0)->check(non_negative());
+  cmd->add_option("--seed", a->sample.seed, "Sampling seed")->default_val(0)->check(seed_value());
   cmd->add_option("--device", a->device, "Device (default: the checkpoint's backend.device)")
       ->check(non_empty());
   cmd->callback([a, &status] { status = run_generate(*a); });

@@ -51,15 +51,15 @@ int run_train(const TrainArgs& a) {
   const int64_t first_step = trainer.state().step;  // > 0 when resumed
   TrainResult r = trainer.run();
   // A run stopped before its first evaluation has no validation loss (-1 in TrainResult).
-  char val[64] = "none (no evaluation ran)";
+  char val[64] = "none (no evaluation ran)", train[64] = "none (no step ran)";
   if (r.final_val_loss >= 0) std::snprintf(val, sizeof val, "%.4f nats/token", r.final_val_loss);
+  if (r.steps > first_step) std::snprintf(train, sizeof train, "%.4f", r.final_train_loss);
   HETMOE_LOG_INFO(
       "done: step %lld, %lld steps in %.1f s, %.0f tokens/s (MFU %.1f%%), peak memory %.0f MiB, "
-      "final train loss %.4f, final val loss %s, checkpoint %s",
+      "final train loss %s, final val loss %s, checkpoint %s",
       static_cast<long long>(r.steps), static_cast<long long>(r.steps - first_step), r.seconds,
-      r.tokens_per_s, 100.0 * r.mfu, static_cast<double>(r.peak_memory_bytes) / (1 << 20),
-      r.final_train_loss, val,
-      r.checkpoint.empty() ? "none (train.save_final is false)" : r.checkpoint.c_str());
+      r.tokens_per_s, 100.0 * r.mfu, static_cast<double>(r.peak_memory_bytes) / (1 << 20), train,
+      val, r.checkpoint.empty() ? "none (train.save_final is false)" : r.checkpoint.c_str());
   return 0;
 }
 }  // namespace

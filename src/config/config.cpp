@@ -30,6 +30,7 @@ using config_detail::quote;
 using config_detail::Value;
 
 constexpr const char* kComponent = "config";
+constexpr int64_t kMaxThreads = 1024;
 
 // `text` made safe for a one-line message, without the quotes.
 std::string printable(const std::string& text) {
@@ -412,6 +413,40 @@ Config load_config(const std::string& path, const std::vector<Override>& overrid
   return parse_config(text, path, overrides);
 }
 
+namespace {
+
+// Parameter counts, memory and FLOP estimates are 64-bit integers (and doubles) products of the
+// sizes: beyond these magnitudes they overflow and `plan` printed negative parameters. Far above
+// any trainable model (Ling-Plus has 2.9e11 parameters), far below the overflow.
+constexpr long double kMaxParameters = 1e15L, kMaxActivations = 1e16L;
+
+void check_magnitudes(const Config& c) {
+  const ModelConfig& m = c.model;
+  const MoEConfig& e = c.moe;
+  const long double d = m.d_model, layers = m.n_layers;
+  const long double experts = static_cast<long double>(e.num_experts) + e.num_shared_experts;
+  const long double ffn = std::max<long double>(experts * 3 * e.expert_hidden + e.num_experts,
+                                                3.0L * m.dense_ffn_hidden);
+  const long double params = layers * d * (4 * d + ffn) + 2.0L * m.vocab_size * d;
+  if (params > kMaxParameters)
+    HETMOE_FAIL(kComponent, "model and moe sizes give about ", static_cast<double>(params),
+                " parameters, more than the ", static_cast<double>(kMaxParameters),
+                " hetmoe can account for (model.d_model ", m.d_model, ", model.n_layers ",
+                m.n_layers, ", moe.num_experts ", e.num_experts, ", moe.expert_hidden ",
+                e.expert_hidden, ", model.vocab_size ", m.vocab_size, ")");
+  const long double tokens = static_cast<long double>(c.train.micro_batch) * c.train.seq_len;
+  const long double activations =
+      tokens * (layers * (d * 16 + static_cast<long double>(e.top_k) * (d + e.expert_hidden) * 4) +
+                m.vocab_size);
+  if (activations > kMaxActivations)
+    HETMOE_FAIL(kComponent, "train.micro_batch x train.seq_len (", c.train.micro_batch, " x ",
+                c.train.seq_len, ") with these model sizes gives about ",
+                static_cast<double>(activations), " activation values per micro-batch, more than ",
+                "the ", static_cast<double>(kMaxActivations), " hetmoe can account for");
+}
+
+}  // namespace
+
 void validate(const Config& c) {
   // Table-driven: every number finite, every enum value allowed.
   for (const KeySpec& spec : config_detail::schema()) {
@@ -537,6 +572,10 @@ void validate(const Config& c) {
   require_non_negative("backend.peak_tflops", c.backend.peak_tflops);
   require_positive("comm.timeout_s", c.comm.timeout_s);
   require_non_negative("train.threads", t.threads);
+  // LibTorch starts them all at once: a typo of 100000 would spend minutes and gigabytes first.
+  if (t.threads > kMaxThreads)
+    HETMOE_FAIL(kComponent, "train.threads (", t.threads, ") must be <= ", kMaxThreads,
+                " (0: the cores this rank may use)");
 
   // data, parallel, run
   require_non_empty("data.path", c.data.path);
@@ -544,6 +583,7 @@ void validate(const Config& c) {
   require_divisible("moe.num_experts", e.num_experts, "parallel.expert_parallel",
                     c.parallel.expert_parallel);
   require_non_empty("run.out_dir", c.run.out_dir);
+  check_magnitudes(c);
   require_non_negative("run.profile_start", c.run.profile_start);
   require_positive("run.profile_steps", c.run.profile_steps);
   if (c.run.profile_start > t.steps) {

@@ -20,6 +20,7 @@
 #include "hetmoe/core/fs.h"
 #include "hetmoe/core/logging.h"
 #include "hetmoe/data/dataset.h"
+#include "hetmoe/train/health.h"
 #include "hetmoe/train/manifest.h"
 #include "hetmoe/train/safetensors.h"
 
@@ -231,6 +232,25 @@ void rotate_checkpoints(const fs::path& root, const fs::path& current, int64_t k
 // Throws hetmoe::Error naming the first file of `dir` that is missing, truncated or corrupt by
 // the manifest's sizes and checksums.
 void verify_files(const fs::path& dir, const CheckpointManifest& manifest) {
+  // What the manifest must cover, so that deleting an entry cannot switch its check off: every
+  // rank's model shard and the config. A step directory's name must agree with its step.
+  std::vector<std::string> required{"resolved.yaml"};
+  for (int r = 0; r < manifest.world_size; ++r) {
+    CheckpointShard s;
+    s.rank = r;
+    s.world = manifest.world_size;
+    required.push_back(shard_file("model", s));
+  }
+  for (const std::string& name : required)
+    HETMOE_CHECK(manifest.files.count(name), "checkpoint", "'", (dir / "state.json").string(),
+                 "' lists no size and checksum for ", name);
+  const std::string base = dir.filename().string();
+  if (base.rfind("step_", 0) == 0 && base.size() > 5 &&
+      base.find_first_not_of("0123456789", 5) == std::string::npos)
+    HETMOE_CHECK(std::stoll(base.substr(5)) == manifest.step, "checkpoint", "'",
+                 (dir / "state.json").string(), "' says step ", manifest.step,
+                 ", but its directory is ", base);
+  HealthMonitor().load(manifest.health);  // malformed training-health state: not resumable
   for (const auto& [name, want] : manifest.files) {
     const fs::path file = dir / name;
     HETMOE_CHECK(fs::exists(file), "checkpoint", "'", file.string(), "' is missing");

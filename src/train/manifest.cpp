@@ -37,6 +37,11 @@ CheckpointManifest parse_checkpoint_manifest(const std::string& text, const std:
                      j.at("format").get<std::string>() == "hetmoe-checkpoint",
                  "checkpoint", source, ": not a hetmoe checkpoint manifest");
     const std::string where = source + ": ";
+    if (j.contains("version")) {
+      const int64_t v = json_int64(j.at("version"), "checkpoint", where + "version");
+      HETMOE_CHECK(v == 1, "checkpoint", source, ": manifest version ", v,
+                   " is not one this hetmoe reads (1); a newer hetmoe wrote it?");
+    }
     m.step = json_int64(j.at("step"), "checkpoint", where + "step");
     m.tokens_seen = json_int64(j.at("tokens_seen"), "checkpoint", where + "tokens_seen");
     m.last_val_loss = loss_value(j, "last_val_loss", -1.0, where);

@@ -5,11 +5,16 @@
 #include <ATen/record_function.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <fcntl.h>
 #include <sched.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -142,6 +147,41 @@ int default_threads() {
   return std::max(1, std::min(usable, node / launcher_local_size()));
 }
 
+// An exclusive flock on the run directory for as long as the returned handle lives. Where the
+// file system has no flock (some network ones) the run goes on unlocked, with a warning.
+std::shared_ptr<void> lock_run_directory(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  HETMOE_CHECK(fd >= 0, "train", "cannot open run directory '", dir.string(),
+               "': ", std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd);
+    HETMOE_CHECK(err != EWOULDBLOCK, "train", "run directory '", dir.string(),
+                 "' is in use by another training run (it holds the directory's lock); wait for "
+                 "it to end or pick another run.out_dir");
+    HETMOE_LOG_WARN("cannot lock run directory '%s' (%s): another run could use it meanwhile",
+                    dir.c_str(), std::strerror(err));
+    return nullptr;
+  }
+  return std::shared_ptr<void>(nullptr, [fd](void*) { ::close(fd); });
+}
+
+// Hours of training must not end at the first save because the directory is read-only or full.
+void check_writable(const fs::path& dir) {
+  const fs::path probe = dir / (".write-test-" + std::to_string(::getpid()));
+  bool ok;
+  {
+    std::ofstream f(probe);
+    f << "hetmoe\n";
+    f.flush();
+    ok = f.good();
+  }
+  std::error_code ignored;
+  fs::remove(probe, ignored);
+  HETMOE_CHECK(ok, "train", "cannot write into run directory '", dir.string(),
+               "' (read-only? full? permissions?)");
+}
+
 }  // namespace
 
 Trainer::Trainer(Config config, TrainerOptions options)
@@ -180,6 +220,23 @@ Trainer::Trainer(Config config, TrainerOptions options)
 
   LoadedCheckpoint resumed;
   const fs::path out(config_.run.out_dir);
+  // Rank 0 owns the run directory from here on: it must be writable, and no other trainer may
+  // use it meanwhile (two runs in one directory delete each other's checkpoints). A directory
+  // made here goes again if a check below fails, unless something was written into it.
+  struct RemoveIfEmpty {
+    fs::path dir;
+    ~RemoveIfEmpty() {
+      std::error_code ignored;
+      if (!dir.empty()) fs::remove(dir, ignored);  // removes only an empty directory
+    }
+  } made_here;
+  if (is_rank0()) {
+    std::error_code ec;
+    if (fs::create_directories(out, ec)) made_here.dir = out;
+    HETMOE_CHECK(!ec, "train", "cannot create run directory '", out.string(), "': ", ec.message());
+    run_lock_ = lock_run_directory(out);
+    check_writable(out);
+  }
   if (is_rank0()) recover_replaced(out);
   if (world > 1) grid_->world().barrier();  // the other ranks may read checkpoints under out
   if (!options_.resume.empty()) {
@@ -197,12 +254,20 @@ Trainer::Trainer(Config config, TrainerOptions options)
   bool replace = false;
   if (is_rank0() && fs::exists(out) && holds_run(out)) {
     if (!continuing) {
+      bool resumable = true;
+      try {
+        find_checkpoint(out.string());
+      } catch (const Error&) {
+        resumable = false;  // stopped before its first checkpoint: nothing to continue from
+      }
       HETMOE_CHECK(options_.overwrite, "train", "run directory '", out.string(), "' already holds ",
-                   options_.resume.empty()
-                       ? "a run; continue it (--resume " + out.string() +
-                             ", TrainerOptions::resume) or replace it"
-                       : "another run than the one being resumed ('" + resumed.dir +
-                             "'); pick an empty run.out_dir, or replace that run",
+                   !options_.resume.empty()
+                       ? "another run than the one being resumed ('" + resumed.dir +
+                             "'); pick an empty run.out_dir, or replace that run"
+                   : resumable ? "a run; continue it (--resume " + out.string() +
+                                     ", TrainerOptions::resume) or replace it"
+                               : "a run that ended before its first checkpoint, so there is "
+                                 "nothing to continue; replace it",
                    " (--overwrite, TrainerOptions::overwrite)");
       replace = true;
     }
@@ -285,7 +350,14 @@ Trainer::Trainer(Config config, TrainerOptions options)
                     static_cast<long long>(state_.step));
   }
   const std::string resolved = to_yaml(config_);
-  if (is_rank0()) std::ofstream(out / "resolved.yaml") << resolved;
+  if (is_rank0()) {
+    std::ofstream file(out / "resolved.yaml");
+    file << resolved;
+    file.flush();
+    HETMOE_CHECK(file.good(), "train", "cannot write '", (out / "resolved.yaml").string(),
+                 "' (disk full? permissions?)");
+  }
+  made_here.dir.clear();  // the run directory is this run's now
   HETMOE_LOG_INFO("resolved config (also in %s):\n%s", (out / "resolved.yaml").string().c_str(),
                   resolved.c_str());
 
@@ -733,6 +805,11 @@ TrainResult Trainer::run() {
   const auto start = clock::now();
   TrainResult result;
   StopSignals signals;
+  if (first_step >= t.steps && is_rank0())
+    HETMOE_LOG_WARN(
+        "the run is already at step %lld of train.steps %lld: nothing to train; give a larger "
+        "train.steps (--set train.steps=N) to continue it",
+        static_cast<long long>(first_step), static_cast<long long>(t.steps));
   const Backend& backend = backend_for(device_);
   // The window ends with the run at the latest: a trace of the steps that exist, not none.
   const int64_t profile_start = config_.run.profile_start;

@@ -80,6 +80,16 @@ TEST_F(BenchCliTest, BenchRefusesBadBackendsAndUnwritableOutputsBeforeRunning) {
   EXPECT_EQ(r.output.find("op.route"), std::string::npos) << "nothing ran";
   r = run("bench --config " + config_ + " --out ''");
   EXPECT_EQ(r.code, 2);
+  // An existing file (a user's, or an earlier result) is kept unless --overwrite is given.
+  const std::string mine = dir_.write("mine.json", "precious\n");
+  r = run("bench --config " + config_ + " --no-train --no-ops --out " + mine);
+  EXPECT_EQ(r.code, 2);
+  expect_contains(r, "--out '" + mine + "' already exists; give --overwrite to replace it");
+  EXPECT_EQ(test_support::file_text(mine), "precious\n");
+  r = run("bench --config " + config_ + " --no-train --no-ops --repeats 1 --overwrite --out " +
+          mine);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(test_support::file_text(mine).find("hetmoe-bench/1"), std::string::npos);
   r = run("bench --config " + config_ + " --repeats 0");
   EXPECT_EQ(r.code, 2);
   r = run("bench --config " + config_ + " --catalog " + dir_.write("bad.yaml", "devices: 3\n"));

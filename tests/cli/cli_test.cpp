@@ -66,9 +66,16 @@ TEST(CliTest, UnknownFlagIsAUsageError) {
   r = run("generate --checkpoint x --prompt ''");
   EXPECT_EQ(r.code, 2);
   expect_contains(r, "--prompt");
-  r = run("generate --checkpoint x --prompt a --seed -1");
-  EXPECT_EQ(r.code, 2);
-  expect_contains(r, "--seed: '-1' is not a finite number >= 0");
+  // Seeds are whole numbers in [0, 2^64 - 1] for every command (CLI11 would wrap -1 and clamp
+  // larger values, silently).
+  for (const std::string bad : {"-1", "18446744073709551616", "1.5", "1e3"}) {
+    r = run("generate --checkpoint x --prompt a --seed " + bad);
+    EXPECT_EQ(r.code, 2) << bad;
+    expect_contains(r, "--seed: '" + bad + "' is not a whole number in [0, 18446744073709551615]");
+    r = run("data prepare --input x --out y --seed " + bad);
+    EXPECT_EQ(r.code, 2) << bad;
+    expect_contains(r, "--seed: '" + bad + "' is not a whole number");
+  }
   // A subnormal temperature is a finite number: past the flags, to the missing checkpoint.
   r = run("generate --checkpoint /nonexistent --prompt a --temperature 4.9e-324");
   EXPECT_EQ(r.code, 1);
@@ -200,6 +207,8 @@ TEST(CliTest, ResumeOfARunDirectoryFallsBackPastADamagedCheckpoint) {
   r = run("train --resume " + f.dir.str("run") + " --set train.steps=5");
   ASSERT_EQ(r.code, 0) << r.output;
   expect_contains(r, "done: step 5, 0 steps in");
+  expect_contains(r, "the run is already at step 5 of train.steps 5: nothing to train");
+  expect_contains(r, "final train loss none (no step ran)");
   expect_contains(r, "checkpoint " + f.dir.str("run/checkpoints/step_00000005"));
 }
 

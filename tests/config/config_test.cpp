@@ -764,6 +764,21 @@ TEST(ConfigTest, EveryRangeAndCrossFieldRule) {
       {{"model.init_std=0"}, "model.init_std (0.0) must be > 0"},
       {{"train.save_every=-1"}, "train.save_every (-1) must be >= 0"},
       {{"train.threads=-2"}, "train.threads (-2) must be >= 0"},
+      {{"train.threads=100000"},
+       "train.threads (100000) must be <= 1024 (0: the cores this rank may use)"},
+      // Sizes whose products overflow the 64-bit counts (plan printed negative parameters).
+      {{"model.d_model=4000000000", "model.n_heads=1", "model.n_kv_heads=1"},
+       "model and moe sizes give about 1.28e+20 parameters, more than the 1e+15 hetmoe can "
+       "account for (model.d_model 4000000000, model.n_layers 2, moe.num_experts 8, "
+       "moe.expert_hidden 256, model.vocab_size 257)"},
+      {{"moe.num_experts=4611686018427387904"},
+       "model and moe sizes give about 9.07875e+23 parameters, more than the 1e+15 hetmoe can "
+       "account for (model.d_model 128, model.n_layers 2, moe.num_experts 4611686018427387904, "
+       "moe.expert_hidden 256, model.vocab_size 257)"},
+      {{"train.micro_batch=1000000000000"},
+       "train.micro_batch x train.seq_len (1000000000000 x 128) with these model sizes gives "
+       "about 1.34362e+18 activation values per micro-batch, more than the 1e+16 hetmoe can "
+       "account for"},
       {{"train.wsd_decay_fraction=0"}, "train.wsd_decay_fraction (0.0) must be in (0, 1]"},
       {{"train.wsd_decay_fraction=1.5"}, "train.wsd_decay_fraction (1.5) must be in (0, 1]"},
       {{"parallel.expert_parallel=3"},

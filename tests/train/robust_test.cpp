@@ -14,12 +14,15 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "hetmoe/core/error.h"
 #include "hetmoe/train/health.h"
@@ -82,6 +85,41 @@ TEST(CheckpointTest, TruncatedOrCorruptFilesAreRefusedByName) {
             std::string::npos);
 }
 
+// A manifest edited so that it would pass unchecked: an entry of its checksum list deleted (which
+// would switch that file's check off), a step other than its directory's, malformed
+// training-health state, a version this hetmoe does not write. Each is refused when named, and
+// a resume of the run directory falls back past it.
+TEST(CheckpointTest, EditedManifestsAreRefusedAndFallenBackFrom) {
+  TempDir dir;
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.steps = 4;
+  c.train.save_every = 2;
+  Trainer(c).run();
+  const std::string manifest = step_dir(c, 4) + "/state.json";
+  const std::string original = test_support::file_text(manifest);
+  const std::vector<std::pair<std::function<void(nlohmann::json&)>, std::string>> edits = {
+      {[](nlohmann::json& j) { j["files"].erase("model.safetensors"); },
+       "lists no size and checksum for model.safetensors"},
+      {[](nlohmann::json& j) { j["step"] = 3; }, "says step 3, but its directory is step_00000004"},
+      {[](nlohmann::json& j) { j["health"]["recent_losses"] = {"x"}; },
+       "training-health state in state.json is malformed"},
+      {[](nlohmann::json& j) { j["version"] = 2; },
+       "manifest version 2 is not one this hetmoe reads"},
+  };
+  for (const auto& [edit, message] : edits) {
+    SCOPED_TRACE(message);
+    nlohmann::json j = nlohmann::json::parse(original);
+    edit(j);
+    std::ofstream(manifest) << j.dump(2);
+    EXPECT_NE(error_of([&] { load_checkpoint(step_dir(c, 4)); }).find(message), std::string::npos)
+        << error_of([&] { load_checkpoint(step_dir(c, 4)); });
+    EXPECT_EQ(Trainer(c, TrainerOptions{c.run.out_dir}).state().step, 2);
+  }
+  std::ofstream(manifest) << original;
+  EXPECT_EQ(load_checkpoint(step_dir(c, 4)).state.step, 4);
+}
+
 TEST(CheckpointTest, ResumeFallsBackToTheNewestValidCheckpoint) {
   TempDir dir;
   prepare_corpus(dir);
@@ -90,8 +128,7 @@ TEST(CheckpointTest, ResumeFallsBackToTheNewestValidCheckpoint) {
   c.train.save_every = 2;
   Trainer(c).run();
   damage(step_dir(c, 4) + "/model.safetensors", false);
-  Trainer resumed(c, TrainerOptions{c.run.out_dir});  // the run directory: falls back
-  EXPECT_EQ(resumed.state().step, 2);
+  EXPECT_EQ(Trainer(c, TrainerOptions{c.run.out_dir}).state().step, 2);  // falls back
   // Named explicitly, the damaged checkpoint is an error, not a silent substitute.
   EXPECT_THROW(Trainer(c, TrainerOptions{step_dir(c, 4)}), Error);
   // Nothing valid at all: an error listing what is wrong.
@@ -395,13 +432,15 @@ TEST(HealthTest, PoisonedGradientsSkipTheUpdateAndCount) {
       m->head.mutable_grad().fill_(std::nan(""));
     }
   };
-  Trainer t(c, o);
-  t.train_step();
-  t.train_step();
-  t.train_step();
-  EXPECT_TRUE(at::equal(t.model()->head.detach(), before)) << "a poisoned step changed weights";
-  t.train_step();
-  EXPECT_FALSE(at::equal(t.model()->head.detach(), before));
+  {
+    Trainer t(c, o);
+    t.train_step();
+    t.train_step();
+    t.train_step();
+    EXPECT_TRUE(at::equal(t.model()->head.detach(), before)) << "a poisoned step changed weights";
+    t.train_step();
+    EXPECT_FALSE(at::equal(t.model()->head.detach(), before));
+  }  // (a run directory takes one trainer at a time)
   TrainerOptions again = o;
   again.overwrite = true;
   TrainResult r = Trainer(c, again).run();  // the run records it too

@@ -202,6 +202,34 @@ TEST(TrainerApiTest, AStepUnderTheCallersNoGradGuardStillTrains) {
   EXPECT_EQ(t.state().step, 1);
 }
 
+// Two trainers in one run directory deleted each other's checkpoints: the second is refused
+// while the first lives, whatever its options, and the first goes on unharmed.
+TEST(TrainerApiTest, ARunDirectoryInUseIsRefused) {
+  TempDir dir;
+  Config c = test_support::tiny_config(dir);
+  TrainerOptions o;
+  o.data = std::make_shared<RampSource>(32);
+  TrainerOptions replace = o;
+  replace.overwrite = true;
+  {
+    Trainer first(c, o);
+    try {
+      Trainer second(c, replace);
+      ADD_FAILURE() << "a second trainer took a run directory in use";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("[train] run directory '" + c.run.out_dir +
+                                           "' is in use by another training run"),
+                std::string::npos)
+          << e.what();
+    }
+    first.train_step();
+    const std::string saved = first.save();
+    EXPECT_TRUE(std::filesystem::exists(saved)) << saved;
+  }
+  Trainer after(c, replace);  // free again once the first is gone
+  EXPECT_EQ(after.state().step, 0);
+}
+
 TEST(MoELayerApiTest, StandaloneLayerValidatesAndReturnsItsLosses) {
   MoEConfig m;
   m.num_experts = 4;

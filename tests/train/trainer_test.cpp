@@ -309,8 +309,7 @@ TEST(TrainerTest, AnOverwritingRunThatFailsBeforeItsFirstCheckpointRestoresTheOl
   for (const char* a : {"checkpoints", "metrics.jsonl", "resolved.yaml"})
     fs::rename(run / a, run / ".replaced-run" / a);
   std::ofstream(run / "resolved.yaml") << "# a replacement that died\n";
-  Trainer recovered(c, TrainerOptions{run.string()});
-  EXPECT_EQ(recovered.state().step, 4);
+  EXPECT_EQ(Trainer(c, TrainerOptions{run.string()}).state().step, 4);
   EXPECT_EQ(text(run / "metrics.jsonl"), metrics);
   EXPECT_FALSE(fs::exists(run / ".replaced-run"));
   Config shorter = c;

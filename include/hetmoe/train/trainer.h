@@ -120,6 +120,7 @@ class Trainer {
 
   Config config_;
   TrainerOptions options_;
+  std::shared_ptr<void> run_lock_;  // rank 0's lock on run.out_dir, released last
   c10::Device device_{c10::kCPU};
   const Backend* backend_ = nullptr;  // the backend of device_
   std::unique_ptr<ProcessGrid> grid_;
