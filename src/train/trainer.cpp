@@ -790,12 +790,28 @@ void Trainer::record(const StepRecord& r, double tokens_per_s, double elapsed, i
   }
   if (!is_rank0()) return;
   const fs::path metrics = fs::path(config_.run.out_dir) / "metrics.jsonl";
+  std::error_code size_ec;
+  const auto before = fs::exists(metrics) ? fs::file_size(metrics, size_ec) : 0;
   std::ofstream out(metrics, std::ios::app);
   out << j.dump() << "\n";
   out.flush();
-  if (!out)
-    HETMOE_LOG_WARN("cannot append step %lld's metrics to '%s' (disk full? permissions?)",
-                    static_cast<long long>(state_.step), metrics.c_str());
+  if (!out) {
+    // A line cut short (the disk filled mid-write) would break every reader of the file: the
+    // file goes back to its last whole line.
+    out.close();
+    std::error_code ignored;
+    if (!size_ec) fs::resize_file(metrics, before, ignored);
+  }
+  // Said when writing starts to fail, not at every step after (and again if it recovers).
+  if (!out && !metrics_failing_)
+    HETMOE_LOG_WARN(
+        "cannot append step %lld's metrics to '%s' (disk full? permissions?); later lines are "
+        "dropped too until a write succeeds",
+        static_cast<long long>(state_.step), metrics.c_str());
+  else if (out && metrics_failing_)
+    HETMOE_LOG_WARN("metrics.jsonl is written again from step %lld on",
+                    static_cast<long long>(state_.step));
+  metrics_failing_ = !out;
 }
 
 TrainResult Trainer::run() {

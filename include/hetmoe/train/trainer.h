@@ -142,6 +142,7 @@ class Trainer {
   double flops_per_token_ = 0;  // training FLOPs per token, for MFU
   double peak_flops_ = 0;       // the device's peak in the compute dtype (0: unknown)
   std::string last_checkpoint_;
+  bool metrics_failing_ = false;  // the last metrics.jsonl append failed
   StepRecord last_;
 };
 
