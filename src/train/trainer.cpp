@@ -296,9 +296,28 @@ Trainer::Trainer(Config config, TrainerOptions options)
                                      "--val-fraction` sets its share)");
   }
 
-  model_ = Transformer(config_.model, config_.moe, grid_->expert_shard());
-  model_->reset_parameters(static_cast<uint64_t>(t.seed));
-  model_->to(device_);
+  try {
+    model_ = Transformer(config_.model, config_.moe, grid_->expert_shard());
+    model_->reset_parameters(static_cast<uint64_t>(t.seed));
+    model_->to(device_);
+  } catch (const std::exception& e) {
+    // The weights alone do not fit: say how many there are and what shrinks them, not only
+    // the allocator's words.
+    const std::string what = e.what();
+    if (dynamic_cast<const c10::OutOfMemoryError*>(&e) == nullptr &&
+        dynamic_cast<const std::bad_alloc*>(&e) == nullptr &&
+        what.find("can't allocate memory") == std::string::npos &&
+        what.find("out of memory") == std::string::npos)
+      throw;
+    const ParameterCount n = count_parameters(config_.model, config_.moe);
+    HETMOE_FAIL("train", "out of memory building the model on ", device_.str(), ": ",
+                static_cast<double>(n.total) / 1e9, "B parameters, ",
+                static_cast<double>(n.total) * 4 / (1 << 30),
+                " GiB in fp32 before gradients and optimizer state (",
+                what.substr(0, what.find('\n')),
+                "); shrink model.* or moe.*, or spread the experts over more ranks "
+                "(parallel.expert_parallel) (`hetmoe plan` estimates the memory)");
+  }
   if (world > 1) {
     exchange_ = std::make_shared<AllToAllExchange>(*grid_, config_.moe.num_experts,
                                                    config_.parallel.overlap_shared_experts);
