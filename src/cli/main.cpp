@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <string>
 
 #include "cli/commands.h"
@@ -78,6 +79,10 @@ int main(int argc, char** argv) {
     return fail(e.what(), e.component() == "usage" ? 2 : 1);
   } catch (const c10::Error& e) {
     return fail(std::string("[libtorch] ") + e.what_without_backtrace());
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A path operation nothing above turned into a named error (a name too long for the file
+    // system, say): the path, and what the system said.
+    return fail(std::string("[fs] ") + e.code().message() + ": '" + e.path1().string() + "'");
   } catch (const std::exception& e) {
     return fail(e.what());
   }

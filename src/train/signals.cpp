@@ -32,7 +32,12 @@ sigset_t stop_set() {
 // The first signal is noted and said; a second one quits at once. Async-signal-safe.
 void note(int sig) {
   int none = 0;
-  if (!g_signal.compare_exchange_strong(none, sig)) _exit(128 + sig);
+  if (!g_signal.compare_exchange_strong(none, sig)) {
+    static const char quit[] = "\nhetmoe: second signal: quitting now, without saving this step\n";
+    ssize_t ignored = write(STDERR_FILENO, quit, sizeof quit - 1);
+    (void)ignored;
+    _exit(128 + sig);
+  }
   static const char msg[] =
       "\nhetmoe: stopping after this step and saving a checkpoint (signal again to quit now)\n";
   ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
