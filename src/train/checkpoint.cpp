@@ -285,6 +285,10 @@ std::string fingerprint(const fs::path& dir, const CheckpointManifest& manifest)
 }
 }  // namespace
 
+CheckpointManifest read_checkpoint_manifest(const std::string& dir) {
+  return read_manifest(fs::path(dir));
+}
+
 void verify_checkpoint(const std::string& dir) {
   // Checkpoints verified in this process, as their files were then: a resume that picks a
   // checkpoint (verifying it) and then loads it reads every byte once, not twice. A file

@@ -203,8 +203,28 @@ Trainer::Trainer(Config config, TrainerOptions options)
   }
   if (device_.is_cuda()) c10::impl::getDeviceGuardImpl(device_.type())->setDevice(device_);
   CommOptions comm_options{config_.comm.backend, config_.comm.strict, config_.comm.timeout_s};
-  grid_ = std::make_unique<ProcessGrid>(make_world_communicator(comm_options, device_.type()),
-                                        config_.parallel.expert_parallel, config_.moe.num_experts);
+  std::unique_ptr<Communicator> world_comm = make_world_communicator(comm_options, device_.type());
+  try {
+    grid_ = std::make_unique<ProcessGrid>(std::move(world_comm), config_.parallel.expert_parallel,
+                                          config_.moe.num_experts);
+  } catch (const Error& e) {
+    // A resume under another launch than the one that wrote the checkpoint: say which launch
+    // it needs rather than only what does not divide.
+    if (options_.resume.empty()) throw;
+    std::string hint;
+    try {
+      const std::string dir = find_checkpoint(options_.resume);
+      const CheckpointManifest m = read_checkpoint_manifest(dir);
+      hint = detail::concat("; '", dir, "' was written by ", m.world_size,
+                            " rank(s) with parallel.expert_parallel ", m.expert_parallel,
+                            ": resume it with the same grid (mpirun -np ", m.world_size,
+                            "); resharding to another grid is not supported");
+    } catch (const Error&) {
+      throw e;
+    }
+    const std::string what = e.what();
+    throw Error(e.component(), what.substr(e.component().size() + 3) + hint);
+  }
   const int world = grid_->world_size();
   if (world > 1) init_logging(grid_->rank(), config_.run.log_level, config_.run.log_all_ranks);
   HETMOE_CHECK(t.micro_batch % world == 0, "train", "train.micro_batch ", t.micro_batch,

@@ -169,6 +169,14 @@ TEST(CliTest, PrepareTrainResumeGenerate) {
   r = run("train --config " + f.config);
   EXPECT_EQ(r.code, 1);
   expect_contains(r, "already holds a run");
+  // A resume under a grid that does not fit says which launch the checkpoint needs.
+  r = run("train --resume " + f.dir.str("run") +
+          " --set train.steps=4 --set parallel.expert_parallel=2");
+  EXPECT_EQ(r.code, 1);
+  expect_contains(r, "does not divide the world of 1");
+  expect_contains(r,
+                  "was written by 1 rank(s) with parallel.expert_parallel 1: resume it with "
+                  "the same grid (mpirun -np 1)");
   r = run("train --resume " + f.dir.str("run") + " --set train.steps=4");
   ASSERT_EQ(r.code, 0) << r.output;
   expect_contains(r, "resumed from");

@@ -12,6 +12,7 @@
 
 #include "hetmoe/comm/communicator.h"
 #include "hetmoe/config/config.h"
+#include "hetmoe/train/manifest.h"
 
 namespace hetmoe {
 
@@ -59,6 +60,9 @@ void verify_checkpoint(const std::string& dir);
 // Resolves a user-given path to a checkpoint directory: a checkpoint directory itself, or a run
 // directory (its checkpoints/latest). Throws hetmoe::Error("[checkpoint] ...") when none exists.
 std::string find_checkpoint(const std::string& path);
+
+// A checkpoint directory's manifest (state.json), parsed but not verified against its files.
+CheckpointManifest read_checkpoint_manifest(const std::string& dir);
 
 // The checkpoint a resume from `path` would load, verified: a checkpoint directory must verify
 // itself; a run directory gives the newest checkpoint that verifies, from the one
