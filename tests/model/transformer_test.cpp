@@ -11,6 +11,7 @@
 #include "hetmoe/model/transformer.h"
 #include "hetmoe/train/generate.h"
 #include "hetmoe/train/optimizer.h"
+#include "support/error_of.h"
 #include "support/tensor_test_util.h"
 
 namespace hetmoe {
@@ -591,13 +592,8 @@ TEST(SampleTest, BadPromptsAndOptionsAreNamed) {
   const ModelConfig m = small_model();
   Transformer model(m, small_moe());
   auto error_of = [&](const std::vector<int32_t>& prompt, int64_t max_seq_len,
-                      const SampleOptions& o) -> std::string {
-    try {
-      sample(model, prompt, max_seq_len, o);
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "no error";
+                      const SampleOptions& o) {
+    return test_support::error_of([&] { sample(model, prompt, max_seq_len, o); });
   };
   const SampleOptions ok;
   const int32_t v = static_cast<int32_t>(m.vocab_size);
@@ -622,13 +618,8 @@ TEST(SampleTest, BadPromptsAndOptionsAreNamed) {
 TEST(TransformerTest, BadTokenTensorsAreNamed) {
   const ModelConfig m = small_model();
   Transformer model(m, small_moe());
-  auto error_of = [&](const at::Tensor& tokens) -> std::string {
-    try {
-      model->forward(tokens);
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "no error";
+  auto error_of = [&](const at::Tensor& tokens) {
+    return test_support::error_of([&] { model->forward(tokens); });
   };
   EXPECT_NE(error_of(at::zeros({8}, at::kLong)).find("[model] tokens must be [batch, seq]"),
             std::string::npos);

@@ -28,6 +28,7 @@
 #include "hetmoe/train/health.h"
 #include "hetmoe/train/signals.h"
 #include "hetmoe/train/trainer.h"
+#include "support/error_of.h"
 #include "support/temp_dir.h"
 #include "support/train_fixture.h"
 
@@ -58,13 +59,16 @@ void damage(const std::string& path, bool truncate) {
   }
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
+using test_support::error_of;
+
+// A finished 4-step run of the tiny config with checkpoints at steps 2 and 4.
+Config run_with_two_checkpoints(TempDir& dir) {
+  prepare_corpus(dir);
+  Config c = tiny_config(dir);
+  c.train.steps = 4;
+  c.train.save_every = 2;
+  Trainer(c).run();
+  return c;
 }
 
 TEST(CheckpointTest, TruncatedOrCorruptFilesAreRefusedByName) {
@@ -91,11 +95,7 @@ TEST(CheckpointTest, TruncatedOrCorruptFilesAreRefusedByName) {
 // a resume of the run directory falls back past it.
 TEST(CheckpointTest, EditedManifestsAreRefusedAndFallenBackFrom) {
   TempDir dir;
-  prepare_corpus(dir);
-  Config c = tiny_config(dir);
-  c.train.steps = 4;
-  c.train.save_every = 2;
-  Trainer(c).run();
+  const Config c = run_with_two_checkpoints(dir);
   const std::string manifest = step_dir(c, 4) + "/state.json";
   const std::string original = test_support::file_text(manifest);
   const std::vector<std::pair<std::function<void(nlohmann::json&)>, std::string>> edits = {
@@ -122,11 +122,7 @@ TEST(CheckpointTest, EditedManifestsAreRefusedAndFallenBackFrom) {
 
 TEST(CheckpointTest, ResumeFallsBackToTheNewestValidCheckpoint) {
   TempDir dir;
-  prepare_corpus(dir);
-  Config c = tiny_config(dir);
-  c.train.steps = 4;
-  c.train.save_every = 2;
-  Trainer(c).run();
+  const Config c = run_with_two_checkpoints(dir);
   damage(step_dir(c, 4) + "/model.safetensors", false);
   EXPECT_EQ(Trainer(c, TrainerOptions{c.run.out_dir}).state().step, 2);  // falls back
   // Named explicitly, the damaged checkpoint is an error, not a silent substitute.
