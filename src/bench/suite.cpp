@@ -362,7 +362,17 @@ std::string workload_hash(const Config& config) {
   c.train.eval_batches = defaults.train.eval_batches;  // the bench never evaluates
   c.train.keep_last = defaults.train.keep_last;
   c.train.threads = defaults.train.threads;  // where it runs (each run records its threads)
-  const std::string text = to_yaml(c);
+  // The values only: to_yaml's comments (each key's description, the header) are not the
+  // workload, and rewording one must not make two runs of the same workload incomparable.
+  std::istringstream yaml(to_yaml(c));
+  std::string text, line;
+  while (std::getline(yaml, line)) {
+    if (line.rfind('#', 0) == 0) continue;
+    const size_t comment = line.find("  # ");  // the strings left here (dtypes, schedule
+    if (comment != std::string::npos) line.erase(comment);  // names) hold no " # "
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    text += line + "\n";
+  }
   char buf[32];
   std::snprintf(buf, sizeof buf, "fnv1a64:%016llx",
                 static_cast<unsigned long long>(fnv1a64(text.data(), text.size())));
