@@ -90,9 +90,15 @@ std::string describe(const YAML::Node& node) {
       return "a list";
     case YAML::NodeType::Map:
       return "a map";
-    case YAML::NodeType::Scalar:
-      // yaml-cpp tags quoted and block scalars "!"; plain ones "?".
-      return node.Tag() == "!" ? "the quoted string " + quote(node.Scalar()) : quote(node.Scalar());
+    case YAML::NodeType::Scalar: {
+      // yaml-cpp tags quoted and block scalars "!"; plain ones "?"; others keep their tag.
+      const std::string& tag = node.Tag();
+      if (tag == "!") return "the quoted string " + quote(node.Scalar());
+      if (tag == "?" || tag.empty()) return quote(node.Scalar());  // "": built by --set
+      static const std::string kCore = "tag:yaml.org,2002:";
+      return quote(node.Scalar()) + " tagged " +
+             (tag.rfind(kCore, 0) == 0 ? "!!" + tag.substr(kCore.size()) : quote(tag));
+    }
     case YAML::NodeType::Undefined:
       break;
   }
@@ -122,7 +128,9 @@ Value convert_value(const KeySpec& spec, const YAML::Node& node, const std::stri
       if (untyped_or_tagged(node, {"int"}) && config_detail::parse_int(text, &value)) return value;
       const bool digits = text.find_first_not_of("+-0123456789") == std::string::npos &&
                           text.find_first_of("0123456789") != std::string::npos;
-      fail(node.Tag() != "!" && digits ? " (out of range for a 64-bit integer)" : "");
+      // Out of range only when it is a plain (or !!int) number: '64' tagged !!str is a string.
+      fail(untyped_or_tagged(node, {"int"}) && digits ? " (out of range for a 64-bit integer)"
+                                                      : "");
       break;
     }
     case KeyType::kFloat: {
@@ -130,7 +138,9 @@ Value convert_value(const KeySpec& spec, const YAML::Node& node, const std::stri
       if (untyped_or_tagged(node, {"float", "int"}) && config_detail::parse_float(text, &value)) {
         return value;
       }
-      fail(node.Tag() != "!" && config_detail::float_syntax(text) ? " (out of range)" : "");
+      fail(untyped_or_tagged(node, {"float", "int"}) && config_detail::float_syntax(text)
+               ? " (out of range)"
+               : "");
       break;
     }
     case KeyType::kBool: {

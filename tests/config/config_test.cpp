@@ -442,6 +442,11 @@ TEST(ConfigTest, WrongTypesNameKeyLineExpectedTypeAndValue) {
       {"train:\n  seed: 99999999999999999999\n",
        "[config] test.yaml:2: train.seed: expected an integer, got '99999999999999999999' (out of "
        "range for a 64-bit integer)"},
+      // An explicit tag is named, and a string-tagged number is not "out of range".
+      {"model:\n  d_model: !!str 64\n",
+       "[config] test.yaml:2: model.d_model: expected an integer, got '64' tagged !!str"},
+      {"train:\n  lr: !!str 0.1\n",
+       "[config] test.yaml:2: train.lr: expected a number, got '0.1' tagged !!str"},
       {"train:\n  lr: fast\n", "[config] test.yaml:2: train.lr: expected a number, got 'fast'"},
       {"train:\n  lr: .inf\n", "[config] test.yaml:2: train.lr: expected a number, got '.inf'"},
       {"train:\n  lr: .nan\n", "[config] test.yaml:2: train.lr: expected a number, got '.nan'"},
