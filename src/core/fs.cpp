@@ -1,6 +1,8 @@
 #include "hetmoe/core/fs.h"
 
+#include <fcntl.h>
 #include <ftw.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -44,6 +46,27 @@ int create_unique_file(const std::string& prefix, std::string* name) {
   ::fchmod(fd, 0666 & ~mask);
   *name = path;
   return fd;
+}
+
+DirectoryLock::DirectoryLock(const std::string& dir, Wait wait)
+    : fd_(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) {
+  if (fd_ < 0) {
+    failure_ = errno;
+    return;
+  }
+  const int op = wait == Wait::Yes ? LOCK_EX : LOCK_EX | LOCK_NB;
+  int rc;
+  while ((rc = ::flock(fd_, op)) != 0 && errno == EINTR) {
+  }
+  if (rc != 0) failure_ = errno;
+}
+
+DirectoryLock::~DirectoryLock() {
+  if (fd_ >= 0) ::close(fd_);  // releases the lock
+}
+
+void DirectoryLock::sync() const {
+  if (fd_ >= 0) ::fsync(fd_);
 }
 
 TempDir::TempDir(const std::string& prefix) {

@@ -352,33 +352,6 @@ class CreatedDirectories {
   bool keep_ = false;
 };
 
-// An exclusive flock on a directory for as long as the object lives: concurrent runs commit one
-// at a time, so the last one leaves its own tokens.bin and index.json, never one of each. Best
-// effort: where flock is unsupported (some network file systems) the commit runs unlocked, and
-// the loader's size and checksum checks still catch a mixed pair.
-class DirectoryLock {
- public:
-  explicit DirectoryLock(const fs::path& dir)
-      : fd_(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) {
-    if (fd_ >= 0) {
-      while (::flock(fd_, LOCK_EX) != 0 && errno == EINTR) {
-      }
-    }
-  }
-  ~DirectoryLock() {
-    if (fd_ >= 0) ::close(fd_);  // releases the lock
-  }
-  DirectoryLock(const DirectoryLock&) = delete;
-  DirectoryLock& operator=(const DirectoryLock&) = delete;
-  // Makes the renames durable (best effort, as the lock).
-  void sync() const {
-    if (fd_ >= 0) ::fsync(fd_);
-  }
-
- private:
-  int fd_;
-};
-
 // Removes the temporaries of runs that were killed before they could (their pid no longer runs),
 // and the fixed-name ones of older versions. Another live run's are left alone.
 void remove_stale_temporaries(const fs::path& dir) {
@@ -572,7 +545,10 @@ PrepareSummary prepare_checked(const PrepareOptions& options, std::string& readi
   // tokens.bin first: a reader that opens in between sees the old index with the new tokens and
   // fails their size or checksum check, never a stale index taken for the new data.
   {
-    DirectoryLock lock(out_dir);
+    // Concurrent runs commit one at a time, so the last one leaves its own tokens.bin and
+    // index.json, never one of each. Where flock is unsupported the commit runs unlocked, and
+    // the loader's size and checksum checks still catch a mixed pair.
+    const DirectoryLock lock(out_dir.string(), DirectoryLock::Wait::Yes);
     if (!options.overwrite) refuse_existing_dataset(out_dir);  // another run committed meanwhile
     check_replaceable(out_dir);
     tokens_out.rename_to(out_dir / kTokensName);

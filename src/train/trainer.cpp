@@ -5,15 +5,14 @@
 #include <ATen/record_function.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
-#include <fcntl.h>
 #include <sched.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -147,37 +146,15 @@ int default_threads() {
   return std::max(1, std::min(usable, node / launcher_local_size()));
 }
 
-// An exclusive flock on the run directory for as long as the returned handle lives. Where the
-// file system has no flock (some network ones) the run goes on unlocked, with a warning.
-std::shared_ptr<void> lock_run_directory(const fs::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  HETMOE_CHECK(fd >= 0, "train", "cannot open run directory '", dir.string(),
-               "': ", std::strerror(errno));
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    const int err = errno;
-    ::close(fd);
-    HETMOE_CHECK(err != EWOULDBLOCK, "train", "run directory '", dir.string(),
-                 "' is in use by another training run (it holds the directory's lock); wait for "
-                 "it to end or pick another run.out_dir");
-    HETMOE_LOG_WARN("cannot lock run directory '%s' (%s): another run could use it meanwhile",
-                    dir.c_str(), std::strerror(err));
-    return nullptr;
-  }
-  return std::shared_ptr<void>(nullptr, [fd](void*) { ::close(fd); });
-}
-
 // Hours of training must not end at the first save because the directory is read-only or full.
 void check_writable(const fs::path& dir) {
-  const fs::path probe = dir / (".write-test-" + std::to_string(::getpid()));
-  bool ok;
-  {
-    std::ofstream f(probe);
-    f << "hetmoe\n";
-    f.flush();
-    ok = f.good();
+  std::string probe;
+  const int fd = create_unique_file((dir / ".write-test-").string(), &probe);
+  const bool ok = fd >= 0 && ::write(fd, "hetmoe\n", 7) == 7;
+  if (fd >= 0) {
+    ::close(fd);
+    std::remove(probe.c_str());
   }
-  std::error_code ignored;
-  fs::remove(probe, ignored);
   HETMOE_CHECK(ok, "train", "cannot write into run directory '", dir.string(),
                "' (read-only? full? permissions?)");
 }
@@ -254,7 +231,15 @@ Trainer::Trainer(Config config, TrainerOptions options)
     std::error_code ec;
     if (fs::create_directories(out, ec)) made_here.dir = out;
     HETMOE_CHECK(!ec, "train", "cannot create run directory '", out.string(), "': ", ec.message());
-    run_lock_ = lock_run_directory(out);
+    run_lock_ = std::make_unique<DirectoryLock>(out.string(), DirectoryLock::Wait::No);
+    HETMOE_CHECK(run_lock_->opened(), "train", "cannot open run directory '", out.string(),
+                 "': ", std::strerror(run_lock_->failure()));
+    HETMOE_CHECK(run_lock_->failure() != EWOULDBLOCK, "train", "run directory '", out.string(),
+                 "' is in use by another training run (it holds the directory's lock); wait for "
+                 "it to end or pick another run.out_dir");
+    if (!run_lock_->locked())  // a file system without flock
+      HETMOE_LOG_WARN("cannot lock run directory '%s' (%s): another run could use it meanwhile",
+                      out.c_str(), std::strerror(run_lock_->failure()));
     check_writable(out);
   }
   if (is_rank0()) recover_replaced(out);

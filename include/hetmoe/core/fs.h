@@ -17,6 +17,29 @@ bool remove_tree(const std::string& path, std::string* error = nullptr);
 // with errno set.
 int create_unique_file(const std::string& prefix, std::string* name);
 
+// An exclusive flock on a directory for as long as the object lives. Best effort: where the
+// directory cannot be opened or the file system has no flock (some network ones), nothing is
+// locked and failure() says why. With Wait::No, a lock held elsewhere (another process, or
+// another DirectoryLock in this one) is not waited for: failure() is EWOULDBLOCK.
+class DirectoryLock {
+ public:
+  enum class Wait { Yes, No };
+  DirectoryLock(const std::string& dir, Wait wait);
+  ~DirectoryLock();
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+  bool locked() const { return failure_ == 0; }
+  bool opened() const { return fd_ >= 0; }
+  // The errno of the open or flock that failed; 0 when locked.
+  int failure() const { return failure_; }
+  // fsync of the directory: makes renames inside it durable (best effort, as the lock).
+  void sync() const;
+
+ private:
+  int fd_ = -1;
+  int failure_ = 0;
+};
+
 // A new, empty directory $TMPDIR/<prefix>-XXXXXX (or under /tmp), removed with everything in it
 // when the object goes. Throws hetmoe::Error("[fs] ...") when it cannot be created.
 class TempDir {

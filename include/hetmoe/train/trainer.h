@@ -11,6 +11,7 @@
 
 #include "hetmoe/config/config.h"
 #include "hetmoe/core/error.h"
+#include "hetmoe/core/fs.h"
 #include "hetmoe/data/dataset.h"
 #include "hetmoe/model/transformer.h"
 #include "hetmoe/parallel/grid.h"
@@ -120,7 +121,7 @@ class Trainer {
 
   Config config_;
   TrainerOptions options_;
-  std::shared_ptr<void> run_lock_;  // rank 0's lock on run.out_dir, released last
+  std::unique_ptr<DirectoryLock> run_lock_;  // rank 0's lock on run.out_dir, released last
   c10::Device device_{c10::kCPU};
   const Backend* backend_ = nullptr;  // the backend of device_
   std::unique_ptr<ProcessGrid> grid_;
