@@ -146,6 +146,21 @@ int default_threads() {
   return std::max(1, std::min(usable, node / launcher_local_size()));
 }
 
+// The allocator's account when `e` is running out of memory, host or device (LibTorch's CPU
+// allocator throws a plain c10::Error for it); nothing for any other error.
+std::optional<std::string> out_of_memory_reason(const std::exception& e) {
+  if (const auto* oom = dynamic_cast<const c10::OutOfMemoryError*>(&e))
+    return oom->what_without_backtrace();
+  if (dynamic_cast<const std::bad_alloc*>(&e) != nullptr) return "std::bad_alloc";
+  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) {
+    const std::string what = c10_error->what_without_backtrace();
+    if (what.find("can't allocate memory") != std::string::npos ||
+        what.find("out of memory") != std::string::npos)
+      return what.substr(0, what.find('\n'));
+  }
+  return std::nullopt;
+}
+
 // Hours of training must not end at the first save because the directory is read-only or full.
 void check_writable(const fs::path& dir) {
   std::string probe;
@@ -308,18 +323,13 @@ Trainer::Trainer(Config config, TrainerOptions options)
   } catch (const std::exception& e) {
     // The weights alone do not fit: say how many there are and what shrinks them, not only
     // the allocator's words.
-    const std::string what = e.what();
-    if (dynamic_cast<const c10::OutOfMemoryError*>(&e) == nullptr &&
-        dynamic_cast<const std::bad_alloc*>(&e) == nullptr &&
-        what.find("can't allocate memory") == std::string::npos &&
-        what.find("out of memory") == std::string::npos)
-      throw;
+    const std::optional<std::string> why = out_of_memory_reason(e);
+    if (!why) throw;
     const ParameterCount n = count_parameters(config_.model, config_.moe);
     HETMOE_FAIL("train", "out of memory building the model on ", device_.str(), ": ",
                 static_cast<double>(n.total) / 1e9, "B parameters, ",
                 static_cast<double>(n.total) * 4 / (1 << 30),
-                " GiB in fp32 before gradients and optimizer state (",
-                what.substr(0, what.find('\n')),
+                " GiB in fp32 before gradients and optimizer state (", *why,
                 "); shrink model.* or moe.*, or spread the experts over more ranks "
                 "(parallel.expert_parallel) (`hetmoe plan` estimates the memory)");
   }
@@ -515,15 +525,8 @@ double Trainer::train_step() {
   StepOpTiming timing(device_.is_cpu());
   try {
     return train_step_unguarded();
-  } catch (const c10::OutOfMemoryError& e) {
-    throw out_of_memory(e.what_without_backtrace());
-  } catch (const std::bad_alloc&) {
-    throw out_of_memory("std::bad_alloc");
-  } catch (const c10::Error& e) {
-    const std::string what = e.what_without_backtrace();
-    if (what.find("can't allocate memory") != std::string::npos ||
-        what.find("out of memory") != std::string::npos)
-      throw out_of_memory(what.substr(0, what.find('\n')));
+  } catch (const std::exception& e) {
+    if (const std::optional<std::string> why = out_of_memory_reason(e)) throw out_of_memory(*why);
     throw;
   }
 }
