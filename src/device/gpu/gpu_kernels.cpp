@@ -9,7 +9,6 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <cstdint>
-#include <initializer_list>
 
 #include "device/gpu/gpu_kernels.h"
 #include "hetmoe/core/error.h"
@@ -143,14 +142,10 @@ bool aligned_rows(const at::Tensor& t) {
 // (grouped_mm_fits), and is a native grouped kernel only on some GPUs (elsewhere LibTorch runs
 // its own loop over groups, reading the offsets on the host); other cases, and operands that are
 // not contiguous and aligned (views into a larger buffer), take the portable per-expert loop.
-bool use_grouped_mm(std::initializer_list<const at::Tensor*> operands, const at::Tensor& x,
-                    const at::Tensor& w2) {
-  if (x.scalar_type() != at::kBFloat16 || !grouped_mm_fits(x.size(1), w2.size(1), w2.size(0)) ||
-      !grouped_mm_native(gpu_identity(x.get_device())))
-    return false;
-  for (const at::Tensor* t : operands)
-    if (!aligned_rows(*t)) return false;
-  return true;
+bool use_grouped_mm(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2) {
+  return x.scalar_type() == at::kBFloat16 && grouped_mm_fits(x.size(1), w2.size(1), w2.size(0)) &&
+         grouped_mm_native(gpu_identity(x.get_device())) && aligned_rows(x) && aligned_rows(w13) &&
+         aligned_rows(w2);
 }
 
 at::Tensor offsets_of(const at::Tensor& tokens_per_expert) {
@@ -169,7 +164,7 @@ at::Tensor swiglu(const at::Tensor& h_in) {
 at::Tensor expert_ffn_forward(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w2,
                               const at::Tensor& tokens_per_expert, at::Tensor* h_out) {
   const c10::DeviceGuard guard(x.device());
-  if (!use_grouped_mm({&x, &w13, &w2}, x, w2))
+  if (!use_grouped_mm(x, w13, w2))
     return aten_moe_kernels().expert_ffn_forward(x, w13, w2, tokens_per_expert, h_out);
   at::Tensor offs = offsets_of(tokens_per_expert);
   at::Tensor h = at::_grouped_mm(x, w13, offs);
@@ -210,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w13,
     const at::Tensor& w2, const at::Tensor& tokens_per_expert) {
   const c10::DeviceGuard guard(x.device());
-  if (!use_grouped_mm({&x, &w13, &w2}, x, w2))  // the forward's choice
+  if (!use_grouped_mm(x, w13, w2))  // the forward's choice
     return aten_moe_kernels().expert_ffn_backward(grad_y, x, h, w13, w2, tokens_per_expert);
   // The incoming gradient is autograd's: copied when it is a strided or offset view.
   const at::Tensor gy = aligned_rows(grad_y) ? grad_y : grad_y.clone(at::MemoryFormat::Contiguous);
