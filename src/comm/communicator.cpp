@@ -99,10 +99,16 @@ std::unique_ptr<Communicator::PendingAllToAll> Communicator::all_to_all_start(
 
 namespace {
 
-int env_int(std::initializer_list<const char*> names, int fallback) {
+// The first of `names` set to a non-empty value, or nullptr.
+const char* first_set(std::initializer_list<const char*> names) {
   for (const char* n : names)
-    if (const char* v = std::getenv(n); v && *v) return std::atoi(v);
-  return fallback;
+    if (const char* v = std::getenv(n); v && *v) return n;
+  return nullptr;
+}
+
+int env_int(std::initializer_list<const char*> names, int fallback) {
+  const char* n = first_set(names);
+  return n ? std::atoi(std::getenv(n)) : fallback;
 }
 
 // World size 1. Every operation still validates its arguments and returns fresh memory, so code
@@ -185,9 +191,8 @@ namespace {
 
 // The variable launcher_world_size() read.
 std::string world_size_var() {
-  for (const char* n : kWorldSizeVars)
-    if (const char* v = std::getenv(n); v && *v) return n;
-  return "";
+  const char* n = first_set(kWorldSizeVars);
+  return n ? n : "";
 }
 
 std::unique_ptr<Communicator> make_world_unchecked(const CommOptions& options,
