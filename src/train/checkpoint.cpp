@@ -244,12 +244,10 @@ void verify_files(const fs::path& dir, const CheckpointManifest& manifest) {
   for (const std::string& name : required)
     HETMOE_CHECK(manifest.files.count(name), "checkpoint", "'", (dir / "state.json").string(),
                  "' lists no size and checksum for ", name);
-  const std::string base = dir.filename().string();
-  if (base.rfind("step_", 0) == 0 && base.size() > 5 &&
-      base.find_first_not_of("0123456789", 5) == std::string::npos)
-    HETMOE_CHECK(std::stoll(base.substr(5)) == manifest.step, "checkpoint", "'",
-                 (dir / "state.json").string(), "' says step ", manifest.step,
-                 ", but its directory is ", base);
+  const int64_t named = step_number(dir);
+  HETMOE_CHECK(named < 0 || named == manifest.step, "checkpoint", "'",
+               (dir / "state.json").string(), "' says step ", manifest.step,
+               ", but its directory is ", dir.filename().string());
   HealthMonitor().load(manifest.health);  // malformed training-health state: not resumable
   for (const auto& [name, want] : manifest.files) {
     const fs::path file = dir / name;
