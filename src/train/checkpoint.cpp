@@ -304,7 +304,8 @@ void verify_checkpoint(const std::string& dir) {
   verified.insert(key);
 }
 
-void save_tensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors) {
+void save_tensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
+                  const std::map<std::string, std::string>& metadata) {
   std::vector<at::Tensor> keep;  // owns the CPU copies while the views point at them
   std::vector<TensorView> views;
   for (const auto& [name, t] : tensors) {
@@ -318,19 +319,46 @@ void save_tensors(const std::string& path, const std::map<std::string, at::Tenso
     v.nbytes = c.nbytes();
     views.push_back(std::move(v));
   }
-  write_safetensors(path, views, {{"format", "pt"}, {"producer", "hetmoe"}});
+  std::map<std::string, std::string> meta{{"format", "pt"}, {"producer", "hetmoe"}};
+  for (const auto& [k, v] : metadata) meta[k] = v;
+  write_safetensors(path, views, meta);
 }
 
-std::map<std::string, at::Tensor> load_tensors(const std::string& path) {
+namespace {
+
+// A shard file's place in the grid that wrote it, as its metadata records it ("hetmoe.shard").
+std::string shard_identity(const CheckpointShard& s) {
+  return detail::concat("rank ", s.rank, " of ", s.world, ", expert_parallel ", s.expert_parallel);
+}
+
+// The tensors of a safetensors file whose names `keep` accepts (all when it is empty). With
+// `expect`, a file that records its place in a grid must be that shard: a renamed or swapped
+// shard file is refused even when the manifest's checksums were made to fit it.
+std::map<std::string, at::Tensor> load_tensors_where(
+    const std::string& path, const std::function<bool(const std::string&)>& keep,
+    const CheckpointShard* expect = nullptr) {
   SafetensorsFile file(path);
+  if (expect) {
+    auto it = file.metadata().find("hetmoe.shard");
+    HETMOE_CHECK(it == file.metadata().end() || it->second == shard_identity(*expect),
+                 "checkpoint", "'", path, "' holds the shard of ", it->second,
+                 ", not of ", shard_identity(*expect), " as its name says");
+  }
   std::map<std::string, at::Tensor> out;
   for (const auto& name : file.names()) {
+    if (keep && !keep(name)) continue;
     const TensorView& v = file.get(name);
     at::Tensor t = at::empty(v.shape, at::TensorOptions().dtype(torch_dtype(v.dtype, name)));
     if (v.nbytes) std::memcpy(t.data_ptr(), v.data, v.nbytes);
     out.emplace(name, t);
   }
   return out;
+}
+
+}  // namespace
+
+std::map<std::string, at::Tensor> load_tensors(const std::string& path) {
+  return load_tensors_where(path, nullptr);
 }
 
 std::string save_checkpoint(const std::string& out_dir, const Config& config,
@@ -354,9 +382,10 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
   }
   barrier(shard);
 
-  save_tensors((tmp_dir / shard_file("model", shard)).string(), model_state);
+  const std::map<std::string, std::string> identity{{"hetmoe.shard", shard_identity(shard)}};
+  save_tensors((tmp_dir / shard_file("model", shard)).string(), model_state, identity);
   if (!optimizer_state.empty())
-    save_tensors((tmp_dir / shard_file("optimizer", shard)).string(), optimizer_state);
+    save_tensors((tmp_dir / shard_file("optimizer", shard)).string(), optimizer_state, identity);
   // Each rank checksums its own files; rank 0 collects them for the manifest.
   at::Tensor digests = at::zeros({4}, at::kLong);
   {
@@ -533,52 +562,120 @@ CheckpointManifest open_checkpoint(const std::string& path, LoadedCheckpoint& c)
 
 }  // namespace
 
+namespace {
+
+std::string describe_grid(int64_t world, int64_t expert_parallel) {
+  return detail::concat(world, " rank", world == 1 ? "" : "s", " with expert_parallel ",
+                        expert_parallel);
+}
+
+// `stem`'s tensors ("model" or "optimizer") as rank `want.rank` of the grid `want` describes
+// holds them, from the checkpoint in `dir` whose manifest `m` names the grid that wrote it.
+// The same grid reads the rank's own file. Another grid takes every tensor that is not sharded
+// from rank 0's file (all ranks hold the same ones) and cuts its experts out of the files of the
+// ranks 0 .. expert_parallel - 1 that wrote them: the first expert group, which holds every
+// expert, rank j experts [j * E / ep, (j + 1) * E / ep) along dim 0 of each sharded tensor.
+std::map<std::string, at::Tensor> load_part(const fs::path& dir, const char* stem,
+                                            const CheckpointManifest& m, int64_t num_experts,
+                                            const CheckpointShard& want,
+                                            const std::function<bool(const std::string&)>& sharded) {
+  CheckpointShard from;
+  from.world = m.world_size;
+  from.expert_parallel = m.expert_parallel;
+  if (m.world_size == want.world && m.expert_parallel == want.expert_parallel) {
+    from.rank = want.rank;
+    return load_tensors_where((dir / shard_file(stem, from)).string(), nullptr, &from);
+  }
+  const int64_t per_file = num_experts / m.expert_parallel;
+  const int64_t per_rank = num_experts / want.expert_parallel;
+  const int64_t first = (want.rank % want.expert_parallel) * per_rank, last = first + per_rank;
+  // Rank 0's file gives the unsharded tensors, and its experts too when this rank needs them.
+  const bool zero_has_experts = first < per_file;
+  from.rank = 0;
+  const std::string zero_file = (dir / shard_file(stem, from)).string();
+  std::map<std::string, at::Tensor> out = load_tensors_where(
+      zero_file, zero_has_experts ? std::function<bool(const std::string&)>()
+                                  : [&](const std::string& n) { return !sharded(n); },
+      &from);
+  std::map<std::string, std::vector<at::Tensor>> parts;
+  std::string names_from;  // the first file the expert tensors came from, for the name check
+  for (int j = 0; j < static_cast<int>(m.expert_parallel); ++j) {
+    const int64_t lo = std::max(first, j * per_file), hi = std::min(last, (j + 1) * per_file);
+    if (lo >= hi) continue;
+    from.rank = j;
+    const std::string file = (dir / shard_file(stem, from)).string();
+    std::map<std::string, at::Tensor> experts;
+    if (j == 0) {
+      for (auto it = out.begin(); it != out.end();)
+        if (sharded(it->first)) {
+          experts.insert(*it);
+          it = out.erase(it);
+        } else {
+          ++it;
+        }
+    } else {
+      experts = load_tensors_where(file, sharded, &from);
+    }
+    if (names_from.empty()) {
+      names_from = file;
+    } else {
+      HETMOE_CHECK(experts.size() == parts.size(), "checkpoint", "'", file, "' holds ",
+                   experts.size(), " expert tensors, '", names_from, "' ", parts.size());
+    }
+    for (auto& [name, t] : experts) {
+      HETMOE_CHECK(names_from == file || parts.count(name), "checkpoint", "'", file,
+                   "' holds expert tensor '", name, "', which '", names_from, "' lacks");
+      HETMOE_CHECK(t.dim() >= 1 && t.size(0) == per_file, "checkpoint", "'", file, "': tensor '",
+                   name, "' has ", t.dim() >= 1 ? t.size(0) : 0, " rows, not the ", per_file,
+                   " experts of one of ", m.expert_parallel,
+                   " expert-parallel ranks (moe.num_experts ", num_experts, ")");
+      parts[name].push_back(t.narrow(0, lo - j * per_file, hi - lo));
+    }
+  }
+  // A copy, so the rows left out do not stay alive with it.
+  for (auto& [name, list] : parts) out[name] = at::cat(list, 0);
+  return out;
+}
+
+}  // namespace
+
 LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
-                                 const CheckpointShard& shard) {
+                                 const CheckpointShard& shard,
+                                 const std::function<bool(const std::string&)>& is_expert) {
   LoadedCheckpoint c;
   const CheckpointManifest m = open_checkpoint(path, c);
   const fs::path dir(c.dir);
-  HETMOE_CHECK(m.world_size == shard.world && m.expert_parallel == shard.expert_parallel,
-               "checkpoint", "'", c.dir, "' was written by a grid of ", m.world_size, " rank",
-               m.world_size == 1 ? "" : "s", " with expert_parallel ", m.expert_parallel,
-               "; this run has ", shard.world, " rank", shard.world == 1 ? "" : "s",
-               " with expert_parallel ", shard.expert_parallel,
-               ". Resume with the same grid (resharding is not supported yet)");
-  c.model = load_tensors((dir / shard_file("model", shard)).string());
-  if (load_optimizer) c.optimizer = load_tensors((dir / shard_file("optimizer", shard)).string());
+  const bool same_grid = m.world_size == shard.world && m.expert_parallel == shard.expert_parallel;
+  HETMOE_CHECK(same_grid || is_expert, "checkpoint", "'", c.dir, "' was written by a grid of ",
+               describe_grid(m.world_size, m.expert_parallel), "; this run has ",
+               describe_grid(shard.world, shard.expert_parallel),
+               ". Resume with the same grid, or say which tensors are sharded (is_expert) to "
+               "reshard it");
+  const int64_t experts = c.config.moe.num_experts;
+  HETMOE_CHECK(shard.expert_parallel >= 1 && experts % shard.expert_parallel == 0 &&
+                   m.expert_parallel >= 1 && experts % m.expert_parallel == 0,
+               "checkpoint", "'", c.dir, "': moe.num_experts ", experts,
+               " does not split over expert_parallel ", m.expert_parallel, " and ",
+               shard.expert_parallel);
+  if (!same_grid)
+    HETMOE_LOG_INFO("[checkpoint] resharding %s, written by %s, for %s", c.dir.c_str(),
+                    describe_grid(m.world_size, m.expert_parallel).c_str(),
+                    describe_grid(shard.world, shard.expert_parallel).c_str());
+  c.model = load_part(dir, "model", m, experts, shard, is_expert);
+  if (load_optimizer) c.optimizer = load_part(dir, "optimizer", m, experts, shard, is_expert);
   return c;
 }
 
 LoadedCheckpoint load_whole_model(const std::string& path,
                                   const std::function<bool(const std::string&)>& is_expert) {
   LoadedCheckpoint c;
+  HETMOE_CHECK(is_expert, "checkpoint", "load_whole_model needs is_expert to gather the experts");
   const CheckpointManifest m = open_checkpoint(path, c);
-  const fs::path dir(c.dir);
-  CheckpointShard shard;
-  shard.world = static_cast<int>(m.world_size);
-  shard.expert_parallel = m.expert_parallel;
-  c.model = load_tensors((dir / shard_file("model", shard)).string());  // rank 0
-  if (m.expert_parallel <= 1) return c;
-  // Ranks 0 .. ep-1 form the first expert group: rank i holds experts [i*E/ep, (i+1)*E/ep).
-  std::map<std::string, std::vector<at::Tensor>> parts;
-  for (auto& [name, t] : c.model)
-    if (is_expert(name)) parts[name].push_back(t);
-  for (int r = 1; r < static_cast<int>(m.expert_parallel); ++r) {
-    shard.rank = r;
-    const std::string file = (dir / shard_file("model", shard)).string();
-    std::map<std::string, at::Tensor> other = load_tensors(file);
-    for (auto& [name, list] : parts) {
-      auto it = other.find(name);
-      HETMOE_CHECK(it != other.end(), "checkpoint", "'", file, "' has no tensor '", name, "'");
-      list.push_back(it->second);
-    }
-  }
-  for (auto& [name, list] : parts) {
-    c.model[name] = at::cat(list, 0);
-    HETMOE_CHECK(c.model[name].size(0) == c.config.moe.num_experts, "checkpoint", "'", c.dir,
-                 "': the shards of '", name, "' hold ", c.model[name].size(0),
-                 " experts together, the config has moe.num_experts ", c.config.moe.num_experts);
-  }
+  HETMOE_CHECK(m.expert_parallel >= 1 && c.config.moe.num_experts % m.expert_parallel == 0,
+               "checkpoint", "'", c.dir, "': moe.num_experts ", c.config.moe.num_experts,
+               " does not split over its expert_parallel ", m.expert_parallel);
+  c.model = load_part(fs::path(c.dir), "model", m, c.config.moe.num_experts, CheckpointShard{},
+                      is_expert);
   return c;
 }
 

@@ -196,6 +196,7 @@ Trainer::Trainer(Config config, TrainerOptions options)
   if (device_.is_cuda()) c10::impl::getDeviceGuardImpl(device_.type())->setDevice(device_);
   CommOptions comm_options{config_.comm.backend, config_.comm.strict, config_.comm.timeout_s};
   std::unique_ptr<Communicator> world_comm = make_world_communicator(comm_options, device_.type());
+  const int launched = world_comm->size();
   try {
     grid_ = std::make_unique<ProcessGrid>(std::move(world_comm), config_.parallel.expert_parallel,
                                           config_.moe.num_experts);
@@ -209,8 +210,11 @@ Trainer::Trainer(Config config, TrainerOptions options)
       const CheckpointManifest m = read_checkpoint_manifest(dir);
       hint = detail::concat("; '", dir, "' was written by ", m.world_size,
                             " rank(s) with parallel.expert_parallel ", m.expert_parallel,
-                            ": resume it with the same grid (mpirun -np ", m.world_size,
-                            "); resharding to another grid is not supported");
+                            ": resume it with that grid (mpirun -np ", m.world_size,
+                            "), or reshard it to this launch with --set "
+                            "parallel.expert_parallel=P for a P that divides the ",
+                            launched, " rank(s) and moe.num_experts ",
+                            config_.moe.num_experts);
     } catch (const Error&) {
       throw e;
     }
@@ -260,7 +264,10 @@ Trainer::Trainer(Config config, TrainerOptions options)
   if (is_rank0()) recover_replaced(out);
   if (world > 1) grid_->world().barrier();  // the other ranks may read checkpoints under out
   if (!options_.resume.empty()) {
-    resumed = load_checkpoint(options_.resume, true, checkpoint_shard());
+    // Written by another grid, the checkpoint is resharded to this one: the data order and the
+    // global batch do not depend on the grid, so the run goes on as it would have.
+    resumed = load_checkpoint(options_.resume, true, checkpoint_shard(),
+                              TransformerImpl::is_expert_parameter);
     HETMOE_CHECK(resumed.state.step <= t.steps, "train", "'", resumed.dir, "' is at step ",
                  resumed.state.step, ", past train.steps ", t.steps,
                  "; give train.steps above it to continue the run");

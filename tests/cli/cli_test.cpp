@@ -176,7 +176,8 @@ TEST(CliTest, PrepareTrainResumeGenerate) {
   expect_contains(r, "does not divide the world of 1");
   expect_contains(r,
                   "was written by 1 rank(s) with parallel.expert_parallel 1: resume it with "
-                  "the same grid (mpirun -np 1)");
+                  "that grid (mpirun -np 1), or reshard it to this launch with --set "
+                  "parallel.expert_parallel=P for a P that divides the 1 rank(s)");
   r = run("train --resume " + f.dir.str("run") + " --set train.steps=4");
   ASSERT_EQ(r.code, 0) << r.output;
   expect_contains(r, "resumed from");

@@ -9,11 +9,18 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include "hetmoe/comm/communicator.h"
@@ -21,6 +28,8 @@
 #include "hetmoe/core/fs.h"
 #include "hetmoe/model/transformer.h"
 #include "hetmoe/train/checkpoint.h"
+#include "support/error_of.h"
+#include "support/temp_dir.h"
 
 namespace hetmoe {
 namespace {
@@ -184,10 +193,23 @@ TEST(MpiCommTest, BegunAllToAllDeliversTheSameRowsWithWorkInBetween) {
   EXPECT_THROW(world->all_to_all_start(input, send, recv), CommError);
 }
 
+// The optimizer state a test checkpoint holds for a model: a pure function of its weights, so
+// a shard's and the unsharded model's agree row for row.
+std::map<std::string, at::Tensor> optimizer_state_of(const Transformer& m) {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& p : m->named_parameters()) {
+    out["exp_avg/" + p.key()] = p.value() * 2 + 1;
+    out["exp_avg_sq/" + p.key()] = p.value() * p.value();
+  }
+  out["step"] = at::scalar_tensor(3, at::kLong);
+  return out;
+}
+
 // A checkpoint written by an expert-parallel grid (2 experts per rank, expert_parallel 2, with
-// data-parallel replicas at 4 ranks) loads as the whole model: each rank's shard is initialised
-// as the slice of the unsharded model, so the gathered tensors must equal that model exactly.
-TEST(ShardedCheckpointTest, LoadsAsTheWholeModel) {
+// data-parallel replicas at 4 ranks) loads as the whole model, and resharded as any other grid's
+// shard: each rank's shard is initialised as the slice of the unsharded model, so the gathered
+// and recut tensors must equal that model's exactly, optimizer state included.
+TEST(ShardedCheckpointTest, LoadsAsTheWholeModelAndAsAnyGridsShard) {
   const int n = world->size(), r = world->rank();
   const int64_t ep = 2;
   if (n % ep != 0) GTEST_SKIP() << "needs a world that expert_parallel 2 divides, not " << n;
@@ -213,7 +235,7 @@ TEST(ShardedCheckpointTest, LoadsAsTheWholeModel) {
   where.world = n;
   where.expert_parallel = ep;
   where.comm = world;
-  save_checkpoint(out, c, state, shard->state_tensors(), {}, where);
+  save_checkpoint(out, c, state, shard->state_tensors(), optimizer_state_of(shard), where);
   if (r == 0) {
     const LoadedCheckpoint whole = load_whole_model(out, TransformerImpl::is_expert_parameter);
     EXPECT_EQ(whole.state.step, 3);
@@ -225,8 +247,63 @@ TEST(ShardedCheckpointTest, LoadsAsTheWholeModel) {
       EXPECT_TRUE(at::equal(it->second, t)) << name;
     }
     EXPECT_NO_THROW(reference->load_state_tensors(whole.model, whole.dir));
-    // The per-rank loader still refuses another grid.
+    // The per-rank loader refuses another grid unless told which tensors are sharded.
     EXPECT_THROW(load_checkpoint(out, false), Error);
+    // Resharded: every rank of these grids gets its slice of the unsharded model and optimizer
+    // state (one process; fewer experts per rank than written, more, and data-parallel copies).
+    const std::map<std::string, at::Tensor> want_optimizer = optimizer_state_of(reference);
+    for (const auto& [world_size, expert_parallel] :
+         std::vector<std::pair<int, int64_t>>{{1, 1}, {2, 1}, {2, 2}, {4, 4}, {8, 4}}) {
+      for (int rank = 0; rank < world_size; ++rank) {
+        CheckpointShard as;
+        as.rank = rank;
+        as.world = world_size;
+        as.expert_parallel = expert_parallel;
+        const LoadedCheckpoint part =
+            load_checkpoint(out, true, as, TransformerImpl::is_expert_parameter);
+        const int64_t count = c.moe.num_experts / expert_parallel;
+        const int64_t first = (rank % expert_parallel) * count;
+        const std::string grid = "rank " + std::to_string(rank) + " of " +
+                                 std::to_string(world_size) + ", expert_parallel " +
+                                 std::to_string(expert_parallel);
+        auto expect_slices = [&](const std::map<std::string, at::Tensor>& got,
+                                 const std::map<std::string, at::Tensor>& full) {
+          ASSERT_EQ(got.size(), full.size()) << grid;
+          for (const auto& [name, t] : full) {
+            auto it = got.find(name);
+            ASSERT_NE(it, got.end()) << grid << ": " << name;
+            const at::Tensor want = TransformerImpl::is_expert_parameter(name)
+                                        ? t.narrow(0, first, count)
+                                        : t;
+            EXPECT_TRUE(at::equal(it->second, want)) << grid << ": " << name;
+          }
+        };
+        expect_slices(part.model, reference->state_tensors());
+        expect_slices(part.optimizer, want_optimizer);
+        // What the trainer does with it: the shard's model takes the tensors as they are.
+        Transformer target(c.model, c.moe, ExpertShard{first, count});
+        EXPECT_NO_THROW(target->load_state_tensors(part.model, part.dir)) << grid;
+      }
+    }
+    // A shard file that is not the one its name says (swapped, and the manifest's checksum
+    // made to fit) is refused: rank 1's file under rank 0's name.
+    const std::filesystem::path step = std::filesystem::path(out) / "checkpoints" / "step_00000003";
+    char mine[64], other[64];
+    std::snprintf(mine, sizeof mine, "model-rank00000-of-%05d.safetensors", n);
+    std::snprintf(other, sizeof other, "model-rank00001-of-%05d.safetensors", n);
+    std::filesystem::copy_file(step / other, step / mine,
+                               std::filesystem::copy_options::overwrite_existing);
+    nlohmann::json manifest = nlohmann::json::parse(test_support::file_text(step / "state.json"));
+    manifest["files"][mine] = manifest["files"][other];
+    std::ofstream(step / "state.json", std::ios::trunc) << manifest.dump(2);
+    CheckpointShard as_rank0 = where;
+    as_rank0.comm = nullptr;
+    const std::string error = test_support::error_of([&] { load_checkpoint(out, false, as_rank0); });
+    EXPECT_NE(error.find(std::string(mine) + "' holds the shard of rank 1 of " +
+                         std::to_string(n) + ", expert_parallel 2, not of rank 0 of " +
+                         std::to_string(n) + ", expert_parallel 2"),
+              std::string::npos)
+        << error;
     std::string why;
     EXPECT_TRUE(remove_tree(out, &why)) << why;
   }

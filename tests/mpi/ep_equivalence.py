@@ -4,8 +4,9 @@
 Trains a tiny-sized model for 5 steps on the same global batch with expert_parallel 1, 2 and 4,
 data parallel 2 x expert parallel 2, and pure data parallel, and requires every step's loss,
 gradient norm and the final validation loss to match the one-process run within 1e-5 relative
-(fp32). Then checks that a sharded checkpoint resumes exactly on the same grid and is refused,
-with a message naming both grids, on another.
+(fp32). Then checks that a sharded checkpoint resumes exactly on the same grid, and resharded on
+another: splitting and merging expert shards and changing data parallelism gives the rest of the
+uninterrupted run on that grid within the same tolerance.
 
 usage: ep_equivalence.py <hetmoe binary> <mpirun>
 """
@@ -158,13 +159,37 @@ comm: {{timeout_s: 120}}
         pairs = [(after.get(s["step"]), s["loss"]) for s in full if s["step"] > 3]
         check(all(a == b for a, b in pairs),
               f"resumed steps 4-5 equal the uninterrupted run exactly: {pairs}")
-    # Another grid is refused with both grids named, before any training.
-    r = subprocess.run([mpirun, "--oversubscribe", "-np", "4", hetmoe, "train", "--config",
-                        os.path.join(tmp, "cfg.yaml"), "--set", "parallel.expert_parallel=2",
-                        "--set", f"run.out_dir={os.path.join(tmp, 'other')}", "--resume", ckpt],
+    # Another grid reshards the checkpoint: the rest of the run gives the losses, gradient norms
+    # and val loss of the uninterrupted run on the grid it resumes on (which agrees with every
+    # other grid within tol), splitting shards, merging them, and changing data parallelism.
+    for (src_ranks, src_ep), (ranks, ep) in (((2, 2), (1, 1)), ((2, 2), (4, 4)),
+                                             ((2, 2), (4, 2)), ((1, 1), (2, 2)),
+                                             ((4, 4), (2, 2))):
+        name = f"resume of the {src_ranks}-rank, expert_parallel {src_ep} step-3 checkpoint " \
+               f"on {ranks} ranks, expert_parallel {ep}"
+        src_ckpt = os.path.join(tmp, f"run-{src_ranks}-{src_ep}", "checkpoints", "step_00000003")
+        out = os.path.join(tmp, f"reshard-{src_ranks}-{src_ep}-to-{ranks}-{ep}")
+        r = train(tmp, ranks, ep, out, extra=("--resume", src_ckpt))
+        check(r.returncode == 0 and "resharding" in r.stdout + r.stderr,
+              f"{name}: exit {r.returncode}" + ("" if r.returncode == 0 else "\n" + r.stderr[-2000:]))
+        straight = runs.get((ranks, ep, True), (None, None))[1]
+        if r.returncode != 0 or straight is None:
+            continue
+        after = {m["step"]: m for m in metrics(out)}
+        pairs = [(after.get(m["step"]), m) for m in straight if m["step"] > 3]
+        worst = max((max(rel(a["loss"], b["loss"]), rel(a["grad_norm"], b["grad_norm"]))
+                     for a, b in pairs if a), default=float("inf"))
+        check(sorted(after) == [4, 5] and worst <= tol,
+              f"{name}: steps 4-5 within {worst:.1e} of the uninterrupted run there")
+        check(rel(after[5]["val_loss"], straight[-1]["val_loss"]) <= tol if 5 in after else False,
+              f"{name}: val loss within tol")
+    # A launch no grid of the config fits is refused, saying how to reshard.
+    r = subprocess.run([mpirun, "--oversubscribe", "-np", "3", hetmoe, "train", "--resume", ckpt,
+                        "--set", f"run.out_dir={os.path.join(tmp, 'other')}"],
                        capture_output=True, text=True, timeout=600)
-    check(r.returncode != 0 and "written by a grid of 2 ranks with expert_parallel 2; this run "
-          "has 4 ranks with expert_parallel 2" in r.stderr, "resume on another grid is refused")
+    check(r.returncode != 0 and "does not divide the world of 3 ranks" in r.stderr and
+          "reshard it to this launch with --set parallel.expert_parallel=P" in r.stderr,
+          "resume on 3 ranks with expert_parallel 2 is refused with the way to reshard")
     # A world that does not fit the config is refused before any work.
     r = train(tmp, 3, 2, os.path.join(tmp, "bad"))
     check(r.returncode != 0 and "does not divide the world of 3 ranks" in r.stderr,

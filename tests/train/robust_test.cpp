@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "hetmoe/core/error.h"
+#include "hetmoe/model/transformer.h"
 #include "hetmoe/train/health.h"
 #include "hetmoe/train/signals.h"
 #include "hetmoe/train/trainer.h"
@@ -255,6 +256,37 @@ int64_t logged_steps(const TempDir& dir) {
   std::string line;
   while (std::getline(in, line)) ++n;
   return n;
+}
+
+// A one-process checkpoint loads as any rank's part of an expert-parallel grid: the rank's
+// experts cut from each expert tensor, model and optimizer state alike, the rest whole. Without
+// the sharded-tensor test the other grid is refused, naming both.
+TEST(CheckpointTest, AOneProcessCheckpointReshardsToAnExpertParallelRank) {
+  TempDir dir;
+  const Config c = run_with_two_checkpoints(dir);
+  const LoadedCheckpoint whole = load_checkpoint(step_dir(c, 4));
+  CheckpointShard rank3;  // data 2 x expert 2: experts 2 and 3 of 4
+  rank3.rank = 3;
+  rank3.world = 4;
+  rank3.expert_parallel = 2;
+  EXPECT_NE(error_of([&] { load_checkpoint(step_dir(c, 4), true, rank3); })
+                .find("written by a grid of 1 rank with expert_parallel 1; this run has 4 ranks "
+                      "with expert_parallel 2"),
+            std::string::npos);
+  const LoadedCheckpoint part =
+      load_checkpoint(step_dir(c, 4), true, rank3, TransformerImpl::is_expert_parameter);
+  EXPECT_EQ(part.state.step, 4);
+  int experts = 0;
+  for (const auto* maps : {&part.model, &part.optimizer}) {
+    const auto& full = maps == &part.model ? whole.model : whole.optimizer;
+    ASSERT_EQ(maps->size(), full.size());
+    for (const auto& [name, t] : full) {
+      const bool expert = TransformerImpl::is_expert_parameter(name);
+      experts += expert;
+      EXPECT_TRUE(at::equal(maps->at(name), expert ? t.narrow(0, 2, 2) : t)) << name;
+    }
+  }
+  EXPECT_EQ(experts, 6);  // w13 and w2 of the one MoE layer, with their exp_avg and exp_avg_sq
 }
 
 TEST(CheckpointTest, KillNineDuringSavesLeavesALoadableCheckpoint) {

@@ -32,13 +32,17 @@ struct TrainState {
 };
 
 // Tensors <-> safetensors files (moved to CPU; fp32, bf16, fp16, int64, int32, uint8, bool).
-void save_tensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors);
+// `metadata` joins the file's "__metadata__" (format "pt", producer "hetmoe").
+void save_tensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
+                  const std::map<std::string, std::string>& metadata = {});
 std::map<std::string, at::Tensor> load_tensors(const std::string& path);
 
 // Which part of a multi-rank run's state this process holds. With world > 1 every rank writes
 // its own model-rankRRRRR-of-WWWWW.safetensors and optimizer-... into the same checkpoint
 // directory, and rank 0 writes state.json (the manifest: grid and shard files), resolved.yaml
-// and the latest pointer once every shard is on disk. `comm` is the world communicator.
+// and the latest pointer once every shard is on disk. `comm` is the world communicator. Each
+// shard file records its place ("hetmoe.shard": "rank R of W, expert_parallel P" in its
+// metadata), and loading refuses a file that is not the shard its name says.
 struct CheckpointShard {
   int rank = 0;
   int world = 1;
@@ -80,10 +84,17 @@ struct LoadedCheckpoint {
 
 // Loads this rank's shard after verifying the checkpoint's checksums. Given a run directory, a
 // checkpoint that does not verify is skipped, with a warning, for the newest one that does.
-// Given a checkpoint directory, it must verify. A checkpoint written by another grid (world size
-// or expert_parallel) is refused with a message naming both grids.
+// Given a checkpoint directory, it must verify.
+// A checkpoint written by another grid (world size or expert_parallel) is resharded when
+// `is_expert` says which tensors are split over the expert-parallel ranks (along dim 0, one row
+// per expert; for the model and for the optimizer state, whose "exp_avg/<name>" keys end as the
+// parameter's do: the trainer passes TransformerImpl::is_expert_parameter). Every other tensor
+// comes from rank 0's files, and this rank's experts (shard.expert_parallel's split of
+// moe.num_experts) are cut from the shards of the writing grid's first expert group. Without
+// `is_expert`, another grid is refused with a message naming both grids.
 LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer = true,
-                                 const CheckpointShard& shard = {});
+                                 const CheckpointShard& shard = {},
+                                 const std::function<bool(const std::string&)>& is_expert = {});
 
 // The whole model from any checkpoint, written by one process or by a multi-rank grid, for
 // generation or evaluation in one process. Each expert tensor (is_expert(name): see
