@@ -229,9 +229,11 @@ void rotate_checkpoints(const fs::path& root, const fs::path& current, int64_t k
   }
 }
 
+bool is_optimizer_file(const std::string& name) { return name.rfind("optimizer", 0) == 0; }
+
 // Throws hetmoe::Error naming the first file of `dir` that is missing, truncated or corrupt by
-// the manifest's sizes and checksums.
-void verify_files(const fs::path& dir, const CheckpointManifest& manifest) {
+// the manifest's sizes and checksums; the optimizer shards are left out unless `optimizer`.
+void verify_files(const fs::path& dir, const CheckpointManifest& manifest, bool optimizer) {
   // What the manifest must cover, so that deleting an entry cannot switch its check off: every
   // rank's model shard and the config. A step directory's name must agree with its step.
   std::vector<std::string> required{"resolved.yaml"};
@@ -250,6 +252,7 @@ void verify_files(const fs::path& dir, const CheckpointManifest& manifest) {
                ", but its directory is ", dir.filename().string());
   HealthMonitor().load(manifest.health);  // malformed training-health state: not resumable
   for (const auto& [name, want] : manifest.files) {
+    if (!optimizer && is_optimizer_file(name)) continue;
     const fs::path file = dir / name;
     HETMOE_CHECK(fs::exists(file), "checkpoint", "'", file.string(), "' is missing");
     const Digest got = file_digest(file);
@@ -287,19 +290,20 @@ CheckpointManifest read_checkpoint_manifest(const std::string& dir) {
   return read_manifest(fs::path(dir));
 }
 
-void verify_checkpoint(const std::string& dir) {
+void verify_checkpoint(const std::string& dir, bool optimizer) {
   // Checkpoints verified in this process, as their files were then: a resume that picks a
   // checkpoint (verifying it) and then loads it reads every byte once, not twice. A file
-  // rewritten or resized since is verified again.
+  // rewritten or resized since is verified again. A whole verification covers a model-only one.
   static std::mutex mutex;
   static std::set<std::string> verified;
   const CheckpointManifest manifest = read_manifest(fs::path(dir));
-  const std::string key = fingerprint(fs::path(dir), manifest);
+  const std::string whole = fingerprint(fs::path(dir), manifest);
+  const std::string key = optimizer ? whole : whole + "|without optimizer";
   {
     std::lock_guard<std::mutex> lock(mutex);
-    if (verified.count(key)) return;
+    if (verified.count(whole) || verified.count(key)) return;
   }
-  verify_files(fs::path(dir), manifest);
+  verify_files(fs::path(dir), manifest, optimizer);
   std::lock_guard<std::mutex> lock(mutex);
   verified.insert(key);
 }
@@ -512,19 +516,20 @@ std::vector<fs::path> run_candidates(const fs::path& run) {
 
 // The checkpoint `path` names, verified. A run directory yields its newest checkpoint that
 // verifies (with a warning for each one skipped); a checkpoint directory must verify itself.
-std::string verified_checkpoint(const std::string& path) {
+// Without `optimizer` the optimizer shards are neither needed nor checked.
+std::string verified_checkpoint(const std::string& path, bool optimizer) {
   fs::path given = fs::path(path).lexically_normal();
   if (given.filename().empty()) given = given.parent_path();  // a trailing '/'
   HETMOE_CHECK(fs::exists(given), "checkpoint", "'", path, "' does not exist");
   if (fs::exists(given / "state.json")) {
-    verify_checkpoint(given.string());  // an explicitly named checkpoint must itself be sound
+    verify_checkpoint(given.string(), optimizer);  // a checkpoint named must itself be sound
     return given.string();
   }
   const std::vector<fs::path> candidates = run_candidates(given);
   std::string problems;
   for (const auto& dir : candidates) {
     try {
-      verify_checkpoint(dir.string());
+      verify_checkpoint(dir.string(), optimizer);
     } catch (const Error& e) {
       problems += std::string(problems.empty() ? "" : "; ") + e.what();
       HETMOE_LOG_WARN("%s; trying an older checkpoint", e.what());
@@ -540,14 +545,15 @@ std::string verified_checkpoint(const std::string& path) {
 }  // namespace
 
 std::string resumable_checkpoint(const std::string& path) {
-  return verified_checkpoint(path);
+  return verified_checkpoint(path, true);
 }
 
 namespace {
 
-// The verified checkpoint `path` names, its config and training state; returns its manifest.
-CheckpointManifest open_checkpoint(const std::string& path, LoadedCheckpoint& c) {
-  c.dir = verified_checkpoint(path);
+// The verified checkpoint `path` names (its optimizer shards too when `optimizer`), its config
+// and training state; returns its manifest.
+CheckpointManifest open_checkpoint(const std::string& path, bool optimizer, LoadedCheckpoint& c) {
+  c.dir = verified_checkpoint(path, optimizer);
   const fs::path dir(c.dir);
   c.config = load_config((dir / "resolved.yaml").string());
   CheckpointManifest m = read_manifest(dir);
@@ -643,7 +649,7 @@ LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
                                  const CheckpointShard& shard,
                                  const std::function<bool(const std::string&)>& is_expert) {
   LoadedCheckpoint c;
-  const CheckpointManifest m = open_checkpoint(path, c);
+  const CheckpointManifest m = open_checkpoint(path, load_optimizer, c);
   const fs::path dir(c.dir);
   const bool same_grid = m.world_size == shard.world && m.expert_parallel == shard.expert_parallel;
   HETMOE_CHECK(same_grid || is_expert, "checkpoint", "'", c.dir, "' was written by a grid of ",
@@ -670,7 +676,7 @@ LoadedCheckpoint load_whole_model(const std::string& path,
                                   const std::function<bool(const std::string&)>& is_expert) {
   LoadedCheckpoint c;
   HETMOE_CHECK(is_expert, "checkpoint", "load_whole_model needs is_expert to gather the experts");
-  const CheckpointManifest m = open_checkpoint(path, c);
+  const CheckpointManifest m = open_checkpoint(path, false, c);
   HETMOE_CHECK(m.expert_parallel >= 1 && c.config.moe.num_experts % m.expert_parallel == 0,
                "checkpoint", "'", c.dir, "': moe.num_experts ", c.config.moe.num_experts,
                " does not split over its expert_parallel ", m.expert_parallel);

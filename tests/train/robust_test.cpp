@@ -90,6 +90,30 @@ TEST(CheckpointTest, TruncatedOrCorruptFilesAreRefusedByName) {
             std::string::npos);
 }
 
+// The model alone needs no optimizer state: a checkpoint copied without optimizer.safetensors
+// (for generation elsewhere) loads its model, verified, and only a resume misses the file.
+TEST(CheckpointTest, TheModelLoadsFromACheckpointWithoutItsOptimizerState) {
+  TempDir dir;
+  const Config c = run_with_two_checkpoints(dir);
+  const std::string ckpt = step_dir(c, 4);
+  const LoadedCheckpoint before = load_checkpoint(ckpt);
+  fs::remove(ckpt + "/optimizer.safetensors");
+  const LoadedCheckpoint whole = load_whole_model(ckpt, TransformerImpl::is_expert_parameter);
+  const LoadedCheckpoint model = load_checkpoint(c.run.out_dir, /*load_optimizer=*/false);
+  EXPECT_EQ(model.dir, ckpt);  // the newest, not fallen back from
+  for (const auto& [name, t] : before.model) {
+    EXPECT_TRUE(at::equal(whole.model.at(name), t)) << name;
+    EXPECT_TRUE(at::equal(model.model.at(name), t)) << name;
+  }
+  EXPECT_NE(error_of([&] { load_checkpoint(ckpt); }).find("optimizer.safetensors' is missing"),
+            std::string::npos);
+  // The model's own files are still checked.
+  damage(ckpt + "/model.safetensors", /*truncate=*/false);
+  EXPECT_NE(error_of([&] { load_whole_model(ckpt, TransformerImpl::is_expert_parameter); })
+                .find("model.safetensors' is corrupt"),
+            std::string::npos);
+}
+
 // A manifest edited so that it would pass unchecked: an entry of its checksum list deleted (which
 // would switch that file's check off), a step other than its directory's, malformed
 // training-health state, a version this hetmoe does not write. Each is refused when named, and

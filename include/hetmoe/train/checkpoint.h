@@ -57,9 +57,10 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
                             const std::map<std::string, at::Tensor>& optimizer_state,
                             const CheckpointShard& shard = {});
 
-// Checks every file the checkpoint's manifest lists against its recorded size and checksum;
+// Checks every file the checkpoint's manifest lists against its recorded size and checksum
+// (without `optimizer`, all but the optimizer shards: what the model alone needs);
 // throws hetmoe::Error("[checkpoint] '<file>' is truncated/corrupt/missing ...").
-void verify_checkpoint(const std::string& dir);
+void verify_checkpoint(const std::string& dir, bool optimizer = true);
 
 // Resolves a user-given path to a checkpoint directory: a checkpoint directory itself, or a run
 // directory (its checkpoints/latest). Throws hetmoe::Error("[checkpoint] ...") when none exists.
@@ -82,9 +83,10 @@ struct LoadedCheckpoint {
   std::map<std::string, at::Tensor> optimizer;  // empty when load_optimizer is false
 };
 
-// Loads this rank's shard after verifying the checkpoint's checksums. Given a run directory, a
-// checkpoint that does not verify is skipped, with a warning, for the newest one that does.
-// Given a checkpoint directory, it must verify.
+// Loads this rank's shard after verifying the checkpoint's checksums (the optimizer shards only
+// when `load_optimizer`: a checkpoint copied without them loads its model). Given a run
+// directory, a checkpoint that does not verify is skipped, with a warning, for the newest one
+// that does. Given a checkpoint directory, it must verify.
 // A checkpoint written by another grid (world size or expert_parallel) is resharded when
 // `is_expert` says which tensors are split over the expert-parallel ranks (along dim 0, one row
 // per expert; for the model and for the optimizer state, whose "exp_avg/<name>" keys end as the
@@ -100,8 +102,9 @@ LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer = 
 // generation or evaluation in one process. Each expert tensor (is_expert(name): see
 // Transformer::is_expert_parameter) is the concatenation along dim 0 of the shards of the first
 // expert group's ranks, 0 .. expert_parallel - 1, which together hold every expert; every other
-// tensor comes from rank 0 (all ranks hold the same). Verified as load_checkpoint does; no
-// optimizer state.
+// tensor comes from rank 0 (all ranks hold the same). Verified as load_checkpoint does without
+// its optimizer state, which it neither loads nor needs: generation works from a checkpoint
+// copied without its optimizer-*.safetensors.
 LoadedCheckpoint load_whole_model(const std::string& path,
                                   const std::function<bool(const std::string&)>& is_expert);
 
