@@ -335,12 +335,10 @@ std::string shard_identity(const CheckpointShard& s) {
   return detail::concat("rank ", s.rank, " of ", s.world, ", expert_parallel ", s.expert_parallel);
 }
 
-// The tensors of a safetensors file whose names `keep` accepts (all when it is empty). With
-// `expect`, a file that records its place in a grid must be that shard: a renamed or swapped
-// shard file is refused even when the manifest's checksums were made to fit it.
-std::map<std::string, at::Tensor> load_tensors_where(
-    const std::string& path, const std::function<bool(const std::string&)>& keep,
-    const CheckpointShard* expect = nullptr) {
+// A safetensors file read whole. With `expect`, a file that records its place in a grid must be
+// that shard: a renamed or swapped shard file is refused even when the manifest's checksums
+// were made to fit it.
+SafetensorsFile open_shard(const std::string& path, const CheckpointShard* expect) {
   SafetensorsFile file(path);
   if (expect) {
     auto it = file.metadata().find("hetmoe.shard");
@@ -348,14 +346,34 @@ std::map<std::string, at::Tensor> load_tensors_where(
                  "checkpoint", "'", path, "' holds the shard of ", it->second,
                  ", not of ", shard_identity(*expect), " as its name says");
   }
-  std::map<std::string, at::Tensor> out;
-  for (const auto& name : file.names()) {
-    if (keep && !keep(name)) continue;
-    const TensorView& v = file.get(name);
-    at::Tensor t = at::empty(v.shape, at::TensorOptions().dtype(torch_dtype(v.dtype, name)));
-    if (v.nbytes) std::memcpy(t.data_ptr(), v.data, v.nbytes);
-    out.emplace(name, t);
+  return file;
+}
+
+// A copy of the tensor `name` of `file`, or of its rows [first, first + count) along dim 0 only.
+at::Tensor copy_tensor(const SafetensorsFile& file, const std::string& name, int64_t first = 0,
+                       int64_t count = -1) {
+  const TensorView& v = file.get(name);
+  std::vector<int64_t> shape = v.shape;
+  size_t offset = 0, bytes = v.nbytes;
+  if (count >= 0) {  // the caller has checked that the rows exist
+    const size_t row = shape[0] > 0 ? v.nbytes / static_cast<size_t>(shape[0]) : 0;
+    offset = row * static_cast<size_t>(first);
+    bytes = row * static_cast<size_t>(count);
+    shape[0] = count;
   }
+  at::Tensor t = at::empty(shape, at::TensorOptions().dtype(torch_dtype(v.dtype, name)));
+  if (bytes) std::memcpy(t.data_ptr(), static_cast<const char*>(v.data) + offset, bytes);
+  return t;
+}
+
+// The tensors of a safetensors file whose names `keep` accepts (all when it is empty).
+std::map<std::string, at::Tensor> load_tensors_where(
+    const std::string& path, const std::function<bool(const std::string&)>& keep,
+    const CheckpointShard* expect = nullptr) {
+  const SafetensorsFile file = open_shard(path, expect);
+  std::map<std::string, at::Tensor> out;
+  for (const auto& name : file.names())
+    if (!keep || keep(name)) out.emplace(name, copy_tensor(file, name));
   return out;
 }
 
@@ -575,12 +593,19 @@ std::string describe_grid(int64_t world, int64_t expert_parallel) {
                         expert_parallel);
 }
 
+// Whether every rank of both grids holds every expert: then any shard is the whole state.
+bool unsharded(const CheckpointManifest& m, const CheckpointShard& want) {
+  return m.expert_parallel == 1 && want.expert_parallel == 1;
+}
+
 // `stem`'s tensors ("model" or "optimizer") as rank `want.rank` of the grid `want` describes
 // holds them, from the checkpoint in `dir` whose manifest `m` names the grid that wrote it.
-// The same grid reads the rank's own file. Another grid takes every tensor that is not sharded
-// from rank 0's file (all ranks hold the same ones) and cuts its experts out of the files of the
-// ranks 0 .. expert_parallel - 1 that wrote them: the first expert group, which holds every
-// expert, rank j experts [j * E / ep, (j + 1) * E / ep) along dim 0 of each sharded tensor.
+// The same grid reads the rank's own file, and so does any grid where every rank holds every
+// expert (rank 0's). Otherwise every tensor that `sharded` rejects comes from rank 0's file
+// (all ranks hold the same ones), and this rank's experts are cut out of the files of the ranks
+// 0 .. expert_parallel - 1 that wrote them: the first expert group, which holds every expert,
+// rank j experts [j * E / ep, (j + 1) * E / ep) along dim 0 of each sharded tensor. Each file is
+// read once, and only the rows this rank keeps are copied out of it.
 std::map<std::string, at::Tensor> load_part(const fs::path& dir, const char* stem,
                                             const CheckpointManifest& m, int64_t num_experts,
                                             const CheckpointShard& want,
@@ -588,58 +613,50 @@ std::map<std::string, at::Tensor> load_part(const fs::path& dir, const char* ste
   CheckpointShard from;
   from.world = m.world_size;
   from.expert_parallel = m.expert_parallel;
-  if (m.world_size == want.world && m.expert_parallel == want.expert_parallel) {
-    from.rank = want.rank;
+  const bool same_grid = m.world_size == want.world && m.expert_parallel == want.expert_parallel;
+  if (same_grid || unsharded(m, want)) {
+    from.rank = same_grid ? want.rank : 0;
     return load_tensors_where((dir / shard_file(stem, from)).string(), nullptr, &from);
   }
   const int64_t per_file = num_experts / m.expert_parallel;
   const int64_t per_rank = num_experts / want.expert_parallel;
   const int64_t first = (want.rank % want.expert_parallel) * per_rank, last = first + per_rank;
-  // Rank 0's file gives the unsharded tensors, and its experts too when this rank needs them.
-  const bool zero_has_experts = first < per_file;
-  from.rank = 0;
-  const std::string zero_file = (dir / shard_file(stem, from)).string();
-  std::map<std::string, at::Tensor> out = load_tensors_where(
-      zero_file, zero_has_experts ? std::function<bool(const std::string&)>()
-                                  : [&](const std::string& n) { return !sharded(n); },
-      &from);
+  std::map<std::string, at::Tensor> out;
   std::map<std::string, std::vector<at::Tensor>> parts;
   std::string names_from;  // the first file the expert tensors came from, for the name check
   for (int j = 0; j < static_cast<int>(m.expert_parallel); ++j) {
     const int64_t lo = std::max(first, j * per_file), hi = std::min(last, (j + 1) * per_file);
-    if (lo >= hi) continue;
+    if (lo >= hi && j > 0) continue;  // rank 0's file is read for the unsharded tensors anyway
     from.rank = j;
-    const std::string file = (dir / shard_file(stem, from)).string();
-    std::map<std::string, at::Tensor> experts;
-    if (j == 0) {
-      for (auto it = out.begin(); it != out.end();)
-        if (sharded(it->first)) {
-          experts.insert(*it);
-          it = out.erase(it);
-        } else {
-          ++it;
-        }
-    } else {
-      experts = load_tensors_where(file, sharded, &from);
+    const std::string path = (dir / shard_file(stem, from)).string();
+    const SafetensorsFile file = open_shard(path, &from);
+    std::vector<std::string> experts;
+    for (const auto& name : file.names()) {
+      if (!sharded(name)) {
+        if (j == 0) out.emplace(name, copy_tensor(file, name));
+      } else if (lo < hi) {
+        experts.push_back(name);
+      }
     }
+    if (lo >= hi) continue;
     if (names_from.empty()) {
-      names_from = file;
+      names_from = path;
     } else {
-      HETMOE_CHECK(experts.size() == parts.size(), "checkpoint", "'", file, "' holds ",
+      HETMOE_CHECK(experts.size() == parts.size(), "checkpoint", "'", path, "' holds ",
                    experts.size(), " expert tensors, '", names_from, "' ", parts.size());
     }
-    for (auto& [name, t] : experts) {
-      HETMOE_CHECK(names_from == file || parts.count(name), "checkpoint", "'", file,
+    for (const auto& name : experts) {
+      HETMOE_CHECK(names_from == path || parts.count(name), "checkpoint", "'", path,
                    "' holds expert tensor '", name, "', which '", names_from, "' lacks");
-      HETMOE_CHECK(t.dim() >= 1 && t.size(0) == per_file, "checkpoint", "'", file, "': tensor '",
-                   name, "' has ", t.dim() >= 1 ? t.size(0) : 0, " rows, not the ", per_file,
+      const std::vector<int64_t>& shape = file.get(name).shape;
+      HETMOE_CHECK(!shape.empty() && shape[0] == per_file, "checkpoint", "'", path, "': tensor '",
+                   name, "' has ", shape.empty() ? 0 : shape[0], " rows, not the ", per_file,
                    " experts of one of ", m.expert_parallel,
                    " expert-parallel ranks (moe.num_experts ", num_experts, ")");
-      parts[name].push_back(t.narrow(0, lo - j * per_file, hi - lo));
+      parts[name].push_back(copy_tensor(file, name, lo - j * per_file, hi - lo));
     }
   }
-  // A copy, so the rows left out do not stay alive with it.
-  for (auto& [name, list] : parts) out[name] = at::cat(list, 0);
+  for (auto& [name, list] : parts) out[name] = list.size() == 1 ? list[0] : at::cat(list, 0);
   return out;
 }
 
@@ -652,7 +669,7 @@ LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
   const CheckpointManifest m = open_checkpoint(path, load_optimizer, c);
   const fs::path dir(c.dir);
   const bool same_grid = m.world_size == shard.world && m.expert_parallel == shard.expert_parallel;
-  HETMOE_CHECK(same_grid || is_expert, "checkpoint", "'", c.dir, "' was written by a grid of ",
+  HETMOE_CHECK(same_grid || is_expert || unsharded(m, shard), "checkpoint", "'", c.dir, "' was written by a grid of ",
                describe_grid(m.world_size, m.expert_parallel), "; this run has ",
                describe_grid(shard.world, shard.expert_parallel),
                ". Resume with the same grid, or say which tensors are sharded (is_expert) to "
@@ -675,8 +692,10 @@ LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
 LoadedCheckpoint load_whole_model(const std::string& path,
                                   const std::function<bool(const std::string&)>& is_expert) {
   LoadedCheckpoint c;
-  HETMOE_CHECK(is_expert, "checkpoint", "load_whole_model needs is_expert to gather the experts");
   const CheckpointManifest m = open_checkpoint(path, false, c);
+  HETMOE_CHECK(is_expert || m.expert_parallel == 1, "checkpoint", "'", c.dir,
+               "' holds experts sharded over ", m.expert_parallel,
+               " ranks; load_whole_model needs is_expert to gather them");
   HETMOE_CHECK(m.expert_parallel >= 1 && c.config.moe.num_experts % m.expert_parallel == 0,
                "checkpoint", "'", c.dir, "': moe.num_experts ", c.config.moe.num_experts,
                " does not split over its expert_parallel ", m.expert_parallel);

@@ -208,13 +208,19 @@ Trainer::Trainer(Config config, TrainerOptions options)
     try {
       const std::string dir = find_checkpoint(options_.resume);
       const CheckpointManifest m = read_checkpoint_manifest(dir);
-      hint = detail::concat("; '", dir, "' was written by ", m.world_size,
-                            " rank(s) with parallel.expert_parallel ", m.expert_parallel,
-                            ": resume it with that grid (mpirun -np ", m.world_size,
-                            "), or reshard it to this launch with --set "
-                            "parallel.expert_parallel=P for a P that divides the ",
-                            launched, " rank(s) and moe.num_experts ",
-                            config_.moe.num_experts);
+      std::string fits;  // the expert_parallel values this launch and the experts allow
+      for (int64_t p = 1; p <= launched; ++p)
+        if (launched % p == 0 && config_.moe.num_experts % p == 0)
+          fits += (fits.empty() ? "" : ", ") + std::to_string(p);
+      const int64_t mb = config_.train.micro_batch;
+      hint = detail::concat(
+          "; '", dir, "' was written by ", m.world_size, " rank(s) with parallel.expert_parallel ",
+          m.expert_parallel, ": resume it with that grid (mpirun -np ", m.world_size,
+          "), or reshard it to this launch with --set parallel.expert_parallel=P, P one of ", fits,
+          mb % launched == 0 ? ""
+                             : detail::concat(" (but train.micro_batch ", mb,
+                                              ", the global micro-batch, does not split over ",
+                                              launched, " ranks)"));
     } catch (const Error&) {
       throw e;
     }

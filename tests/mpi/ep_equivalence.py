@@ -99,11 +99,13 @@ comm: {{timeout_s: 120}}
               f"{name}: val loss {rows[-1]['val_loss']:.7f} vs {base[-1]['val_loss']:.7f}")
 
     # Ling's routing warmup: logit statistics over the global micro-batch and noise drawn per
-    # global token, so a grid gives the one-process losses with it on too.
+    # global token, so a grid gives the one-process losses with it on too; and the expert bias,
+    # updated from the global counts.
+    stateful = ("--set", "moe.routing_warmup_steps=4", "--set", "moe.bias_update_rate=0.01")
     warm = {}
     for ranks, ep in ((1, 1), (4, 2)):
         out = os.path.join(tmp, f"warm-{ranks}-{ep}")
-        r = train(tmp, ranks, ep, out, extra=("--set", "moe.routing_warmup_steps=4"))
+        r = train(tmp, ranks, ep, out, extra=stateful)
         check(r.returncode == 0, f"routing warmup on {ranks} ranks: exit {r.returncode}"
               + ("" if r.returncode == 0 else "\n" + r.stderr[-2000:]))
         if r.returncode == 0:
@@ -112,7 +114,8 @@ comm: {{timeout_s: 120}}
         a, b = warm[(4, 2)], warm[(1, 1)]
         worst = max(rel(x["loss"], y["loss"]) for x, y in zip(a, b))
         check(len(a) == len(b) and worst <= tol,
-              f"routing warmup, 4 ranks, expert_parallel 2: losses within {worst:.1e} of one process")
+              f"routing warmup and expert bias, 4 ranks, expert_parallel 2: losses within "
+              f"{worst:.1e} of one process")
 
     # The time split: the MoE kernels on every CPU run; the exchanges, and the shared-expert
     # work done while tokens travelled, on expert-parallel ones.
@@ -162,17 +165,20 @@ comm: {{timeout_s: 120}}
     # Another grid reshards the checkpoint: the rest of the run gives the losses, gradient norms
     # and val loss of the uninterrupted run on the grid it resumes on (which agrees with every
     # other grid within tol), splitting shards, merging them, and changing data parallelism.
-    for (src_ranks, src_ep), (ranks, ep) in (((2, 2), (1, 1)), ((2, 2), (4, 4)),
-                                             ((2, 2), (4, 2)), ((1, 1), (2, 2)),
-                                             ((4, 4), (2, 2))):
+    # The routing state (warmup statistics, expert bias) is resharded with the weights: the
+    # last pair resumes the warmup run of 4 ranks on one process.
+    for (src_ranks, src_ep), (ranks, ep), src, extra in (
+            ((2, 2), (1, 1), "run", ()), ((2, 2), (4, 4), "run", ()), ((2, 2), (4, 2), "run", ()),
+            ((1, 1), (2, 2), "run", ()), ((4, 4), (2, 2), "run", ()),
+            ((4, 2), (1, 1), "warm", stateful)):
         name = f"resume of the {src_ranks}-rank, expert_parallel {src_ep} step-3 checkpoint " \
-               f"on {ranks} ranks, expert_parallel {ep}"
-        src_ckpt = os.path.join(tmp, f"run-{src_ranks}-{src_ep}", "checkpoints", "step_00000003")
-        out = os.path.join(tmp, f"reshard-{src_ranks}-{src_ep}-to-{ranks}-{ep}")
-        r = train(tmp, ranks, ep, out, extra=("--resume", src_ckpt))
+               f"on {ranks} ranks, expert_parallel {ep}" + (", warmup and bias" if extra else "")
+        src_ckpt = os.path.join(tmp, f"{src}-{src_ranks}-{src_ep}", "checkpoints", "step_00000003")
+        out = os.path.join(tmp, f"reshard-{src}-{src_ranks}-{src_ep}-to-{ranks}-{ep}")
+        r = train(tmp, ranks, ep, out, extra=("--resume", src_ckpt, *extra))
         check(r.returncode == 0 and "resharding" in r.stdout + r.stderr,
               f"{name}: exit {r.returncode}" + ("" if r.returncode == 0 else "\n" + r.stderr[-2000:]))
-        straight = runs.get((ranks, ep, True), (None, None))[1]
+        straight = warm.get((ranks, ep)) if extra else runs.get((ranks, ep, True), (None, None))[1]
         if r.returncode != 0 or straight is None:
             continue
         after = {m["step"]: m for m in metrics(out)}
@@ -188,7 +194,8 @@ comm: {{timeout_s: 120}}
                         "--set", f"run.out_dir={os.path.join(tmp, 'other')}"],
                        capture_output=True, text=True, timeout=600)
     check(r.returncode != 0 and "does not divide the world of 3 ranks" in r.stderr and
-          "reshard it to this launch with --set parallel.expert_parallel=P" in r.stderr,
+          "reshard it to this launch with --set parallel.expert_parallel=P, P one of 1 (but "
+          "train.micro_batch 8, the global micro-batch, does not split over 3 ranks)" in r.stderr,
           "resume on 3 ranks with expert_parallel 2 is refused with the way to reshard")
     # A world that does not fit the config is refused before any work.
     r = train(tmp, 3, 2, os.path.join(tmp, "bad"))

@@ -311,6 +311,15 @@ TEST(CheckpointTest, AOneProcessCheckpointReshardsToAnExpertParallelRank) {
     }
   }
   EXPECT_EQ(experts, 6);  // w13 and w2 of the one MoE layer, with their exp_avg and exp_avg_sq
+  // Pure data parallelism holds every expert on every rank: any grid of it takes the whole
+  // state, with or without the test.
+  CheckpointShard data_rank;
+  data_rank.rank = 1;
+  data_rank.world = 2;
+  const LoadedCheckpoint copy = load_checkpoint(step_dir(c, 4), true, data_rank);
+  for (const auto& [name, t] : whole.model) EXPECT_TRUE(at::equal(copy.model.at(name), t)) << name;
+  EXPECT_EQ(copy.optimizer.size(), whole.optimizer.size());
+  EXPECT_EQ(load_whole_model(step_dir(c, 4), {}).model.size(), whole.model.size());
 }
 
 TEST(CheckpointTest, KillNineDuringSavesLeavesALoadableCheckpoint) {

@@ -92,14 +92,16 @@ struct LoadedCheckpoint {
 // per expert; for the model and for the optimizer state, whose "exp_avg/<name>" keys end as the
 // parameter's do: the trainer passes TransformerImpl::is_expert_parameter). Every other tensor
 // comes from rank 0's files, and this rank's experts (shard.expert_parallel's split of
-// moe.num_experts) are cut from the shards of the writing grid's first expert group. Without
-// `is_expert`, another grid is refused with a message naming both grids.
+// moe.num_experts) are cut from the shards of the writing grid's first expert group, copying only
+// the rows this rank keeps. Without `is_expert`, another grid is refused with a message naming
+// both grids, unless every rank of both holds every expert (expert_parallel 1 in both).
 LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer = true,
                                  const CheckpointShard& shard = {},
                                  const std::function<bool(const std::string&)>& is_expert = {});
 
 // The whole model from any checkpoint, written by one process or by a multi-rank grid, for
-// generation or evaluation in one process. Each expert tensor (is_expert(name): see
+// generation or evaluation in one process (is_expert may be empty for a checkpoint written
+// with expert_parallel 1). Each expert tensor (is_expert(name): see
 // Transformer::is_expert_parameter) is the concatenation along dim 0 of the shards of the first
 // expert group's ranks, 0 .. expert_parallel - 1, which together hold every expert; every other
 // tensor comes from rank 0 (all ranks hold the same). Verified as load_checkpoint does without

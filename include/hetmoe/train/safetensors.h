@@ -37,6 +37,11 @@ class SafetensorsFile {
   explicit SafetensorsFile(const std::string& path);
   // Parses an in-memory buffer (used by the fuzz target and tests); source names it in errors.
   SafetensorsFile(std::vector<uint8_t> bytes, const std::string& source);
+  // The views point into the bytes: a move keeps them valid, a copy would not.
+  SafetensorsFile(SafetensorsFile&&) = default;
+  SafetensorsFile& operator=(SafetensorsFile&&) = default;
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
   std::vector<std::string> names() const;  // sorted
   bool contains(const std::string& name) const;
