@@ -9,7 +9,8 @@ namespace hetmoe::cpu {
 // grouped expert GEMMs through oneDNN (fp32) or LibTorch's BLAS.
 const MoEKernels& cpu_moe_kernels();
 
-// The table's GEMM on its own: oneDNN for fp32 when the module is loaded, else LibTorch's.
+// The table's GEMM on its own: oneDNN for fp32 when the module is loaded, else LibTorch's; in
+// bf16 and fp16 LibTorch's, split into few shapes so that its compiled kernels stay cached.
 void cpu_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 
 }  // namespace hetmoe::cpu

@@ -275,6 +275,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expert_ffn_backward(
   return grouped_swiglu_backward(cpu_matmul, grad_y, x, h, w13, w2, tokens_per_expert);
 }
 
+void aten_mm(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  if (accumulate)
+    out.addmm_(a, b);
+  else
+    at::mm_out(out, a, b);
+}
+
+// LibTorch's reduced-precision CPU GEMMs are oneDNN matmul primitives, JIT-compiled once per
+// shape (about 0.8 ms each on a 2-core Xeon with AMX) and kept in a cache of 1024. The grouped
+// expert GEMMs take their rows from the tokens-per-expert counts, which change every step, so
+// almost every call compiled a new primitive: bf16 bench-small spent more time compiling GEMMs
+// than running them. Each of the two dimensions that can follow the counts (rows, and the
+// reduction of a weight gradient) is split into a multiple of kShapeBlock and the rest, so a
+// layer's GEMMs take at most rows / kShapeBlock + kShapeBlock shapes, which stay cached. Rows
+// split exactly; a split reduction adds its second part into the first's result (one more
+// rounding in the output dtype, only when the reduction is not a multiple of kShapeBlock).
+constexpr int64_t kShapeBlock = 64;
+
+void shape_blocked_mm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                      bool accumulate) {
+  const int64_t m = a.size(0), k = a.size(1);
+  const int64_t m_full = m / kShapeBlock * kShapeBlock, k_full = k / kShapeBlock * kShapeBlock;
+  auto rows = [&](int64_t first, int64_t count) {
+    const at::Tensor o = out.narrow(0, first, count), ar = a.narrow(0, first, count);
+    if (k_full == 0 || k_full == k) return aten_mm(o, ar, b, accumulate);
+    aten_mm(o, ar.narrow(1, 0, k_full), b.narrow(0, 0, k_full), accumulate);
+    aten_mm(o, ar.narrow(1, k_full, k - k_full), b.narrow(0, k_full, k - k_full), true);
+  };
+  if (m_full == 0 || m_full == m) return rows(0, m);
+  rows(0, m_full);
+  rows(m_full, m - m_full);
+}
+
 }  // namespace
 
 void cpu_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
@@ -282,14 +315,11 @@ void cpu_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
   const int64_t m = a.size(0), kk = a.size(1), n = b.size(1);
   const bool fp32 = out.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat &&
                     b.scalar_type() == at::kFloat;
-  if (!dnnl || !fp32 || out.stride(1) != 1 || out.stride(0) < std::max<int64_t>(1, n)) {
-    at::Tensor o = out;
-    if (accumulate)
-      o.addmm_(a, b);
-    else
-      at::mm_out(o, a, b);
-    return;
-  }
+  const at::ScalarType t = a.scalar_type();
+  if ((t == at::kBFloat16 || t == at::kHalf) && b.scalar_type() == t && out.scalar_type() == t)
+    return shape_blocked_mm(out, a, b, accumulate);
+  if (!dnnl || !fp32 || out.stride(1) != 1 || out.stride(0) < std::max<int64_t>(1, n))
+    return aten_mm(out, a, b, accumulate);
   if (m == 0 || n == 0) return;
   if (kk == 0) {
     if (!accumulate) at::Tensor(out).zero_();

@@ -246,6 +246,30 @@ TEST(CpuMatmulTest, MatchesLibTorchForTransposedViewsAndAccumulation) {
   EXPECT_EQ(z.abs().sum().item<float>(), 0.0f);
 }
 
+// In bf16 the GEMM is split into a multiple of 64 rows and the rest, and likewise along the
+// reduction: every split (and none) gives LibTorch's product within bf16 rounding, transposed
+// views, accumulation and row slices of a larger output included.
+TEST(CpuMatmulTest, Bf16SplitsIntoFewShapesAndKeepsTheProduct) {
+  at::manual_seed(23);
+  for (auto [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 3}, {63, 64, 8},
+                         {64, 63, 8}, {65, 130, 16}, {200, 129, 24}, {130, 700, 5}, {0, 70, 4}}) {
+    const at::Tensor a = at::randn({m, k}), b = at::randn({k, n});
+    const at::Tensor ab = a.to(at::kBFloat16), bb = b.to(at::kBFloat16);
+    const at::Tensor want = at::mm(ab.to(at::kFloat), bb.to(at::kFloat));  // exact products
+    const at::Tensor at_ = ab.t().contiguous().t(), bt = bb.t().contiguous().t();
+    for (const auto& [x, y] : {std::pair{ab, bb}, {at_, bb}, {ab, bt}, {at_, bt}}) {
+      at::Tensor big = at::full({m + 5, n}, 3.0, at::kBFloat16);
+      at::Tensor out = big.narrow(0, 2, m);
+      cpu::cpu_matmul(out, x, y, false);
+      EXPECT_CLOSE(out.to(at::kFloat), want, 1e-2);
+      EXPECT_EQ(big.narrow(0, 0, 2).to(at::kFloat).sub(3).abs().sum().item<float>(), 0.0f);
+      EXPECT_EQ(big.narrow(0, m + 2, 3).to(at::kFloat).sub(3).abs().sum().item<float>(), 0.0f);
+      cpu::cpu_matmul(out, x, y, true);  // out += x @ y: twice the product now
+      EXPECT_CLOSE(out.to(at::kFloat), want * 2, 1e-2);
+    }
+  }
+}
+
 TEST(LinearOpTest, MatchesAtLinearInValuesAndGradients) {
   at::manual_seed(22);
   at::Tensor x = at::randn({2, 5, 12}), w = at::randn({7, 12});
