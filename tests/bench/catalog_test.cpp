@@ -46,6 +46,7 @@ TEST(CatalogTest, MatchesDeviceNamesAsBackendsReportThem) {
   EXPECT_EQ(c.match("AMD Instinct MI300X")->name, "amd-mi300x");
   ASSERT_NE(c.match("AMD EPYC 9B45 (2 cores)"), nullptr);
   EXPECT_EQ(c.match("amd epyc (2 cores)")->name, "cpu-epyc-2vcpu");  // case-insensitive
+  EXPECT_EQ(c.match("Intel(R) Xeon(R) Processor (2 cores)")->name, "cpu-xeon-amx-2vcpu");
   // Every match string must occur: a 4-core EPYC is another price class.
   EXPECT_EQ(c.match("AMD EPYC (4 cores)"), nullptr);
   EXPECT_EQ(c.match("Some Future Accelerator"), nullptr);
