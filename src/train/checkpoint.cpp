@@ -366,21 +366,19 @@ at::Tensor copy_tensor(const SafetensorsFile& file, const std::string& name, int
   return t;
 }
 
-// The tensors of a safetensors file whose names `keep` accepts (all when it is empty).
-std::map<std::string, at::Tensor> load_tensors_where(
-    const std::string& path, const std::function<bool(const std::string&)>& keep,
-    const CheckpointShard* expect = nullptr) {
+// Every tensor of a safetensors file (checked as open_shard does).
+std::map<std::string, at::Tensor> load_all_tensors(const std::string& path,
+                                                   const CheckpointShard* expect) {
   const SafetensorsFile file = open_shard(path, expect);
   std::map<std::string, at::Tensor> out;
-  for (const auto& name : file.names())
-    if (!keep || keep(name)) out.emplace(name, copy_tensor(file, name));
+  for (const auto& name : file.names()) out.emplace(name, copy_tensor(file, name));
   return out;
 }
 
 }  // namespace
 
 std::map<std::string, at::Tensor> load_tensors(const std::string& path) {
-  return load_tensors_where(path, nullptr);
+  return load_all_tensors(path, nullptr);
 }
 
 std::string save_checkpoint(const std::string& out_dir, const Config& config,
@@ -593,6 +591,11 @@ std::string describe_grid(int64_t world, int64_t expert_parallel) {
                         expert_parallel);
 }
 
+// Whether `want` is the grid that wrote the checkpoint.
+bool same_grid(const CheckpointManifest& m, const CheckpointShard& want) {
+  return m.world_size == want.world && m.expert_parallel == want.expert_parallel;
+}
+
 // Whether every rank of both grids holds every expert: then any shard is the whole state.
 bool unsharded(const CheckpointManifest& m, const CheckpointShard& want) {
   return m.expert_parallel == 1 && want.expert_parallel == 1;
@@ -613,11 +616,15 @@ std::map<std::string, at::Tensor> load_part(const fs::path& dir, const char* ste
   CheckpointShard from;
   from.world = m.world_size;
   from.expert_parallel = m.expert_parallel;
-  const bool same_grid = m.world_size == want.world && m.expert_parallel == want.expert_parallel;
-  if (same_grid || unsharded(m, want)) {
-    from.rank = same_grid ? want.rank : 0;
-    return load_tensors_where((dir / shard_file(stem, from)).string(), nullptr, &from);
+  if (same_grid(m, want) || unsharded(m, want)) {
+    from.rank = same_grid(m, want) ? want.rank : 0;
+    return load_all_tensors((dir / shard_file(stem, from)).string(), &from);
   }
+  HETMOE_CHECK(m.expert_parallel >= 1 && num_experts % m.expert_parallel == 0 &&
+                   want.expert_parallel >= 1 && num_experts % want.expert_parallel == 0,
+               "checkpoint", "'", dir.string(), "': moe.num_experts ", num_experts,
+               " does not split over expert_parallel ", m.expert_parallel, " and ",
+               want.expert_parallel);
   const int64_t per_file = num_experts / m.expert_parallel;
   const int64_t per_rank = num_experts / want.expert_parallel;
   const int64_t first = (want.rank % want.expert_parallel) * per_rank, last = first + per_rank;
@@ -668,19 +675,15 @@ LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
   LoadedCheckpoint c;
   const CheckpointManifest m = open_checkpoint(path, load_optimizer, c);
   const fs::path dir(c.dir);
-  const bool same_grid = m.world_size == shard.world && m.expert_parallel == shard.expert_parallel;
-  HETMOE_CHECK(same_grid || is_expert || unsharded(m, shard), "checkpoint", "'", c.dir, "' was written by a grid of ",
+  const bool same = same_grid(m, shard);
+  HETMOE_CHECK(same || is_expert || unsharded(m, shard), "checkpoint", "'", c.dir,
+               "' was written by a grid of ",
                describe_grid(m.world_size, m.expert_parallel), "; this run has ",
                describe_grid(shard.world, shard.expert_parallel),
                ". Resume with the same grid, or say which tensors are sharded (is_expert) to "
                "reshard it");
   const int64_t experts = c.config.moe.num_experts;
-  HETMOE_CHECK(shard.expert_parallel >= 1 && experts % shard.expert_parallel == 0 &&
-                   m.expert_parallel >= 1 && experts % m.expert_parallel == 0,
-               "checkpoint", "'", c.dir, "': moe.num_experts ", experts,
-               " does not split over expert_parallel ", m.expert_parallel, " and ",
-               shard.expert_parallel);
-  if (!same_grid)
+  if (!same)
     HETMOE_LOG_INFO("[checkpoint] resharding %s, written by %s, for %s", c.dir.c_str(),
                     describe_grid(m.world_size, m.expert_parallel).c_str(),
                     describe_grid(shard.world, shard.expert_parallel).c_str());
@@ -696,9 +699,6 @@ LoadedCheckpoint load_whole_model(const std::string& path,
   HETMOE_CHECK(is_expert || m.expert_parallel == 1, "checkpoint", "'", c.dir,
                "' holds experts sharded over ", m.expert_parallel,
                " ranks; load_whole_model needs is_expert to gather them");
-  HETMOE_CHECK(m.expert_parallel >= 1 && c.config.moe.num_experts % m.expert_parallel == 0,
-               "checkpoint", "'", c.dir, "': moe.num_experts ", c.config.moe.num_experts,
-               " does not split over its expert_parallel ", m.expert_parallel);
   c.model = load_part(fs::path(c.dir), "model", m, c.config.moe.num_experts, CheckpointShard{},
                       is_expert);
   return c;
