@@ -229,7 +229,9 @@ void rotate_checkpoints(const fs::path& root, const fs::path& current, int64_t k
   }
 }
 
-bool is_optimizer_file(const std::string& name) { return name.rfind("optimizer", 0) == 0; }
+bool is_optimizer_file(const std::string& name) {
+  return name.rfind("optimizer", 0) == 0;
+}
 
 // Throws hetmoe::Error naming the first file of `dir` that is missing, truncated or corrupt by
 // the manifest's sizes and checksums; the optimizer shards are left out unless `optimizer`.
@@ -342,9 +344,9 @@ SafetensorsFile open_shard(const std::string& path, const CheckpointShard* expec
   SafetensorsFile file(path);
   if (expect) {
     auto it = file.metadata().find("hetmoe.shard");
-    HETMOE_CHECK(it == file.metadata().end() || it->second == shard_identity(*expect),
-                 "checkpoint", "'", path, "' holds the shard of ", it->second,
-                 ", not of ", shard_identity(*expect), " as its name says");
+    HETMOE_CHECK(it == file.metadata().end() || it->second == shard_identity(*expect), "checkpoint",
+                 "'", path, "' holds the shard of ", it->second, ", not of ",
+                 shard_identity(*expect), " as its name says");
   }
   return file;
 }
@@ -609,10 +611,9 @@ bool unsharded(const CheckpointManifest& m, const CheckpointShard& want) {
 // 0 .. expert_parallel - 1 that wrote them: the first expert group, which holds every expert,
 // rank j experts [j * E / ep, (j + 1) * E / ep) along dim 0 of each sharded tensor. Each file is
 // read once, and only the rows this rank keeps are copied out of it.
-std::map<std::string, at::Tensor> load_part(const fs::path& dir, const char* stem,
-                                            const CheckpointManifest& m, int64_t num_experts,
-                                            const CheckpointShard& want,
-                                            const std::function<bool(const std::string&)>& sharded) {
+std::map<std::string, at::Tensor> load_part(
+    const fs::path& dir, const char* stem, const CheckpointManifest& m, int64_t num_experts,
+    const CheckpointShard& want, const std::function<bool(const std::string&)>& sharded) {
   CheckpointShard from;
   from.world = m.world_size;
   from.expert_parallel = m.expert_parallel;
@@ -677,9 +678,8 @@ LoadedCheckpoint load_checkpoint(const std::string& path, bool load_optimizer,
   const fs::path dir(c.dir);
   const bool same = same_grid(m, shard);
   HETMOE_CHECK(same || is_expert || unsharded(m, shard), "checkpoint", "'", c.dir,
-               "' was written by a grid of ",
-               describe_grid(m.world_size, m.expert_parallel), "; this run has ",
-               describe_grid(shard.world, shard.expert_parallel),
+               "' was written by a grid of ", describe_grid(m.world_size, m.expert_parallel),
+               "; this run has ", describe_grid(shard.world, shard.expert_parallel),
                ". Resume with the same grid, or say which tensors are sharded (is_expert) to "
                "reshard it");
   const int64_t experts = c.config.moe.num_experts;

@@ -251,8 +251,13 @@ TEST(CpuMatmulTest, MatchesLibTorchForTransposedViewsAndAccumulation) {
 // views, accumulation and row slices of a larger output included.
 TEST(CpuMatmulTest, Bf16SplitsIntoFewShapesAndKeepsTheProduct) {
   at::manual_seed(23);
-  for (auto [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 3}, {63, 64, 8},
-                         {64, 63, 8}, {65, 130, 16}, {200, 129, 24}, {130, 700, 5}, {0, 70, 4}}) {
+  for (auto [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 3},
+                         {63, 64, 8},
+                         {64, 63, 8},
+                         {65, 130, 16},
+                         {200, 129, 24},
+                         {130, 700, 5},
+                         {0, 70, 4}}) {
     const at::Tensor a = at::randn({m, k}), b = at::randn({k, n});
     const at::Tensor ab = a.to(at::kBFloat16), bb = b.to(at::kBFloat16);
     const at::Tensor want = at::mm(ab.to(at::kFloat), bb.to(at::kFloat));  // exact products

@@ -20,8 +20,8 @@
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include "hetmoe/comm/communicator.h"
 #include "hetmoe/config/config.h"
@@ -272,9 +272,8 @@ TEST(ShardedCheckpointTest, LoadsAsTheWholeModelAndAsAnyGridsShard) {
           for (const auto& [name, t] : full) {
             auto it = got.find(name);
             ASSERT_NE(it, got.end()) << grid << ": " << name;
-            const at::Tensor want = TransformerImpl::is_expert_parameter(name)
-                                        ? t.narrow(0, first, count)
-                                        : t;
+            const at::Tensor want =
+                TransformerImpl::is_expert_parameter(name) ? t.narrow(0, first, count) : t;
             EXPECT_TRUE(at::equal(it->second, want)) << grid << ": " << name;
           }
         };
@@ -298,10 +297,11 @@ TEST(ShardedCheckpointTest, LoadsAsTheWholeModelAndAsAnyGridsShard) {
     std::ofstream(step / "state.json", std::ios::trunc) << manifest.dump(2);
     CheckpointShard as_rank0 = where;
     as_rank0.comm = nullptr;
-    const std::string error = test_support::error_of([&] { load_checkpoint(out, false, as_rank0); });
-    EXPECT_NE(error.find(std::string(mine) + "' holds the shard of rank 1 of " +
-                         std::to_string(n) + ", expert_parallel 2, not of rank 0 of " +
-                         std::to_string(n) + ", expert_parallel 2"),
+    const std::string error =
+        test_support::error_of([&] { load_checkpoint(out, false, as_rank0); });
+    EXPECT_NE(error.find(std::string(mine) + "' holds the shard of rank 1 of " + std::to_string(n) +
+                         ", expert_parallel 2, not of rank 0 of " + std::to_string(n) +
+                         ", expert_parallel 2"),
               std::string::npos)
         << error;
     std::string why;

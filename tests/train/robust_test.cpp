@@ -109,8 +109,9 @@ TEST(CheckpointTest, TheModelLoadsFromACheckpointWithoutItsOptimizerState) {
             std::string::npos);
   // The model's own files are still checked.
   damage(ckpt + "/model.safetensors", /*truncate=*/false);
-  EXPECT_NE(error_of([&] { load_whole_model(ckpt, TransformerImpl::is_expert_parameter); })
-                .find("model.safetensors' is corrupt"),
+  EXPECT_NE(error_of([&] {
+              load_whole_model(ckpt, TransformerImpl::is_expert_parameter);
+            }).find("model.safetensors' is corrupt"),
             std::string::npos);
 }
 
